@@ -1,0 +1,3 @@
+from lawchatd.cli import main
+
+raise SystemExit(main())
