@@ -1,0 +1,91 @@
+"""The command line: serve | mirror (and pull, status)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from lawchatd import __version__
+from lawchatd.catalog import CatalogError
+from lawchatd.config import Settings
+from lawchatd.logs import setup_logging
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"LAWCHATD_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise SystemExit(f"lawchatd: invalid settings: {problems}") from None
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from lawchatd.server import serve
+
+    settings = _settings()
+    setup_logging(settings.log_level)
+    try:
+        asyncio.run(serve(settings))
+    except CatalogError as exc:
+        raise SystemExit(f"lawchatd: {exc}") from None
+    return 0
+
+
+def _cmd_mirror(args: argparse.Namespace) -> int:
+    from lawchatd.mirror import run_mirror
+
+    setup_logging("INFO")
+    if not args.dir.is_dir():
+        raise SystemExit(f"lawchatd mirror: {args.dir} is not a folder")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(
+            run_mirror(
+                args.dir,
+                args.host,
+                args.port,
+                cdn_base=args.cdn_base,
+                token=args.token,
+                control=args.faults,
+            )
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lawchatd", description="Download, verify, hot-swap and serve the law-chat models."
+    )
+    parser.add_argument("--version", action="version", version=f"lawchatd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the daemon in the foreground")
+    serve.set_defaults(func=_cmd_serve)
+
+    mirror = commands.add_parser("mirror", help="serve a folder as a Hub-compatible endpoint")
+    mirror.add_argument("dir", type=Path, help="folder laid out as DIR/<org>/<repo>/<file>")
+    mirror.add_argument("--host", default="127.0.0.1")
+    mirror.add_argument("--port", type=int, default=8900)
+    mirror.add_argument("--cdn-base", help="base URL the redirects point at (default: same host)")
+    mirror.add_argument("--token", help="require this Bearer token, as a gated repo would")
+    mirror.add_argument(
+        "--faults", action="store_true", help="enable /_mirror/faults for fault injection (tests)"
+    )
+    mirror.set_defaults(func=_cmd_mirror)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

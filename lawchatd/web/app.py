@@ -1,0 +1,132 @@
+"""The application factory: what the daemon holds, opened and closed in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+from aiohttp import WSCloseCode, web
+
+from lawchatd import __version__
+from lawchatd.activation import Activator
+from lawchatd.catalog import Catalog, load_catalog
+from lawchatd.config import Settings
+from lawchatd.hub import HubClient
+from lawchatd.manager import DownloadManager
+from lawchatd.modelhost import ModelHost
+from lawchatd.progress import ProgressHub
+from lawchatd.store import Store
+from lawchatd.web import routes_compat, routes_models, ws
+from lawchatd.web.auth import require_api_key
+from lawchatd.web.chat import MODEL_HOST, add_chat_routes
+from lawchatd.web.errors import json_errors
+from lawchatd.web.keys import (
+    ACTIVATOR,
+    CATALOG,
+    MANAGER,
+    PROGRESS,
+    SETTINGS,
+    STORE,
+    WEBSOCKETS,
+)
+
+log = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).resolve().parent.parent.parent / "static"
+MAX_BODY = 1 << 20  # chat histories fit; anything larger is a mistake or an attack
+
+
+def create_app(settings: Settings, catalog: Catalog | None = None) -> web.Application:
+    app = web.Application(middlewares=[json_errors, require_api_key], client_max_size=MAX_BODY)
+    app[SETTINGS] = settings
+    app[CATALOG] = catalog or load_catalog(settings.catalog)
+    app[PROGRESS] = ProgressHub()
+    app[WEBSOCKETS] = weakref.WeakSet()
+    # Registered in this order, cleaned up in reverse: the download stops before the store closes.
+    app.cleanup_ctx.append(_store)
+    app.cleanup_ctx.append(_model_host)
+    app.cleanup_ctx.append(_downloads)
+    app.on_shutdown.append(_close_websockets)
+
+    app.router.add_get("/healthz", healthz)
+    app.add_routes(routes_compat.routes)
+    app.add_routes(routes_models.routes)
+    app.add_routes(ws.routes)
+    add_chat_routes(app)
+    if STATIC_DIR.is_dir():
+        app.router.add_get("/", _index)
+        app.router.add_static("/static/", STATIC_DIR)
+    return app
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "version": __version__})
+
+
+async def _index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
+async def _store(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    settings.models_dir.mkdir(parents=True, exist_ok=True)
+    app[STORE] = await Store.open(settings.db_path)
+    yield
+    await app[STORE].close()
+
+
+async def _model_host(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    host = ModelHost(
+        n_ctx=settings.n_ctx,
+        n_threads=settings.n_threads,
+        n_gpu_layers=settings.n_gpu_layers,
+        queue_limit=settings.chat_queue_limit,
+        on_event=app[PROGRESS].publish,
+    )
+    app[MODEL_HOST] = host
+    app[ACTIVATOR] = Activator(host, app[STORE])
+    yield
+    await host.close()
+
+
+async def _downloads(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    # Bytes are read with a stall watchdog, not a total timeout: a 7 GB file takes its time.
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=settings.stall_timeout)
+    session = aiohttp.ClientSession(
+        timeout=timeout,
+        read_bufsize=2 << 20,
+        auto_decompress=False,
+        headers={"User-Agent": f"lawchatd/{__version__}"},
+    )
+    token = settings.hf_token.get_secret_value() if settings.hf_token else None
+    activator = app[ACTIVATOR]
+    manager = DownloadManager(
+        settings,
+        app[CATALOG],
+        app[STORE],
+        HubClient(session, settings.hf_endpoint, token),
+        app[PROGRESS],
+        on_verified=activator.activate if settings.autoload else None,
+    )
+    app[MANAGER] = manager
+    await manager.resume_interrupted()
+    downloaded = {
+        spec.variant: (spec, manager.final_path(spec))
+        for spec in app[CATALOG]
+        if manager.is_downloaded(spec)
+    }
+    restoring = asyncio.create_task(activator.restore(downloaded))
+    yield
+    restoring.cancel()
+    await manager.close()
+    await session.close()
+
+
+async def _close_websockets(app: web.Application) -> None:
+    for socket in list(app[WEBSOCKETS]):
+        await socket.close(code=WSCloseCode.GOING_AWAY, message=b"lawchatd is stopping")

@@ -1,0 +1,22 @@
+"""Typed keys for what the application holds: one place, so modules agree on names."""
+
+from __future__ import annotations
+
+import weakref
+
+from aiohttp import web
+
+from lawchatd.activation import Activator
+from lawchatd.catalog import Catalog
+from lawchatd.config import Settings
+from lawchatd.manager import DownloadManager
+from lawchatd.progress import ProgressHub
+from lawchatd.store import Store
+
+SETTINGS = web.AppKey("settings", Settings)
+CATALOG = web.AppKey("catalog", Catalog)
+STORE = web.AppKey("store", Store)
+PROGRESS = web.AppKey("progress", ProgressHub)
+MANAGER = web.AppKey("manager", DownloadManager)
+WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet)
+ACTIVATOR = web.AppKey("activator", Activator)

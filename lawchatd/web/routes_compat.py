@@ -1,0 +1,93 @@
+"""The five routes of the old app, field for field, so old clients and curl keep working."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
+
+from lawchatd.manager import Busy, NotEnoughSpace, UnknownVariant
+from lawchatd.web.errors import error, read_json
+from lawchatd.web.keys import CATALOG, MANAGER
+
+routes = web.RouteTableDef()
+
+
+class DownloadRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model_variant: StrictStr
+    force: StrictBool = False
+
+
+async def available_models(app: web.Application) -> dict:
+    """Every catalog variant with where it stands on disk (shared with the WebSocket snapshot)."""
+    manager = app[MANAGER]
+    partial = await manager.partial_bytes()
+    models = {}
+    for spec in app[CATALOG]:
+        downloaded = manager.is_downloaded(spec)
+        models[spec.variant] = {
+            "filename": spec.filename,
+            "size": spec.size,
+            "downloaded": downloaded,
+            "path": str(manager.final_path(spec)) if downloaded else None,
+            "label": spec.label,
+            "partial_bytes": partial.get(spec.variant, 0),
+        }
+    return models
+
+
+@routes.get("/models/available")
+async def get_available(request: web.Request) -> web.Response:
+    return web.json_response(
+        {
+            "available_models": await available_models(request.app),
+            "download_status": request.app[MANAGER].progress(),
+        }
+    )
+
+
+_MESSAGES = {
+    "download_started": "Download of {} started",
+    "already_downloaded": "{} is already downloaded",
+    "already_downloading": "{} is already downloading",
+}
+
+
+@routes.post("/models/download")
+async def post_download(request: web.Request) -> web.Response:
+    body = await read_json(request, DownloadRequest)
+    try:
+        status = await request.app[MANAGER].start(body.model_variant, force=body.force)
+    except UnknownVariant as exc:
+        raise error(400, str(exc)) from None
+    except Busy as exc:
+        raise error(409, str(exc)) from None
+    except NotEnoughSpace as exc:
+        raise error(507, str(exc)) from None
+    return web.json_response(
+        {
+            "message": _MESSAGES[status].format(body.model_variant),
+            "model_variant": body.model_variant,
+            "status": status,
+            "download_started": status == "download_started",
+        }
+    )
+
+
+@routes.get("/models/download-progress")
+async def get_progress(request: web.Request) -> web.Response:
+    return web.json_response(request.app[MANAGER].progress())
+
+
+@routes.post("/models/cancel-download")
+async def post_cancel(request: web.Request) -> web.Response:
+    cancelled, message = await request.app[MANAGER].cancel()
+    return web.json_response({"message": message, "cancelled": cancelled})
+
+
+@routes.delete("/models/cleanup")
+async def delete_cleanup(request: web.Request) -> web.Response:
+    cleaned = await request.app[MANAGER].cleanup()
+    return web.json_response(
+        {"message": f"Removed {cleaned} partial file(s)", "files_cleaned": cleaned}
+    )

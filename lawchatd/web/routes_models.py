@@ -1,0 +1,41 @@
+"""`POST /models/load`: put a downloaded variant in front of the chat API (the hot-swap path)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, StrictStr
+
+from lawchatd.modelhost import LoadInProgress, ModelLoadError
+from lawchatd.web.chat import MODEL_HOST
+from lawchatd.web.errors import error, read_json
+from lawchatd.web.keys import ACTIVATOR, CATALOG, MANAGER
+
+routes = web.RouteTableDef()
+
+
+class LoadRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model_variant: StrictStr
+
+
+@routes.post("/models/load")
+async def post_load(request: web.Request) -> web.Response:
+    body = await read_json(request, LoadRequest)
+    spec = request.app[CATALOG].get(body.model_variant)
+    if spec is None:
+        raise error(400, f"Unknown model variant {body.model_variant!r}")
+    manager = request.app[MANAGER]
+    if not manager.is_downloaded(spec):
+        raise error(404, f"{spec.variant} is not downloaded; download it first")
+    try:
+        task = request.app[ACTIVATOR].begin(spec, manager.final_path(spec))
+    except LoadInProgress as exc:
+        raise error(409, str(exc)) from None
+    try:
+        # Shielded: a client that hangs up does not abort a swap half-way.
+        await asyncio.shield(task)
+    except ModelLoadError as exc:
+        raise error(500, f"Loading {spec.variant} failed: {exc}") from None
+    return web.json_response(request.app[MODEL_HOST].status())

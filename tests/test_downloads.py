@@ -1,0 +1,227 @@
+"""Downloads end to end: the daemon as a subprocess, the mirror as its Hub, faults injected."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import pytest
+
+from tests.harness import Daemon, Mirror, ModelFile, sha256_of
+
+A = "tiny-a"
+
+
+async def download(daemon: Daemon, variant: str = A, **body) -> dict:
+    status, reply = await daemon.post("/models/download", {"model_variant": variant, **body})
+    assert status == 200, reply
+    return reply
+
+
+def final_file(daemon: Daemon, model: ModelFile):
+    return daemon.data_dir / "models" / model.filename
+
+
+def part_file(daemon: Daemon, model: ModelFile):
+    return daemon.data_dir / "models" / f"{model.filename}.part"
+
+
+async def test_download_completes_with_the_right_sha256(daemon, mirror, models):
+    reply = await download(daemon)
+    assert reply == {
+        "message": f"Download of {A} started",
+        "model_variant": A,
+        "status": "download_started",
+        "download_started": True,
+    }
+    done = await daemon.wait_done()
+    assert done["status"] == "completed", done
+    assert done["progress"] == 100
+    assert done["downloaded_size"] == done["total_size"] == models[A].size
+    assert done["speed"] is None and done["eta"] is None
+    assert sha256_of(final_file(daemon, models[A])) == models[A].sha256
+    assert not part_file(daemon, models[A]).exists()
+    available = await daemon.get("/models/available")
+    entry = available["available_models"][A]
+    assert entry["downloaded"] is True
+    assert entry["path"] == str(final_file(daemon, models[A]))
+    assert entry["size"] == models[A].size and entry["filename"] == models[A].filename
+    assert available["available_models"]["tiny-b"]["path"] is None
+    assert (await download(daemon))["status"] == "already_downloaded"
+
+
+@pytest.mark.parametrize("connections", ["1", "4"])
+async def test_cancel_then_resume_fetches_only_the_missing_bytes(
+    make_daemon, mirror: Mirror, models, connections
+):
+    daemon = await make_daemon(LAWCHATD_CONNECTIONS=connections).start()
+    mirror.faults.rate = 2_000_000
+    await download(daemon)
+    await daemon.wait_progress(lambda p: p["downloaded_size"] >= 1_500_000)
+    status, reply = await daemon.post("/models/cancel-download")
+    assert status == 200 and reply["cancelled"] is True, reply
+    cancelled = await daemon.get("/models/download-progress")
+    assert cancelled["status"] == "cancelled"
+    kept = cancelled["downloaded_size"]
+    assert 0 < kept < models[A].size
+    assert part_file(daemon, models[A]).exists()
+    assert not final_file(daemon, models[A]).exists()
+    available = await daemon.get("/models/available")
+    assert available["available_models"][A]["partial_bytes"] == kept
+
+    mirror.faults.rate = None
+    mirror.stats.reset()
+    await download(daemon)
+    done = await daemon.wait_done()
+    assert done["status"] == "completed", done
+    assert mirror.cdn_bytes() == models[A].size - kept, (
+        [(r.range, r.if_range, r.status) for r in mirror.stats.requests],
+        daemon.log(),
+    )
+    assert sha256_of(final_file(daemon, models[A])) == models[A].sha256
+
+
+async def test_sigkill_mid_download_resumes_at_start(make_daemon, mirror: Mirror, models):
+    first = await make_daemon().start()
+    mirror.faults.rate = 2_000_000
+    await download(first)
+    await first.wait_progress(lambda p: p["downloaded_size"] >= 2_500_000)
+    await asyncio.sleep(0.6)  # let a checkpoint land
+    assert first.kill(signal.SIGKILL) == -signal.SIGKILL
+    persisted = sum(done for _, _, done in first.stored_parts())
+    assert persisted > 0
+
+    mirror.faults.rate = None
+    mirror.stats.reset()
+    second = await make_daemon().start()  # same data dir; nobody asks it to download
+    done = await second.wait_done()
+    assert done["status"] == "completed", done
+    assert mirror.cdn_bytes() == models[A].size - persisted
+    assert sha256_of(final_file(second, models[A])) == models[A].sha256
+
+
+async def test_no_resume_on_start_when_disabled(make_daemon, mirror: Mirror, models):
+    first = await make_daemon().start()
+    mirror.faults.rate = 2_000_000
+    await download(first)
+    await first.wait_progress(lambda p: p["downloaded_size"] >= 1_000_000)
+    first.kill(signal.SIGKILL)
+    second = await make_daemon(LAWCHATD_RESUME_ON_START="false").start()
+    await asyncio.sleep(0.5)
+    progress = await second.get("/models/download-progress")
+    assert progress["status"] == "cancelled" and progress["model_variant"] == A
+    assert part_file(second, models[A]).exists()
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"drop_after": 1_000_000, "drop_times": 3},
+        {"status_503": 3},
+        {"stall_after": 1_000_000, "stall_seconds": 4.0},
+    ],
+    ids=["dropped-connections", "503s", "stall"],
+)
+async def test_faults_are_survived(daemon, mirror: Mirror, models, fault):
+    mirror.faults.update(fault)
+    await download(daemon)
+    done = await daemon.wait_done()
+    assert done["status"] == "completed", done
+    assert done["retries"] >= 1
+    assert sha256_of(final_file(daemon, models[A])) == models[A].sha256
+
+
+async def test_endless_drops_end_in_a_clear_error_keeping_the_partial(daemon, mirror, models):
+    mirror.faults.update({"drop_after": 0, "drop_times": None})
+    await download(daemon)
+    done = await daemon.wait_done()
+    assert done["status"] == "error"
+    assert "connection lost" in done["error"] and "retries" in done["error"]
+
+
+async def test_corrupt_bytes_never_reach_the_final_name(daemon, mirror: Mirror, models):
+    mirror.faults.corrupt_at = 3_000_000
+    await download(daemon)
+    done = await daemon.wait_done()
+    assert done["status"] == "error"
+    assert "sha256 mismatch" in done["error"]
+    assert not final_file(daemon, models[A]).exists()
+    assert not part_file(daemon, models[A]).exists()  # bytes that failed verification go
+
+
+async def test_a_200_to_a_ranged_request_starts_over_and_never_appends(
+    daemon, mirror: Mirror, models
+):
+    mirror.faults.rate = 2_000_000
+    await download(daemon)
+    await daemon.wait_progress(lambda p: p["downloaded_size"] >= 1_000_000)
+    await daemon.post("/models/cancel-download")
+    mirror.faults.rate = None
+    mirror.faults.ignore_range = True
+    mirror.stats.reset()
+    await download(daemon)
+    done = await daemon.wait_done()
+    assert done["status"] == "completed", done
+    assert final_file(daemon, models[A]).stat().st_size == models[A].size
+    assert sha256_of(final_file(daemon, models[A])) == models[A].sha256
+    ranged = [r for r in mirror.stats.requests if r.path.startswith("/cdn/") and r.range]
+    assert ranged and ranged[0].if_range  # it asked for a range, with the CDN's own ETag
+
+
+async def test_changed_upstream_sha256_fails_before_any_byte(daemon, mirror: Mirror, models):
+    mirror.faults.sha256_override = "0" * 64
+    await download(daemon)
+    done = await daemon.wait_done()
+    assert done["status"] == "error"
+    assert "upstream file changed" in done["error"]
+    assert mirror.cdn_bytes() == 0
+
+
+async def test_gated_repo_is_explained(daemon, mirror: Mirror):
+    mirror.faults.gated = True
+    await download(daemon)
+    done = await daemon.wait_done()
+    assert done["status"] == "error"
+    assert "gated" in done["error"] and "LAWCHATD_HF_TOKEN" in done["error"]
+
+
+async def test_missing_file_is_explained(make_daemon, mirror: Mirror, models, hub_root, tmp_path):
+    from tests.harness import REPO, write_catalog
+
+    ghost = ModelFile("ghost", "ghost.gguf", 1000, "1" * 64)
+    catalog = write_catalog(tmp_path / "ghost.toml", {**models, "ghost": ghost})
+    daemon = await make_daemon(LAWCHATD_CATALOG=str(catalog)).start()
+    await download(daemon, "ghost")
+    done = await daemon.wait_done()
+    assert done["status"] == "error"
+    assert "ghost.gguf was not found" in done["error"] and REPO in done["error"]
+
+
+async def test_cleanup_removes_orphan_partials_but_not_the_running_one(
+    daemon, mirror: Mirror, models
+):
+    mirror.faults.rate = 2_000_000
+    await download(daemon, "tiny-b")
+    await daemon.wait_progress(lambda p: p["downloaded_size"] >= 500_000)
+    await daemon.post("/models/cancel-download")
+    assert part_file(daemon, models["tiny-b"]).exists()
+
+    await download(daemon, A)
+    seen = []
+    cleaned = None
+    while True:
+        progress = await daemon.get("/models/download-progress")
+        seen.append(progress["downloaded_size"])
+        if progress["status"] != "downloading":
+            break
+        if cleaned is None and progress["downloaded_size"] > 0:
+            status, cleaned = await daemon.request("DELETE", "/models/cleanup")
+            assert status == 200
+            mirror.faults.rate = None
+        await asyncio.sleep(0.05)
+    assert cleaned == {"message": "Removed 1 partial file(s)", "files_cleaned": 1}
+    assert not part_file(daemon, models["tiny-b"]).exists()
+    assert seen == sorted(seen), "progress went backwards"
+    assert progress["status"] == "completed"
+    available = await daemon.get("/models/available")
+    assert available["available_models"]["tiny-b"]["partial_bytes"] == 0
