@@ -59,6 +59,18 @@ def _cmd_mirror(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pull(args: argparse.Namespace) -> int:
+    from lawchatd.client import pull
+
+    return asyncio.run(pull(_settings(), args.variant, args.force, sys.stdout))
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from lawchatd.client import status
+
+    return asyncio.run(status(_settings(), sys.stdout))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lawchatd", description="Download, verify, hot-swap and serve the law-chat models."
@@ -68,6 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the daemon in the foreground")
     serve.set_defaults(func=_cmd_serve)
+
+    pull = commands.add_parser(
+        "pull", help="ask the running daemon to download a variant; show a progress bar"
+    )
+    pull.add_argument("variant", help="a catalog variant, e.g. law-chat-q4_0")
+    pull.add_argument("--force", action="store_true", help="download again even if present")
+    pull.set_defaults(func=_cmd_pull)
+
+    status = commands.add_parser("status", help="variants, download state and the loaded model")
+    status.set_defaults(func=_cmd_status)
 
     mirror = commands.add_parser("mirror", help="serve a folder as a Hub-compatible endpoint")
     mirror.add_argument("dir", type=Path, help="folder laid out as DIR/<org>/<repo>/<file>")

@@ -125,6 +125,7 @@ class Download:
         self.row = DownloadRow(spec.variant, spec.filename, "downloading", total_size=spec.size)
         self.parts: list[Part] = []
         self.retries = 0
+        self.fetched = 0  # bytes this run took from the network (metrics)
         self._busy: set[int] = set()  # starts of parts a connection is filling
         self._backing_off = 0
         self._url: URL | None = None
@@ -374,6 +375,7 @@ class Download:
         except OSError as exc:
             raise self._disk_error(exc) from exc
         part.done += len(buffer)
+        self.fetched += len(buffer)
         buffer.clear()
         self._written.set()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -64,7 +65,11 @@ class DownloadManager:
         self.current: Download | None = None
         self._task: asyncio.Task | None = None
         self._last_row: DownloadRow | None = None
-        self.outcomes: dict[str, int] = {}  # completed / error / cancelled, for metrics
+        # For /metrics: totals of finished runs; the running one is added when read.
+        self.outcomes: dict[str, int] = {}  # completed / error / cancelled
+        self.finished_bytes = 0
+        self.finished_retries = 0
+        self.finished_seconds = 0.0
 
     # ---- state ---------------------------------------------------------------------------
 
@@ -142,11 +147,15 @@ class DownloadManager:
 
     async def _run(self, download: Download) -> None:
         log.info("download of %s started", download.spec.variant)
+        started = time.monotonic()
         try:
             await download.run()
         finally:
             status = download.row.status
             self.outcomes[status] = self.outcomes.get(status, 0) + 1
+            self.finished_bytes += download.fetched
+            self.finished_retries += download.retries
+            self.finished_seconds += time.monotonic() - started
             self._last_row = download.row
 
     async def _after_verified(self, spec: ModelSpec, path: Path) -> None:

@@ -11,7 +11,9 @@ from aiohttp import web
 from lawchatd import __version__
 from lawchatd.config import Settings
 from lawchatd.logs import MaskingAccessLogger
+from lawchatd.sdnotify import Notifier, keep_watchdog_fed, relay_status, watchdog_interval
 from lawchatd.web.app import create_app
+from lawchatd.web.keys import PROGRESS
 
 log = logging.getLogger("lawchatd")
 SHUTDOWN_TIMEOUT = 5.0  # SIGTERM must end in an exit well within systemd's 10 s
@@ -23,16 +25,27 @@ async def serve(settings: Settings) -> None:
     runner = web.AppRunner(
         app, access_log_class=MaskingAccessLogger, shutdown_timeout=SHUTDOWN_TIMEOUT
     )
+    notifier = Notifier()
+    helpers: list[asyncio.Task] = []
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
         for host, port, *_ in (addr for addr in runner.addresses if isinstance(addr, tuple)):
             log.info("lawchatd %s listening on http://%s:%d", __version__, host, port)
+        # READY only once the socket accepts: systemd starts dependants right after.
+        notifier.send("READY=1", "STATUS=ready")
+        helpers.append(asyncio.create_task(relay_status(notifier, app[PROGRESS])))
+        if interval := watchdog_interval():
+            helpers.append(asyncio.create_task(keep_watchdog_fed(notifier, interval)))
         await _wait_for_stop_signal()
+        notifier.send("STOPPING=1", "STATUS=stopping")
         log.info("stopping: downloads keep their partial files and resume at the next start")
     finally:
+        for task in helpers:
+            task.cancel()
         await runner.cleanup()
+        notifier.close()
     log.info("stopped")
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import subprocess
 
 import pytest
 
@@ -225,3 +227,44 @@ async def test_cleanup_removes_orphan_partials_but_not_the_running_one(
     assert progress["status"] == "completed"
     available = await daemon.get("/models/available")
     assert available["available_models"]["tiny-b"]["partial_bytes"] == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """The daemon's models folder on an 80 MB tmpfs, so a test can fill it."""
+    models_dir = tmp_path / "data" / "models"
+    models_dir.mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=80m", "tmpfs", str(models_dir)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield models_dir
+    subprocess.run(["umount", "-l", str(models_dir)], check=False)
+
+
+async def test_a_full_disk_mid_way_keeps_the_partial_and_the_daemon_healthy(
+    small_disk, daemon, mirror: Mirror, models
+):
+    mirror.faults.rate = 2_000_000
+    await download(daemon)
+    await daemon.wait_progress(lambda p: p["downloaded_size"] >= 1_000_000)
+    filler = small_disk / "filler"
+    with open(filler, "wb") as f:  # another program takes all the space that is left
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+    done = await daemon.wait_done()
+    assert done["status"] == "error"
+    assert "disk is full" in done["error"] and "partial file" in done["error"]
+    kept = done["downloaded_size"]
+    assert kept > 0 and part_file(daemon, models[A]).exists()
+    assert (await daemon.get("/healthz"))["status"] == "ok"
+
+    filler.unlink()
+    mirror.faults.rate = None
+    mirror.stats.reset()
+    await download(daemon)
+    assert (await daemon.wait_done())["status"] == "completed"
+    assert mirror.cdn_bytes() == models[A].size - kept
+    assert sha256_of(final_file(daemon, models[A])) == models[A].sha256

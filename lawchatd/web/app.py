@@ -20,7 +20,7 @@ from lawchatd.manager import DownloadManager
 from lawchatd.modelhost import ModelHost
 from lawchatd.progress import ProgressHub
 from lawchatd.store import Store
-from lawchatd.web import routes_compat, routes_models, ws
+from lawchatd.web import metrics, routes_compat, routes_models, ws
 from lawchatd.web.auth import require_api_key
 from lawchatd.web.chat import MODEL_HOST, add_chat_routes
 from lawchatd.web.errors import json_errors
@@ -55,6 +55,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> web.Applic
     app.add_routes(routes_compat.routes)
     app.add_routes(routes_models.routes)
     app.add_routes(ws.routes)
+    app.add_routes(metrics.routes)
     add_chat_routes(app)
     if STATIC_DIR.is_dir():
         app.router.add_get("/", _index)
