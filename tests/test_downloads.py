@@ -250,10 +250,10 @@ async def test_a_full_disk_mid_way_keeps_the_partial_and_the_daemon_healthy(
     await download(daemon)
     await daemon.wait_progress(lambda p: p["downloaded_size"] >= 1_000_000)
     filler = small_disk / "filler"
-    with open(filler, "wb") as f:  # another program takes all the space that is left
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(b"\0" * 65536)
+    # Another program takes all the space that is left.
+    with open(filler, "wb") as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 65536)
     done = await daemon.wait_done()
     assert done["status"] == "error"
     assert "disk is full" in done["error"] and "partial file" in done["error"]
