@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 
 WRITE_SIZE = 2 << 20  # bytes gathered before one write: few thread hops, little memory
 HASH_SIZE = 16 << 20  # bytes hashed per thread call: keeps cancellation prompt
-MIN_STEAL = 16 << 20  # a part is split for an idle connection only above twice this
+# Parts smaller than this are not worth their own connection: the initial split and an idle
+# connection's steal (half of the largest running part) both respect it.
+MIN_PART = 4 << 20
 CHECKPOINT_SECONDS = 0.5
 REPORT_SECONDS = 0.1  # the contract's "about 10 progress messages a second"
 SPEED_WINDOW = 3.0
@@ -98,7 +100,7 @@ def part_path(models_dir: Path, spec: ModelSpec) -> Path:
 
 
 def split_parts(size: int, connections: int) -> list[Part]:
-    count = max(1, min(connections, size // MIN_STEAL or 1))
+    count = max(1, min(connections, size // MIN_PART or 1))
     step = -(-size // count)
     return [Part(start, min(start + step, size)) for start in range(0, size, step)]
 
@@ -294,7 +296,7 @@ class Download:
             if part.remaining > 0 and part.start not in self._busy:
                 self._busy.add(part.start)
                 return part
-        running = [p for p in self.parts if p.start in self._busy and p.remaining > 2 * MIN_STEAL]
+        running = [p for p in self.parts if p.start in self._busy and p.remaining > 2 * MIN_PART]
         if not running:
             return None
         largest = max(running, key=lambda p: p.remaining)

@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import sqlite3
 import subprocess
 import sys
@@ -41,11 +42,20 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def make_big_gguf(path: Path, size: int) -> Path:
+    """A GGUF header and incompressible bytes: passes download checks, not meant to load."""
+    with open(path, "wb") as f:
+        f.write(b"GGUF" + struct.pack("<IQQ", 3, 0, 0))
+        f.write(os.urandom(size - 20))
+    return path
+
+
 def build_models(root: Path) -> dict[str, ModelFile]:
-    """The test repo: two loadable models of a few MB and one with broken tensors."""
+    """The test repo: loadable models of a few MB, one with broken tensors, one of 40 MB."""
     folder = root / REPO
     folder.mkdir(parents=True, exist_ok=True)
     made = {
+        "big": make_big_gguf(folder / "big.gguf", 40 << 20),
         "tiny-a": make_tiny_llama(folder / "tiny-a.gguf", seed=1, pad_bytes=6 << 20),
         "tiny-b": make_tiny_llama(folder / "tiny-b.gguf", seed=2, pad_bytes=6 << 20),
         "tiny-small": make_tiny_llama(folder / "tiny-small.gguf", seed=3),
