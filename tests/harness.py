@@ -10,8 +10,8 @@ import os
 import re
 import signal
 import socket
-import struct
 import sqlite3
+import struct
 import subprocess
 import sys
 import time
