@@ -131,7 +131,6 @@ class Download:
         self._busy: set[int] = set()  # starts of parts a connection is filling
         self._backing_off = 0
         self._url: URL | None = None
-        self._expected_sha: str | None = None
         self._hasher = hashlib.sha256()
         self._hashed = 0
         self._written = asyncio.Event()
@@ -239,7 +238,6 @@ class Download:
             raise _RestartFromZero("the upstream file changed mid-download", ranges_ok=True)
 
     async def _prepare_partial(self, resolved: Resolved) -> None:
-        self._expected_sha = self.spec.sha256 or resolved.sha256
         parts = await self._store.parts(self.spec.variant)
         on_disk = await asyncio.to_thread(_file_size, self.path)
         same_file = resolved.sha256 is None or self.row.upstream_sha256 in (None, resolved.sha256)

@@ -60,11 +60,20 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> web.Applic
     if STATIC_DIR.is_dir():
         app.router.add_get("/", _index)
         app.router.add_static("/static/", STATIC_DIR)
+        app.on_response_prepare.append(_revalidate_static)
+    else:
+        log.warning("no dashboard: %s is missing (install from a checkout)", STATIC_DIR)
     return app
 
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "version": __version__})
+
+
+async def _revalidate_static(request: web.Request, response: web.StreamResponse) -> None:
+    # After an upgrade the browser must not keep running yesterday's app.js.
+    if request.path == "/" or request.path.startswith("/static/"):
+        response.headers["Cache-Control"] = "no-cache"
 
 
 async def _index(request: web.Request) -> web.FileResponse:
