@@ -13,6 +13,7 @@ from lawchatd.catalog import Catalog, ModelSpec
 from lawchatd.config import Settings
 from lawchatd.download import Download, part_path, progress_fields
 from lawchatd.hub import HubClient
+from lawchatd.modelhost import ModelLoadError
 from lawchatd.progress import ProgressHub
 from lawchatd.store import DownloadRow, Store
 
@@ -162,7 +163,9 @@ class DownloadManager:
         assert self._on_verified is not None
         try:
             await self._on_verified(spec, path)
-        except Exception:  # a model that fails to load is still a finished download
+        except ModelLoadError as exc:  # a model that fails to load is still a finished download
+            log.error("loading %s after its download failed: %s", spec.variant, exc)
+        except Exception:
             log.exception("loading %s after its download failed", spec.variant)
 
     def _publish(self, download: Download) -> None:

@@ -23,7 +23,11 @@ async def serve(settings: Settings) -> None:
     settings.refuse_unsafe_bind()
     app = create_app(settings)
     runner = web.AppRunner(
-        app, access_log_class=MaskingAccessLogger, shutdown_timeout=SHUTDOWN_TIMEOUT
+        app,
+        access_log_class=MaskingAccessLogger,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        # A client that hangs up cancels its handler, so a queued chat request leaves the queue.
+        handler_cancellation=True,
     )
     notifier = Notifier()
     helpers: list[asyncio.Task] = []

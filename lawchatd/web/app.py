@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -44,7 +43,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> web.Applic
     app[SETTINGS] = settings
     app[CATALOG] = catalog or load_catalog(settings.catalog)
     app[PROGRESS] = ProgressHub()
-    app[WEBSOCKETS] = weakref.WeakSet()
+    app[WEBSOCKETS] = set()
     # Registered in this order, cleaned up in reverse: the download stops before the store closes.
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_model_host)

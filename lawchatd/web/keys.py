@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
-
 from aiohttp import web
 
 from lawchatd.activation import Activator
@@ -18,5 +16,5 @@ CATALOG = web.AppKey("catalog", Catalog)
 STORE = web.AppKey("store", Store)
 PROGRESS = web.AppKey("progress", ProgressHub)
 MANAGER = web.AppKey("manager", DownloadManager)
-WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet)
+WEBSOCKETS = web.AppKey("websockets", set)
 ACTIVATOR = web.AppKey("activator", Activator)

@@ -5,14 +5,15 @@ from __future__ import annotations
 from aiohttp import web
 
 from lawchatd.web.chat import MODEL_HOST
-from lawchatd.web.keys import MANAGER, PROGRESS
+from lawchatd.web.keys import MANAGER, WEBSOCKETS
 
 routes = web.RouteTableDef()
 
 
 def _family(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> list[str]:
     lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-    lines += [f"{name}{labels} {value:g}" for labels, value in samples]
+    # repr keeps every digit: a byte counter must not round (6760832, not 6.76083e+06).
+    lines += [f"{name}{labels} {value!r}" for labels, value in samples]
     return lines
 
 
@@ -40,7 +41,7 @@ def render(app: web.Application) -> str:
         *_family("lawchatd_download_running", "gauge",
                  "1 while a download runs.", [("", 1 if running else 0)]),
         *_family("lawchatd_websocket_clients", "gauge",
-                 "Connected /ws/progress clients.", [("", app[PROGRESS].client_count)]),
+                 "Connected /ws/progress clients.", [("", len(app[WEBSOCKETS]))]),
         *_family("lawchatd_model_loads_total", "counter",
                  "Model loads attempted.", [("", host.loads_total)]),
         *_family("lawchatd_model_load_failures_total", "counter",

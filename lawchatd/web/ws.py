@@ -44,6 +44,7 @@ async def ws_progress(request: web.Request) -> web.WebSocketResponse:
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
         app[PROGRESS].unsubscribe(subscriber)
+        app[WEBSOCKETS].discard(ws)
     return ws
 
 

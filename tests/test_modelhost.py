@@ -1,0 +1,461 @@
+"""ModelHost and the chat routes against real (tiny) llama models: no mocks of llama."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import logging
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from lawchatd.modelhost import (
+    LoadInProgress,
+    ModelHost,
+    ModelLoadError,
+    NoModelLoaded,
+    QueueFull,
+)
+from lawchatd.prompt import encode_llama2, format_llama2, llama2_turns
+from lawchatd.web.chat import MODEL_HOST, add_chat_routes
+from lawchatd.web.errors import json_errors
+from tests.ggufgen import make_tiny_llama
+
+log = logging.getLogger(__name__)
+
+USER = [{"role": "user", "content": "What is a tort?"}]
+N_CTX = 2048
+LONG = 1500  # tokens: a few seconds of generation, long enough to hold the model
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("models")
+    return {
+        "a": make_tiny_llama(d / "a.gguf", seed=1),
+        "b": make_tiny_llama(d / "b.gguf", seed=2),
+        "broken": make_tiny_llama(d / "broken.gguf", broken_tensors=True),
+    }
+
+
+@pytest.fixture
+def events() -> list[dict[str, Any]]:
+    return []
+
+
+@pytest.fixture
+async def host(events: list[dict[str, Any]]) -> AsyncIterator[ModelHost]:
+    h = ModelHost(n_ctx=N_CTX, n_threads=None, n_gpu_layers=None, on_event=events.append)
+    yield h
+    await h.close()
+
+
+async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.002)
+
+
+def rss_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return -1
+
+
+# --- prompt ------------------------------------------------------------------------------
+
+
+def test_llama2_prompt_multi_turn() -> None:
+    messages = [
+        {"role": "system", "content": "You are a lawyer."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "What is a tort?"},
+    ]
+    assert format_llama2(messages) == (
+        "<s>[INST] <<SYS>>\nYou are a lawyer.\n<</SYS>>\n\nHi [/INST] Hello. </s>"
+        "<s>[INST] What is a tort? [/INST]"
+    )
+    assert format_llama2(USER, bos=False) == "[INST] What is a tort? [/INST]"
+
+
+def test_encode_puts_bos_eos_as_ids_and_user_text_stays_text() -> None:
+    def tokenize(text: str) -> list[int]:
+        return [ord(c) for c in text]
+
+    messages = [*USER, {"role": "assistant", "content": "</s>"}, {"role": "user", "content": "x"}]
+    ids = encode_llama2(messages, tokenize, bos_id=1, eos_id=2)
+    assert ids[0] == 1 and ids.count(1) == 2 and ids.count(2) == 1
+    assert tokenize(" </s> ") == ids[ids.index(2) - 6 : ids.index(2)]
+
+
+@pytest.mark.parametrize(
+    ("messages", "words"),
+    [
+        ([], "empty"),
+        ([{"role": "robot", "content": "x"}], "role"),
+        ([*USER, {"role": "assistant", "content": "x"}], "last message"),
+        ([*USER, {"role": "system", "content": "x"}, *USER], "system"),
+        ([{"role": "assistant", "content": "x"}, *USER], "start with a user"),
+        ([{"role": "user", "content": 3}], "string"),
+    ],
+)
+def test_prompt_rejects(messages: list[dict[str, Any]], words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        llama2_turns(messages)
+
+
+# --- host ----------------------------------------------------------------------------------
+
+
+async def test_nothing_loaded(host: ModelHost) -> None:
+    assert host.status() == {
+        "model_variant": None,
+        "path": None,
+        "status": "none",
+        "loaded_at": None,
+        "error": None,
+        "loading_variant": None,
+    }
+    with pytest.raises(NoModelLoaded):
+        await host.chat(USER)
+    with pytest.raises(NoModelLoaded):
+        await anext(host.chat_stream(USER))
+
+
+async def test_load_then_chat(host: ModelHost, events: list[dict], models: dict[str, Path]) -> None:
+    await host.load("a", models["a"])
+    status = host.status()
+    assert status["status"] == "ready" and status["model_variant"] == "a"
+    assert status["path"] == str(models["a"]) and status["error"] is None
+    assert datetime.fromisoformat(status["loaded_at"]).utcoffset().total_seconds() == 0
+    assert [e["event"] for e in events] == ["loading", "loaded"]
+    assert all(e["type"] == "model" and e["model_variant"] == "a" for e in events)
+    assert events[1]["load_seconds"] > 0 and host.load_seconds == events[1]["load_seconds"]
+
+    out = await host.chat(USER, max_tokens=8, temperature=0)
+    assert out["object"] == "chat.completion" and out["model"] == "a"
+    choice = out["choices"][0]
+    assert choice["message"]["role"] == "assistant" and len(choice["message"]["content"]) == 8
+    assert choice["finish_reason"] == "length"
+    usage = out["usage"]
+    assert usage["completion_tokens"] == 8
+    assert usage["total_tokens"] == usage["prompt_tokens"] + 8
+    assert (host.chat_requests, host.chat_failures, host.completion_tokens) == (1, 0, 8)
+
+
+async def test_swap_under_load(host: ModelHost, models: dict[str, Path]) -> None:
+    await host.load("a", models["a"])
+    old = host._current
+    assert old is not None and old.llama is not None
+    old_llama = weakref.ref(old.llama)
+    answered: list[str] = []
+    failures: list[BaseException] = []
+    stop = asyncio.Event()
+
+    async def chat_loop() -> None:
+        while not stop.is_set():
+            try:
+                answered.append((await host.chat(USER, max_tokens=4))["model"])
+            except Exception as exc:
+                failures.append(exc)
+
+    loops = [asyncio.create_task(chat_loop()) for _ in range(4)]
+    await until(lambda: len(answered) >= 8)
+    await host.load("b", models["b"])
+    await until(lambda: answered.count("b") >= 8)
+    stop.set()
+    await asyncio.gather(*loops)
+
+    assert failures == []
+    assert answered[0] == "a" and answered[-1] == "b"
+    assert host.status()["model_variant"] == "b" and host.status()["status"] == "ready"
+    await asyncio.wait_for(old.closed.wait(), 5)
+    assert old.llama is None
+    gc.collect()
+    assert old_llama() is None, "the old Llama object is still referenced"
+
+
+async def test_rss_after_swaps(host: ModelHost, models: dict[str, Path]) -> None:
+    """Tiny models move RSS by a few MB at most (mostly the KV cache and allocator arenas),
+    so this logs rather than asserts; what matters is that RSS stays flat over swaps."""
+
+    async def swap_to(variant: str) -> int:
+        old = host._current
+        await host.load(variant, models[variant])
+        await host.chat(USER, max_tokens=16)
+        if old is not None:
+            await asyncio.wait_for(old.closed.wait(), 5)
+        return rss_kb()
+
+    before = rss_kb()
+    loaded_a = await swap_to("a")
+    swapped_b = await swap_to("b")
+    after_more = [await swap_to("ab"[i % 2]) for i in range(6)]
+    log.info(
+        "RSS kB: before %d, A loaded %d (%+d), swapped to B %d (%+d), after 6 more swaps %s",
+        before,
+        loaded_a,
+        loaded_a - before,
+        swapped_b,
+        swapped_b - loaded_a,
+        after_more,
+    )
+
+
+async def test_failed_load_keeps_old_model(
+    host: ModelHost, events: list[dict], models: dict[str, Path]
+) -> None:
+    await host.load("a", models["a"])
+    with pytest.raises(ModelLoadError, match="tensor 'blk.1.ffn_down.weight' not found"):
+        await host.load("bad", models["broken"])
+    failed = events[-1]
+    assert failed["event"] == "load_failed" and failed["model_variant"] == "bad"
+    assert "ffn_down.weight' not found" in failed["error"] and host.load_failures == 1
+    status = host.status()
+    assert (status["status"], status["model_variant"]) == ("ready", "a")
+    assert status["error"] == failed["error"] and status["loading_variant"] is None
+    assert (await host.chat(USER, max_tokens=2))["model"] == "a"
+
+    await host.load("b", models["b"])  # a good load clears the error
+    assert host.status()["error"] is None
+
+
+async def test_failed_load_with_nothing_loaded(host: ModelHost, tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="not found"):
+        await host.load("gone", tmp_path / "missing.gguf")
+    status = host.status()
+    assert status["status"] == "error" and status["model_variant"] is None
+    with pytest.raises(NoModelLoaded):
+        await host.chat(USER)
+
+
+async def test_second_load_while_loading(host: ModelHost, models: dict[str, Path]) -> None:
+    first = asyncio.create_task(host.load("a", models["a"]))
+    await asyncio.sleep(0)
+    status = host.status()
+    assert (status["status"], status["loading_variant"]) == ("loading", "a")
+    with pytest.raises(LoadInProgress):
+        await host.load("b", models["b"])
+    await first
+    assert host.status()["model_variant"] == "a"
+
+
+async def test_stream(host: ModelHost, models: dict[str, Path]) -> None:
+    await host.load("a", models["a"])
+    chunks = [c async for c in host.chat_stream(USER, max_tokens=12, temperature=0)]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    assert len({c["id"] for c in chunks}) == 1 and {c["model"] for c in chunks} == {"a"}
+    choices = [c["choices"][0] for c in chunks]
+    assert choices[0]["delta"] == {"role": "assistant", "content": ""}
+    assert choices[-1] == {"index": 0, "delta": {}, "finish_reason": "length"}
+    middle = choices[1:-1]
+    assert middle and all(ch["finish_reason"] is None for ch in middle)
+    text = "".join(ch["delta"]["content"] for ch in middle)
+    whole = await host.chat(USER, max_tokens=12, temperature=0)
+    assert text == whole["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize("how", ["aclose", "cancel task"])
+async def test_abandoned_stream_stops_generation(
+    host: ModelHost, models: dict[str, Path], how: str
+) -> None:
+    await host.load("a", models["a"])
+    got: list[dict] = []
+
+    async def consume() -> None:
+        async for chunk in host.chat_stream(USER, max_tokens=LONG, temperature=0):
+            got.append(chunk)
+
+    if how == "aclose":
+        stream = host.chat_stream(USER, max_tokens=LONG, temperature=0)
+        got += [await anext(stream), await anext(stream)]
+        await stream.aclose()
+    else:
+        task = asyncio.create_task(consume())
+        await until(lambda: len(got) >= 2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    started = time.monotonic()
+    await until(lambda: not host.busy, timeout=1.0)
+    llama = host._current.llama  # type: ignore[union-attr]
+    assert llama is not None
+    prompt_tokens = len(encode_llama2(USER, lambda t: list(t.encode()), 1, 2))
+    assert llama.n_tokens < prompt_tokens + 200, "generation went on after the reader left"
+    out = await host.chat(USER, max_tokens=1)
+    assert out["choices"][0]["finish_reason"] == "length"
+    assert time.monotonic() - started < 1.0
+    assert host.chat_cancelled == 1
+
+
+async def test_queue_limit(models: dict[str, Path]) -> None:
+    host = ModelHost(n_ctx=N_CTX, n_threads=None, n_gpu_layers=None, queue_limit=2)
+    try:
+        await host.load("a", models["a"])
+        holder = host.chat_stream(USER, max_tokens=LONG)
+        await anext(holder)  # now generating: the model is busy for seconds
+        waiters = [asyncio.create_task(host.chat(USER, max_tokens=1)) for _ in range(2)]
+        await until(lambda: host.queue_waiting == 2)
+        with pytest.raises(QueueFull):
+            await host.chat(USER, max_tokens=1)
+        assert host.chat_rejected == 1
+
+        waiters[0].cancel()  # its client went away: it leaves the queue
+        await until(lambda: host.queue_waiting == 1)
+        waiters.append(asyncio.create_task(host.chat(USER, max_tokens=1)))
+        await until(lambda: host.queue_waiting == 2)
+
+        await holder.aclose()
+        answers = await asyncio.gather(*waiters[1:])
+        assert [a["model"] for a in answers] == ["a", "a"]
+        assert waiters[0].cancelled()
+    finally:
+        await host.close()
+
+
+async def test_close_unloads(host: ModelHost, models: dict[str, Path]) -> None:
+    await host.load("a", models["a"])
+    model = host._current
+    stream = host.chat_stream(USER, max_tokens=LONG)
+    await anext(stream)
+    await asyncio.wait_for(host.close(), 2)  # stops the running generation, frees the model
+    assert model is not None and model.llama is None
+    assert host.status()["status"] == "none"
+    await stream.aclose()
+    with pytest.raises(NoModelLoaded):
+        await host.chat(USER)
+
+
+# --- HTTP routes ------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def client(host: ModelHost) -> AsyncIterator[TestClient]:
+    app = web.Application(middlewares=[json_errors])
+    app[MODEL_HOST] = host
+    add_chat_routes(app)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as c:
+        yield c
+
+
+async def sse_events(resp: Any) -> list[Any]:
+    """Parse `data:` lines up to `[DONE]`; anything after it fails the test."""
+    events: list[Any] = []
+    done = False
+    async for raw in resp.content:
+        line = raw.decode().rstrip("\n")
+        if not line:
+            continue
+        assert not done, "data after [DONE]"
+        assert line.startswith("data: ")
+        payload = line.removeprefix("data: ")
+        if payload == "[DONE]":
+            done = True
+        else:
+            events.append(json.loads(payload))
+    assert done
+    return events
+
+
+async def test_routes_without_model(client: TestClient) -> None:
+    resp = await client.get("/models/loaded")
+    assert resp.status == 200 and (await resp.json())["status"] == "none"
+    resp = await client.get("/v1/models")
+    assert await resp.json() == {"object": "list", "data": []}
+    resp = await client.post("/v1/chat/completions", json={"messages": USER})
+    assert resp.status == 503 and await resp.json() == {"detail": "No model is loaded"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[1, 2]",
+        b"{}",
+        json.dumps({"messages": []}).encode(),
+        json.dumps({"messages": [{"role": "robot", "content": "x"}]}).encode(),
+        json.dumps({"messages": [{"role": "user", "content": 5}]}).encode(),
+        json.dumps({"messages": USER, "temperature": 3}).encode(),
+        json.dumps({"messages": USER, "max_tokens": 0}).encode(),
+        json.dumps({"messages": USER, "stream": "yes"}).encode(),
+        json.dumps({"messages": [*USER, {"role": "assistant", "content": "x"}]}).encode(),
+    ],
+)
+async def test_chat_route_rejects_bad_bodies(client: TestClient, body: bytes) -> None:
+    # The body is checked before the model: no model needed to get a 422.
+    resp = await client.post(
+        "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+    )
+    assert resp.status == 422
+    detail = (await resp.json())["detail"]
+    assert isinstance(detail, str) and detail
+
+
+async def test_chat_routes(client: TestClient, host: ModelHost, models: dict[str, Path]) -> None:
+    await host.load("a", models["a"])
+    resp = await client.get("/v1/models")
+    listing = await resp.json()
+    assert [m["id"] for m in listing["data"]] == ["a"]
+    assert listing["data"][0]["object"] == "model" and listing["data"][0]["owned_by"] == "lawchatd"
+    assert (await (await client.get("/models/loaded")).json())["model_variant"] == "a"
+
+    resp = await client.post(
+        "/v1/chat/completions", json={"messages": USER, "max_tokens": N_CTX + 1}
+    )
+    assert resp.status == 422 and "n_ctx" in (await resp.json())["detail"]
+    too_long = [{"role": "user", "content": "x" * N_CTX}]
+    for stream in (False, True):
+        body = {"messages": too_long, "stream": stream}
+        resp = await client.post("/v1/chat/completions", json=body)
+        assert resp.status == 400 and "context window" in (await resp.json())["detail"]
+
+    body = {"messages": USER, "max_tokens": 6, "temperature": 0}
+    resp = await client.post("/v1/chat/completions", json=body)
+    assert resp.status == 200
+    answer = await resp.json()
+    assert answer["object"] == "chat.completion" and answer["usage"]["completion_tokens"] == 6
+
+    resp = await client.post("/v1/chat/completions", json={**body, "stream": True})
+    assert resp.status == 200 and resp.content_type == "text/event-stream"
+    events = await sse_events(resp)
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert events[-1]["choices"][0]["finish_reason"] == "length"
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events)
+    assert text == answer["choices"][0]["message"]["content"]
+
+
+async def test_stream_client_disconnect_frees_model(
+    client: TestClient, host: ModelHost, models: dict[str, Path]
+) -> None:
+    await host.load("a", models["a"])
+    body = {"messages": USER, "max_tokens": LONG, "stream": True}
+    resp = await client.post("/v1/chat/completions", json=body)
+    await resp.content.readline()  # the role chunk is out: generation runs
+    resp.close()  # hang up
+    await until(lambda: not host.busy, timeout=2.0)
+    assert host.chat_cancelled == 1
+
+
+async def test_queue_full_route(
+    client: TestClient, host: ModelHost, models: dict[str, Path]
+) -> None:
+    await host.load("a", models["a"])
+    host.queue_limit = 0
+    holder = host.chat_stream(USER, max_tokens=LONG)
+    await anext(holder)
+    try:
+        resp = await client.post("/v1/chat/completions", json={"messages": USER})
+        assert resp.status == 429 and "waiting" in (await resp.json())["detail"]
+    finally:
+        await holder.aclose()
