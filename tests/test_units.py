@@ -133,38 +133,30 @@ class CompatResponse(aiohttp.ClientResponse):
         super().__init__(*args, **kwargs)
 
 
-async def hub_call(token: str | None = None):
-    async with aiohttp.ClientSession() as session:
-        return await HubClient(session, HUB, token).resolve(SPEC, "main")
+async def resolve_with_reply(status: int, headers: dict[str, str]):
+    """What HubClient.resolve makes of one reply of the Hub to its HEAD."""
+    with aioresponses() as upstream:
+        upstream.head(RESOLVE, response_class=CompatResponse, status=status, headers=headers)
+        async with aiohttp.ClientSession() as session:
+            return await HubClient(session, HUB, None).resolve(SPEC, "main")
 
 
 async def test_resolve_reads_the_redirect_without_following_it():
-    with aioresponses() as upstream:
-        upstream.head(
-            RESOLVE,
-            response_class=CompatResponse,
-            status=302,
-            headers={
-                "Location": "https://cdn.example/blob?sig=1",
-                "X-Repo-Commit": "c" * 40,
-                "X-Linked-Etag": '"' + "a" * 64 + '"',
-                "X-Linked-Size": "100",
-            },
-        )
-        resolved = await hub_call()
+    resolved = await resolve_with_reply(
+        302,
+        {
+            "Location": "https://cdn.example/blob?sig=1",
+            "X-Repo-Commit": "c" * 40,
+            "X-Linked-Etag": '"' + "a" * 64 + '"',
+            "X-Linked-Size": "100",
+        },
+    )
     assert str(resolved.url) == "https://cdn.example/blob?sig=1"
     assert (resolved.commit, resolved.sha256, resolved.size) == ("c" * 40, "a" * 64, 100)
 
 
 async def test_a_relative_location_is_resolved_against_the_hub():
-    with aioresponses() as upstream:
-        upstream.head(
-            RESOLVE,
-            response_class=CompatResponse,
-            status=307,
-            headers={"Location": "/api/resolve-cache/x"},
-        )
-        resolved = await hub_call()
+    resolved = await resolve_with_reply(307, {"Location": "/api/resolve-cache/x"})
     assert str(resolved.url) == f"{HUB}/api/resolve-cache/x"
 
 
@@ -181,15 +173,8 @@ async def test_a_relative_location_is_resolved_against_the_hub():
     ],
 )
 async def test_hub_errors_in_words(status, code, error, words):
-    with aioresponses() as upstream:
-        upstream.head(
-            RESOLVE,
-            response_class=CompatResponse,
-            status=status,
-            headers={"X-Error-Code": code} if code else {},
-        )
-        with pytest.raises(error, match=words):
-            await hub_call()
+    with pytest.raises(error, match=words):
+        await resolve_with_reply(status, {"X-Error-Code": code} if code else {})
 
 
 def test_the_token_goes_to_the_hub_host_only():
