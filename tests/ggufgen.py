@@ -12,16 +12,26 @@ while it waits for the rest of such a character.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
 import numpy as np
 
 N_CTX = 2048
-N_EMBD = 64
-N_HEAD = 4
-N_FF = 128
-N_LAYER = 2
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Layer sizes: TINY for tests; a larger shape lets the benchmarks weigh a swap's memory."""
+
+    n_embd: int = 64
+    n_head: int = 4
+    n_ff: int = 128
+    n_layer: int = 2
+
+
+TINY = Shape()
 
 # Same layout as Llama-2's vocabulary: <unk>, <s>, </s>, then the 256 byte fallbacks.
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -51,33 +61,34 @@ def _allowed_outputs() -> np.ndarray:
     return mask
 
 
-def _tensors(rng: np.random.Generator, broken: bool) -> dict[str, np.ndarray]:
+def _tensors(rng: np.random.Generator, broken: bool, shape: Shape) -> dict[str, np.ndarray]:
     """numpy shapes are (rows, cols); gguf stores them reversed, as llama.cpp expects."""
-    ones = np.ones(N_EMBD, dtype=np.float32)
-    embd = _weights(rng, N_VOCAB, N_EMBD)
+    n_embd, n_ff = shape.n_embd, shape.n_ff
+    ones = np.ones(n_embd, dtype=np.float32)
+    embd = _weights(rng, N_VOCAB, n_embd)
     # Dimension 0 of the residual stream is a large constant for every token, so after the
     # final norm it is about +8 whatever the layers did; a weight of -5 on it in a token's
     # output row puts that token's logit near -40: never sampled.
     embd[:, 0] = 10.0
-    output = _weights(rng, N_VOCAB, N_EMBD)
+    output = _weights(rng, N_VOCAB, n_embd)
     output[~_allowed_outputs(), 0] = -5.0
     t: dict[str, np.ndarray] = {
         "token_embd.weight": embd,
         "output_norm.weight": ones,
         "output.weight": output,
     }
-    for i in range(N_LAYER):
+    for i in range(shape.n_layer):
         p = f"blk.{i}."
         t[p + "attn_norm.weight"] = ones
         for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            t[p + name + ".weight"] = _weights(rng, N_EMBD, N_EMBD)
+            t[p + name + ".weight"] = _weights(rng, n_embd, n_embd)
         t[p + "ffn_norm.weight"] = ones
-        t[p + "ffn_gate.weight"] = _weights(rng, N_FF, N_EMBD)
-        t[p + "ffn_up.weight"] = _weights(rng, N_FF, N_EMBD)
-        t[p + "ffn_down.weight"] = _weights(rng, N_EMBD, N_FF)
+        t[p + "ffn_gate.weight"] = _weights(rng, n_ff, n_embd)
+        t[p + "ffn_up.weight"] = _weights(rng, n_ff, n_embd)
+        t[p + "ffn_down.weight"] = _weights(rng, n_embd, n_ff)
     if broken:
         # A required tensor is missing: the header parses, llama.cpp refuses to load.
-        del t[f"blk.{N_LAYER - 1}.ffn_down.weight"]
+        del t[f"blk.{shape.n_layer - 1}.ffn_down.weight"]
     return t
 
 
@@ -92,7 +103,12 @@ def _padding(seed: int, n: int) -> str:
 
 
 def make_tiny_llama(
-    path: Path, *, seed: int = 0, pad_bytes: int = 0, broken_tensors: bool = False
+    path: Path,
+    *,
+    seed: int = 0,
+    pad_bytes: int = 0,
+    broken_tensors: bool = False,
+    shape: Shape = TINY,
 ) -> Path:
     """Write a ~450 KB llama GGUF to ``path`` and return it.
 
@@ -105,12 +121,12 @@ def make_tiny_llama(
     w.add_name(f"tiny-llama-{seed}")
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     w.add_context_length(N_CTX)
-    w.add_embedding_length(N_EMBD)
-    w.add_block_count(N_LAYER)
-    w.add_feed_forward_length(N_FF)
-    w.add_head_count(N_HEAD)
-    w.add_head_count_kv(N_HEAD)
-    w.add_rope_dimension_count(N_EMBD // N_HEAD)
+    w.add_embedding_length(shape.n_embd)
+    w.add_block_count(shape.n_layer)
+    w.add_feed_forward_length(shape.n_ff)
+    w.add_head_count(shape.n_head)
+    w.add_head_count_kv(shape.n_head)
+    w.add_rope_dimension_count(shape.n_embd // shape.n_head)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_tokenizer_model("llama")
     w.add_token_list(TOKENS)
@@ -122,7 +138,7 @@ def make_tiny_llama(
     w.add_add_bos_token(True)
     if pad_bytes > 0:
         w.add_string(PAD_KEY, _padding(seed, pad_bytes))
-    for name, arr in _tensors(rng, broken_tensors).items():
+    for name, arr in _tensors(rng, broken_tensors, shape).items():
         w.add_tensor(name, arr)
     w.write_header_to_file()
     w.write_kv_data_to_file()
