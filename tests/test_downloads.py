@@ -279,3 +279,28 @@ async def test_a_full_disk_mid_way_keeps_the_partial_and_the_daemon_healthy(
     assert (await daemon.wait_done())["status"] == "completed"
     assert mirror.cdn_bytes() == models[A].size - kept
     assert sha256_of(final_file(daemon, models[A])) == models[A].sha256
+
+
+async def test_the_hf_token_goes_to_the_hub_and_never_to_the_cdn(make_daemon, hub_root, models):
+    from tests.harness import HF_TOKEN, start_mirror
+
+    # The CDN answers on "localhost": another origin than the Hub at 127.0.0.1.
+    gated = await start_mirror(hub_root, token=HF_TOKEN, cdn_host="localhost")
+    try:
+        without = await make_daemon(data_dir=None, hub=gated).start()
+        await download(without, "tiny-small")
+        refused = await without.wait_done()
+        assert refused["status"] == "error" and "gated" in refused["error"]
+        await without.close()
+
+        daemon = await make_daemon(hub=gated, LAWCHATD_HF_TOKEN=HF_TOKEN).start()
+        await download(daemon, "tiny-small")
+        assert (await daemon.wait_done())["status"] == "completed"
+        hub = [r for r in gated.stats.requests if "/resolve/" in r.path and r.status == 302]
+        cdn = [r for r in gated.stats.requests if r.path.startswith("/cdn/")]
+        assert hub and all(r.authorization for r in hub)
+        assert cdn and not any(r.authorization for r in cdn)
+        assert all(r.host.startswith("localhost:") for r in cdn)
+        assert HF_TOKEN not in daemon.log()
+    finally:
+        await gated.runner.cleanup()
