@@ -20,7 +20,6 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import aiofiles
 import aiohttp
 from yarl import URL
 
@@ -34,6 +33,8 @@ log = logging.getLogger(__name__)
 
 WRITE_SIZE = 2 << 20  # bytes gathered before one write: few thread hops, little memory
 HASH_SIZE = 16 << 20  # bytes hashed per thread call: keeps cancellation prompt
+HASH_READ = 4 << 20  # one reused read buffer for the hasher
+IOV_MAX = 1024  # chunks per pwritev call (the Linux limit)
 # Parts smaller than this are not worth their own connection: the initial split and an idle
 # connection's steal (half of the largest running part) both respect it.
 MIN_PART = 4 << 20
@@ -272,7 +273,7 @@ class Download:
                         group.create_task(self._report_loop()),
                         group.create_task(self._checkpoint_loop(fd)),
                     ]
-                    fetching = [group.create_task(self._worker()) for _ in range(connections)]
+                    fetching = [group.create_task(self._worker(fd)) for _ in range(connections)]
                     fetching.append(group.create_task(self._hash_loop(fd)))
                     await asyncio.gather(*fetching)
                     for task in loops:
@@ -305,19 +306,19 @@ class Download:
         self._busy.add(stolen.start)
         return stolen
 
-    async def _worker(self) -> None:
+    async def _worker(self, fd: int) -> None:
         while (part := self._claim()) is not None:
             try:
-                await self._fetch_part(part)
+                await self._fetch_part(part, fd)
             finally:
                 self._busy.discard(part.start)
 
-    async def _fetch_part(self, part: Part) -> None:
+    async def _fetch_part(self, part: Part, fd: int) -> None:
         failures = 0
         while part.remaining > 0:
             before = part.done
             try:
-                await self._stream(part)
+                await self._stream(part, fd)
             except _RETRYABLE as exc:
                 failures = 1 if part.done > before else failures + 1
                 if failures > self._settings.max_retries:
@@ -340,43 +341,43 @@ class Download:
             if not self._backing_off:
                 self._set(phase="downloading")
 
-    async def _stream(self, part: Part) -> None:
+    async def _stream(self, part: Part, fd: int) -> None:
         if self._url is None:
             await self._resolve_again()
         size = self.spec.size
         end = None if part.end == size else part.end
         async with self._hub.get_range(self._url, part.offset, end, self.row.cdn_etag) as resp:
             self._check_response(resp, part, ranged=part.offset > 0 or end is not None)
-            async with aiofiles.open(self.path, "r+b") as out:
-                await out.seek(part.offset)
-                buffer = bytearray()
-                flush_at = time.monotonic() + REPORT_SECONDS
-                async for chunk in resp.content.iter_any():
-                    buffer += chunk
-                    # Another connection may have taken the tail of this part: stop at its end.
-                    room = part.remaining
-                    if len(buffer) >= room:
-                        del buffer[room:]
-                        await self._write(out, part, buffer)
-                        return
-                    # Big writes when bytes pour in; timely ones on a slow line, for progress.
-                    if len(buffer) >= WRITE_SIZE or time.monotonic() >= flush_at:
-                        await self._write(out, part, buffer)
-                        flush_at = time.monotonic() + REPORT_SECONDS
-                await self._write(out, part, buffer)
+            # Chunks are kept as they arrive and written with one pwritev: no copy into a
+            # buffer that is freed and grown again every few MB.
+            chunks: list[bytes] = []
+            buffered = 0
+            flush_at = time.monotonic() + REPORT_SECONDS
+            async for chunk in resp.content.iter_any():
+                chunks.append(chunk)
+                buffered += len(chunk)
+                # Another connection may have taken the tail of this part: stop at its end.
+                if buffered >= part.remaining:
+                    await self._write(fd, part, _clip(chunks, part.remaining))
+                    return
+                # Big writes when bytes pour in; timely ones on a slow line, for progress.
+                if buffered >= WRITE_SIZE or time.monotonic() >= flush_at:
+                    await self._write(fd, part, chunks)
+                    chunks, buffered = [], 0
+                    flush_at = time.monotonic() + REPORT_SECONDS
+            await self._write(fd, part, chunks)
         if part.remaining > 0:
             raise _ConnectionLost(f"the server closed the connection {part.remaining} bytes early")
 
-    async def _write(self, out, part: Part, buffer: bytearray) -> None:
-        if not buffer:
+    async def _write(self, fd: int, part: Part, chunks: list) -> None:
+        if not chunks:
             return
         try:
-            await out.write(buffer)
+            written = await asyncio.to_thread(_pwrite_all, fd, chunks, part.offset)
         except OSError as exc:
             raise self._disk_error(exc) from exc
-        part.done += len(buffer)
-        self.fetched += len(buffer)
-        buffer.clear()
+        part.done += written
+        self.fetched += written
         self._written.set()
 
     def _disk_error(self, exc: OSError) -> DownloadFailed:
@@ -432,11 +433,12 @@ class Download:
     async def _hash_loop(self, fd: int) -> None:
         # A cancelled hash call may still run in its thread: every path that cancels this loop
         # either discards the Download or replaces the hasher (_start_over).
+        buffer = bytearray(HASH_READ)  # this loop's own: a cancelled call may still fill its
         while self._hashed < self.spec.size:
             frontier = self._hashable_frontier()
             if self._hashed < frontier:
                 length = min(frontier - self._hashed, HASH_SIZE)
-                await asyncio.to_thread(_hash_range, self._hasher, fd, self._hashed, length)
+                await asyncio.to_thread(_hash_range, self._hasher, fd, self._hashed, length, buffer)
                 self._hashed += length
             else:
                 self._written.clear()
@@ -525,14 +527,41 @@ def _unlink(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-def _hash_range(hasher, fd: int, offset: int, length: int) -> None:
+def _hash_range(hasher, fd: int, offset: int, length: int, buffer: bytearray) -> None:
+    view = memoryview(buffer)
     end = offset + length
     while offset < end:
-        data = os.pread(fd, min(end - offset, 4 << 20), offset)
-        if not data:
+        count = os.preadv(fd, [view[: min(end - offset, len(view))]], offset)
+        if not count:
             raise OSError(errno.EIO, "the partial file is shorter than its finished parts")
-        hasher.update(data)
-        offset += len(data)
+        hasher.update(view[:count])
+        offset += count
+
+
+def _clip(chunks: list, limit: int) -> list:
+    """The first `limit` bytes of `chunks`."""
+    kept, total = [], 0
+    for chunk in chunks:
+        if total + len(chunk) >= limit:
+            kept.append(memoryview(chunk)[: limit - total])
+            return kept
+        kept.append(chunk)
+        total += len(chunk)
+    return kept
+
+
+def _pwrite_all(fd: int, chunks: list, offset: int) -> int:
+    """Write every chunk at `offset` on, in few system calls; pwritev may write short."""
+    views = [memoryview(c) for c in chunks]
+    total = 0
+    while views:
+        written = os.pwritev(fd, views[:IOV_MAX], offset + total)
+        total += written
+        while views and written >= len(views[0]):
+            written -= len(views.pop(0))
+        if views and written:
+            views[0] = views[0][written:]
+    return total
 
 
 def _publish_file(fd: int, part_file: Path, final: Path) -> None:
