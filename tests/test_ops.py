@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -77,8 +78,15 @@ async def test_sigterm_mid_download_notifies_exits_0_and_the_next_start_resumes(
     await notify.wait_for("STATUS=downloading tiny-a ")  # a line a human can read
     assert any(line.endswith("%") for line in notify.lines() if "downloading" in line)
 
-    stopping_at = time.monotonic()
-    first.proc.send_signal(signal.SIGTERM)
+    session = await first.session()
+    async with session.ws_connect(first.url + "/ws/progress") as ws:
+        assert (await ws.receive_json(timeout=5))["type"] == "snapshot"
+        stopping_at = time.monotonic()
+        first.proc.send_signal(signal.SIGTERM)
+        while (message := await ws.receive(timeout=10)).type == aiohttp.WSMsgType.TEXT:
+            pass
+        assert message.type == aiohttp.WSMsgType.CLOSE
+        assert message.data == aiohttp.WSCloseCode.GOING_AWAY
     while first.proc.poll() is None:
         await asyncio.sleep(0.05)  # the mirror shares this loop: never block it
     assert first.proc.returncode == 0, first.log()
