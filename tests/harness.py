@@ -45,8 +45,9 @@ def sha256_of(path: Path) -> str:
 def make_big_gguf(path: Path, size: int) -> Path:
     """A GGUF header and incompressible bytes: passes download checks, not meant to load."""
     with open(path, "wb") as f:
-        f.write(b"GGUF" + struct.pack("<IQQ", 3, 0, 0))
-        f.write(os.urandom(size - 20))
+        header = b"GGUF" + struct.pack("<IQQ", 3, 0, 0)
+        f.write(header)
+        f.write(os.urandom(size - len(header)))
     return path
 
 
@@ -92,6 +93,14 @@ class Mirror:
 
     def cdn_bytes(self) -> int:
         return self.stats.bytes_served
+
+    async def fresh_count(self) -> None:
+        """Reset the counters once responses to a client that went away have stopped writing."""
+        last = -1
+        while last != self.stats.bytes_served:
+            last = self.stats.bytes_served
+            await asyncio.sleep(0.2)
+        self.stats.reset()
 
 
 async def start_mirror(

@@ -72,7 +72,7 @@ async def test_cancel_then_resume_fetches_only_the_missing_bytes(
     assert available["available_models"][variant]["partial_bytes"] == kept
 
     mirror.faults.rate = None
-    mirror.stats.reset()
+    await mirror.fresh_count()
     await download(daemon, variant)
     done = await daemon.wait_done()
     assert done["status"] == "completed", done
@@ -105,7 +105,7 @@ async def test_sigkill_mid_download_resumes_at_start(make_daemon, mirror: Mirror
     assert persisted > 0
 
     mirror.faults.rate = None
-    mirror.stats.reset()
+    await mirror.fresh_count()
     second = await make_daemon().start()  # same data dir; nobody asks it to download
     done = await second.wait_done()
     assert done["status"] == "completed", done
@@ -171,7 +171,7 @@ async def test_a_200_to_a_ranged_request_starts_over_and_never_appends(
     await daemon.post("/models/cancel-download")
     mirror.faults.rate = None
     mirror.faults.ignore_range = True
-    mirror.stats.reset()
+    await mirror.fresh_count()
     await download(daemon)
     done = await daemon.wait_done()
     assert done["status"] == "completed", done
@@ -274,7 +274,7 @@ async def test_a_full_disk_mid_way_keeps_the_partial_and_the_daemon_healthy(
 
     filler.unlink()
     mirror.faults.rate = None
-    mirror.stats.reset()
+    await mirror.fresh_count()
     await download(daemon)
     assert (await daemon.wait_done())["status"] == "completed"
     assert mirror.cdn_bytes() == models[A].size - kept
@@ -304,3 +304,34 @@ async def test_the_hf_token_goes_to_the_hub_and_never_to_the_cdn(make_daemon, hu
         assert HF_TOKEN not in daemon.log()
     finally:
         await gated.runner.cleanup()
+
+
+async def test_a_partial_of_an_older_upstream_file_is_started_over(make_daemon, tmp_path):
+    from tests.harness import REPO, make_big_gguf, start_mirror
+
+    # A catalog without sha256 trusts the Hub's: when that changes, the partial is stale.
+    hub = tmp_path / "hub"
+    (hub / REPO).mkdir(parents=True)
+    path = make_big_gguf(hub / REPO / "moving.gguf", 8 << 20)
+    catalog = tmp_path / "moving.toml"
+    catalog.write_text(
+        f'[[models]]\nvariant = "moving"\nrepo = "{REPO}"\n'
+        f'filename = "moving.gguf"\nsize = {8 << 20}\n'
+    )
+    mirror = await start_mirror(hub)
+    try:
+        daemon = await make_daemon(hub=mirror, LAWCHATD_CATALOG=str(catalog)).start()
+        mirror.faults.rate = 2_000_000
+        await download(daemon, "moving")
+        await daemon.wait_progress(lambda p: p["downloaded_size"] >= 1_000_000)
+        await daemon.post("/models/cancel-download")
+        make_big_gguf(path, 8 << 20)  # upstream publishes new bytes of the same size
+        mirror.faults.rate = None
+        await mirror.fresh_count()
+        await download(daemon, "moving")
+        assert (await daemon.wait_done())["status"] == "completed"
+        assert mirror.cdn_bytes() == 8 << 20  # every byte again, none appended to old ones
+        final = daemon.data_dir / "models" / "moving.gguf"
+        assert sha256_of(final) == sha256_of(path)
+    finally:
+        await mirror.runner.cleanup()

@@ -96,7 +96,7 @@ async def test_sigterm_mid_download_notifies_exits_0_and_the_next_start_resumes(
     assert kept >= 1_500_000
 
     mirror.faults.rate = None
-    mirror.stats.reset()
+    await mirror.fresh_count()
     second = await make_daemon().start()
     done = await second.wait_done()
     assert done["status"] == "completed", done
