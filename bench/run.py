@@ -390,11 +390,8 @@ def bench_aria2c(ctx: Context, n: int, verify: bool) -> Run:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # ---- lawchatd -----------------------------------------------------------------------------------

@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # read size of the fast path
 PACED_CHUNK = 64 << 10  # small chunks under a rate limit, so a cancel lands mid-way
-HASH_CHUNK = 8 << 20
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _SIDECAR = ".sha256"
 
@@ -199,11 +198,8 @@ class _Repo:
 
 
 def _hash_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(HASH_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class _Sha256Cache:

@@ -39,7 +39,8 @@ class ModelFile:
 
 
 def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def make_big_gguf(path: Path, size: int) -> Path:
