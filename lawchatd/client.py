@@ -138,12 +138,15 @@ async def _follow(ws, variant: str, out: TextIO, interrupted: asyncio.Event) -> 
     stop = asyncio.ensure_future(interrupted.wait())
     try:
         while True:
-            receive = asyncio.ensure_future(ws.receive_json())
+            receive = asyncio.ensure_future(ws.receive())
             await asyncio.wait({receive, stop}, return_when=asyncio.FIRST_COMPLETED)
             if stop.done():
                 receive.cancel()
                 return None
-            message = receive.result()
+            frame = receive.result()
+            if frame.type != aiohttp.WSMsgType.TEXT:  # the daemon stopped or dropped us
+                raise ClientError("lost the connection to lawchatd", UNREACHABLE)
+            message = frame.json()
             if message.get("type") not in ("snapshot", "progress"):
                 continue
             if message.get("model_variant") != variant:

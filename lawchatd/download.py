@@ -70,13 +70,17 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 def progress_fields(
-    row: DownloadRow | None, downloaded: int | None = None, speed: float | None = None
+    row: DownloadRow | None,
+    downloaded: int | None = None,
+    speed: float | None = None,
+    retries: int = 0,
 ) -> dict:
     """The contract's PROGRESS object for a download row (idle when there is none)."""
     if row is None:
         return {
             "model_variant": None, "progress": 0, "status": "idle", "error": None,
             "total_size": 0, "downloaded_size": 0, "speed": None, "eta": None, "phase": None,
+            "retries": 0,
         }  # fmt: skip
     done = row.downloaded_size if downloaded is None else downloaded
     total = row.total_size
@@ -93,6 +97,7 @@ def progress_fields(
         "speed": round(speed, 1) if speed is not None else None,
         "eta": eta,
         "phase": row.phase,
+        "retries": retries,
     }
 
 
@@ -131,6 +136,7 @@ class Download:
         self.fetched = 0  # bytes this run took from the network (metrics)
         self._busy: set[int] = set()  # starts of parts a connection is filling
         self._backing_off = 0
+        self._phase_before_retry: str | None = None
         self._url: URL | None = None
         self._hasher = hashlib.sha256()
         self._hashed = 0
@@ -140,9 +146,7 @@ class Download:
     # ---- what the outside sees -------------------------------------------------------------
 
     def progress(self) -> dict:
-        fields = progress_fields(self.row, self.downloaded, self.speed())
-        fields["retries"] = self.retries
-        return fields
+        return progress_fields(self.row, self.downloaded, self.speed(), self.retries)
 
     @property
     def downloaded(self) -> int:
@@ -198,16 +202,26 @@ class Download:
                 os.close(fd)
 
     async def _stop(self, status: str, error: str | None, fd: int | None) -> None:
-        if fd is not None and self.parts:
-            await self._checkpoint(fd)
+        # The state is set before any await, and the writes are shielded: a second cancel
+        # (a double click, then SIGTERM) must not leave a row that says "downloading".
         self.row.error = error
         self.row.finished_at = time.time()
         self._set(status=status, phase=None)
-        await self._store.save(self.row)
+        try:
+            await asyncio.shield(self._persist_stop(fd))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("could not record the end of the download of %s", self.spec.variant)
         log.info(
             "download of %s %s at %d/%d bytes%s",
             self.spec.variant, status, self.downloaded, self.spec.size, f": {error}" if error else "",
         )  # fmt: skip
+
+    async def _persist_stop(self, fd: int | None) -> None:
+        if fd is not None and self.parts:
+            await self._checkpoint(fd)
+        await self._store.save(self.row)
 
     async def _resolve(self) -> Resolved:
         try:
@@ -242,7 +256,8 @@ class Download:
         parts = await self._store.parts(self.spec.variant)
         on_disk = await asyncio.to_thread(_file_size, self.path)
         same_file = resolved.sha256 is None or self.row.upstream_sha256 in (None, resolved.sha256)
-        if parts and on_disk is not None and same_file:
+        tiles = bool(parts) and parts[0].start == 0 and parts[-1].end == self.spec.size
+        if tiles and on_disk is not None and same_file:
             for part in parts:  # never trust the store past what the file holds
                 part.done = max(0, min(part.done, on_disk - part.start))
             self.parts = parts
@@ -279,16 +294,20 @@ class Download:
                     for task in loops:
                         task.cancel()
                 return
-            except* _RestartFromZero as group:
-                reason = group.exceptions[0]
-                log.warning("%s: %s; starting over", self.spec.variant, reason)
-                await self._start_over()
-                if not reason.ranges_ok:
-                    self.parts = [Part(0, self.spec.size)]
-                    connections = 1
-                await self._store.save(self.row, self.parts)
-            except* DownloadFailed as group:
-                raise group.exceptions[0] from None
+            except ExceptionGroup as group:
+                # An error wins over a restart: the partial it speaks of must not be truncated.
+                if failed := group.subgroup(DownloadFailed):
+                    raise failed.exceptions[0] from None
+                restart = group.subgroup(_RestartFromZero)
+                if restart is None:
+                    raise
+                reason = restart.exceptions[0]
+            log.warning("%s: %s; starting over", self.spec.variant, reason)
+            await self._start_over()
+            if not reason.ranges_ok:
+                self.parts = [Part(0, self.spec.size)]
+                connections = 1  # the server does not honour ranges
+            await self._store.save(self.row, self.parts)
 
     def _claim(self) -> Part | None:
         for part in self.parts:
@@ -332,14 +351,16 @@ class Download:
         self.retries += 1
         delay = min(30.0, self._settings.retry_backoff * 2 ** (failures - 1))
         log.warning("%s: %s; retry %d in %.1fs", self.spec.variant, _describe(exc), failures, delay)
+        if not self._backing_off:
+            self._phase_before_retry = self.row.phase
         self._backing_off += 1
         self._set(phase="retrying")
         try:
             await asyncio.sleep(delay)
         finally:
             self._backing_off -= 1
-            if not self._backing_off:
-                self._set(phase="downloading")
+            if not self._backing_off and self.row.status == "downloading":
+                self._set(phase=self._phase_before_retry)
 
     async def _stream(self, part: Part, fd: int) -> None:
         if self._url is None:
@@ -376,7 +397,9 @@ class Download:
             written = await asyncio.to_thread(_pwrite_all, fd, chunks, part.offset)
         except OSError as exc:
             raise self._disk_error(exc) from exc
-        part.done += written
+        # A steal may have moved this part's end below the batch: those extra bytes belong to
+        # the new part (which writes the same bytes again) and must not be counted twice.
+        part.done += min(written, part.end - part.offset)
         self.fetched += written
         self._written.set()
 

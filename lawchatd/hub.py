@@ -66,7 +66,9 @@ class HubClient:
                 target = url.join(URL(location, encoded=True))
             else:
                 target = url
-            size = headers.get("X-Linked-Size") or headers.get("Content-Length")
+            size = headers.get("X-Linked-Size")
+            if size is None and resp.status == 200:  # a redirect's length is its own body's
+                size = headers.get("Content-Length")
             return Resolved(
                 commit=headers.get("X-Repo-Commit"),
                 sha256=_strip_etag(headers.get("X-Linked-Etag")),

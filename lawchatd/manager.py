@@ -151,6 +151,10 @@ class DownloadManager:
         started = time.monotonic()
         try:
             await download.run()
+        except asyncio.CancelledError:
+            pass  # the row already says "cancelled"; nobody awaits this task's result
+        except BaseException:
+            log.exception("the download task of %s died", download.spec.variant)
         finally:
             status = download.row.status
             self.outcomes[status] = self.outcomes.get(status, 0) + 1
@@ -176,20 +180,27 @@ class DownloadManager:
             return False, "No download is running"
         download, task = self.current, self._task
         assert task is not None
-        if download.row.phase == "loading":
-            return False, f"{download.spec.variant} is already downloaded and being loaded"
-        task.cancel()
+        if download.row.phase in ("verifying", "loading"):
+            # Past the last byte: the file is being checked, renamed and swapped in.
+            doing = "verified" if download.row.phase == "verifying" else "loaded"
+            return False, f"{download.spec.variant} is fully downloaded and is being {doing}"
+        if not task.cancelling():  # a second click must not interrupt the first one's cleanup
+            task.cancel()
         # The task stops at its next await; waiting here lets the reply tell the truth.
         await asyncio.wait({task}, timeout=CANCEL_WAIT)
         return True, f"Download of {download.spec.variant} cancelled; the partial file is kept"
 
     async def cleanup(self) -> int:
         """Delete partial files that no running download owns."""
-        owned = part_path(self._settings.models_dir, self.current.spec) if self.running else None
+        async with self._start_lock:  # no download may start on a file being deleted
+            return await self._cleanup()
+
+    async def _cleanup(self) -> int:
         cleaned = 0
         for spec in self.catalog:
             path = part_path(self._settings.models_dir, spec)
-            if path == owned or not path.exists():
+            owned = self.running and self.current is not None and self.current.spec is spec
+            if owned or not path.exists():
                 continue
             await asyncio.to_thread(path.unlink, missing_ok=True)
             cleaned += 1

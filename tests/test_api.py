@@ -60,6 +60,7 @@ async def test_idle_progress_before_any_download(daemon: Daemon):
         "speed": None,
         "eta": None,
         "phase": None,
+        "retries": 0,
     }
 
 

@@ -335,3 +335,19 @@ async def test_a_partial_of_an_older_upstream_file_is_started_over(make_daemon, 
         assert sha256_of(final) == sha256_of(path)
     finally:
         await mirror.runner.cleanup()
+
+
+async def test_a_double_cancel_still_records_the_cancel(make_daemon, mirror: Mirror, models):
+    daemon = await make_daemon().start()
+    mirror.faults.rate = 2_000_000
+    await download(daemon)
+    await daemon.wait_progress(lambda p: p["downloaded_size"] >= 500_000)
+    replies = await asyncio.gather(*(daemon.post("/models/cancel-download") for _ in range(3)))
+    assert all(status == 200 for status, _ in replies)
+    assert (await daemon.get("/models/download-progress"))["status"] == "cancelled"
+    assert daemon.kill(signal.SIGTERM) == 0
+    again = await make_daemon().start()  # a cancel is the user's word: no resume at start
+    await asyncio.sleep(0.5)
+    progress = await again.get("/models/download-progress")
+    assert progress["status"] == "cancelled" and progress["model_variant"] == A
+    assert part_file(again, models[A]).exists()

@@ -151,6 +151,15 @@ async def test_pull_exit_codes(daemon: Daemon, mirror: Mirror):
     assert code == 3 and "cannot reach lawchatd" in err
 
 
+async def test_pull_exits_3_when_the_daemon_goes_away(daemon: Daemon, mirror: Mirror):
+    mirror.faults.rate = 1_000_000
+    proc = await run_cli(daemon, "pull", A)
+    await daemon.wait_progress(lambda p: p["downloaded_size"] >= 300_000)
+    daemon.kill(signal.SIGKILL)
+    code, _, err = await finished(proc)
+    assert code == 3 and "lost the connection" in err
+
+
 async def test_ctrl_c_in_pull_cancels_and_keeps_the_partial(daemon: Daemon, mirror: Mirror, models):
     mirror.faults.rate = 1_000_000
     proc = await run_cli(daemon, "pull", A)

@@ -160,6 +160,12 @@ async def test_a_relative_location_is_resolved_against_the_hub():
     assert str(resolved.url) == f"{HUB}/api/resolve-cache/x"
 
 
+async def test_a_redirect_without_linked_size_has_no_size():
+    # The Content-Length of a 302 is its own (empty) body's, not the file's.
+    resolved = await resolve_with_reply(302, {"Location": "/cdn/x", "Content-Length": "0"})
+    assert resolved.size is None
+
+
 @pytest.mark.parametrize(
     ("status", "code", "error", "words"),
     [

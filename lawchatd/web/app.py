@@ -137,5 +137,10 @@ async def _downloads(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _close_websockets(app: web.Application) -> None:
-    for socket in list(app[WEBSOCKETS]):
-        await socket.close(code=WSCloseCode.GOING_AWAY, message=b"lawchatd is stopping")
+    # All at once and bounded: a dead browser tab must not hold the stop past systemd's limit.
+    closing = [
+        asyncio.create_task(ws.close(code=WSCloseCode.GOING_AWAY, message=b"lawchatd is stopping"))
+        for ws in app[WEBSOCKETS]
+    ]
+    if closing:
+        await asyncio.wait(closing, timeout=2)

@@ -7,6 +7,7 @@ import asyncio
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, StrictStr
 
+from lawchatd.manager import UnknownVariant
 from lawchatd.modelhost import LoadInProgress, ModelLoadError
 from lawchatd.web.chat import MODEL_HOST
 from lawchatd.web.errors import error, read_json
@@ -23,9 +24,10 @@ class LoadRequest(BaseModel):
 @routes.post("/models/load")
 async def post_load(request: web.Request) -> web.Response:
     body = await read_json(request, LoadRequest)
-    spec = request.app[CATALOG].get(body.model_variant)
+    catalog = request.app[CATALOG]
+    spec = catalog.get(body.model_variant)
     if spec is None:
-        raise error(400, f"Unknown model variant {body.model_variant!r}")
+        raise error(400, str(UnknownVariant(body.model_variant, catalog.variants)))
     manager = request.app[MANAGER]
     if not manager.is_downloaded(spec):
         raise error(404, f"{spec.variant} is not downloaded; download it first")
