@@ -76,9 +76,6 @@ class Catalog:
     def get(self, variant: str) -> ModelSpec | None:
         return self._by_variant.get(variant)
 
-    def by_filename(self, filename: str) -> ModelSpec | None:
-        return next((s for s in self if s.filename == filename), None)
-
     @property
     def variants(self) -> list[str]:
         return list(self._by_variant)

@@ -25,8 +25,9 @@ from lawchatd.modelhost import (
     QueueFull,
 )
 from lawchatd.prompt import encode_llama2, format_llama2, llama2_turns
-from lawchatd.web.chat import MODEL_HOST, add_chat_routes
+from lawchatd.web.chat import add_chat_routes
 from lawchatd.web.errors import json_errors
+from lawchatd.web.keys import MODEL_HOST
 from tests.ggufgen import make_tiny_llama
 
 log = logging.getLogger(__name__)

@@ -21,12 +21,13 @@ from lawchatd.progress import ProgressHub
 from lawchatd.store import Store
 from lawchatd.web import metrics, routes_compat, routes_models, ws
 from lawchatd.web.auth import require_api_key
-from lawchatd.web.chat import MODEL_HOST, add_chat_routes
+from lawchatd.web.chat import add_chat_routes
 from lawchatd.web.errors import json_errors
 from lawchatd.web.keys import (
     ACTIVATOR,
     CATALOG,
     MANAGER,
+    MODEL_HOST,
     PROGRESS,
     SETTINGS,
     STORE,

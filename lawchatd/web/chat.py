@@ -13,7 +13,6 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from lawchatd.modelhost import (
-    ModelHost,
     ModelHostError,
     NoModelLoaded,
     PromptTooLong,
@@ -21,10 +20,10 @@ from lawchatd.modelhost import (
 )
 from lawchatd.prompt import llama2_turns
 from lawchatd.web.errors import error, read_json
+from lawchatd.web.keys import MODEL_HOST
 
 log = logging.getLogger(__name__)
 
-MODEL_HOST: web.AppKey[ModelHost] = web.AppKey("model_host", ModelHost)
 
 _STATUS_OF: list[tuple[type[ModelHostError], int]] = [
     (NoModelLoaded, 503),

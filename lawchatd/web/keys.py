@@ -8,6 +8,7 @@ from lawchatd.activation import Activator
 from lawchatd.catalog import Catalog
 from lawchatd.config import Settings
 from lawchatd.manager import DownloadManager
+from lawchatd.modelhost import ModelHost
 from lawchatd.progress import ProgressHub
 from lawchatd.store import Store
 
@@ -18,3 +19,4 @@ PROGRESS = web.AppKey("progress", ProgressHub)
 MANAGER = web.AppKey("manager", DownloadManager)
 WEBSOCKETS = web.AppKey("websockets", set)
 ACTIVATOR = web.AppKey("activator", Activator)
+MODEL_HOST = web.AppKey("model_host", ModelHost)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from lawchatd.web.chat import MODEL_HOST
-from lawchatd.web.keys import MANAGER, WEBSOCKETS
+from lawchatd.web.keys import MANAGER, MODEL_HOST, WEBSOCKETS
 
 routes = web.RouteTableDef()
 

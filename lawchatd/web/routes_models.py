@@ -9,9 +9,8 @@ from pydantic import BaseModel, ConfigDict, StrictStr
 
 from lawchatd.manager import UnknownVariant
 from lawchatd.modelhost import LoadInProgress, ModelLoadError
-from lawchatd.web.chat import MODEL_HOST
 from lawchatd.web.errors import error, read_json
-from lawchatd.web.keys import ACTIVATOR, CATALOG, MANAGER
+from lawchatd.web.keys import ACTIVATOR, CATALOG, MANAGER, MODEL_HOST
 
 routes = web.RouteTableDef()
 

@@ -8,8 +8,7 @@ import logging
 
 from aiohttp import WSCloseCode, web
 
-from lawchatd.web.chat import MODEL_HOST
-from lawchatd.web.keys import MANAGER, PROGRESS, WEBSOCKETS
+from lawchatd.web.keys import MANAGER, MODEL_HOST, PROGRESS, WEBSOCKETS
 from lawchatd.web.routes_compat import available_models
 
 log = logging.getLogger(__name__)
