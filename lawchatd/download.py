@@ -526,8 +526,12 @@ class Download:
         return None
 
 
+_URL_QUERY = re.compile(r"(https?://[^\s'\"?]+)\?[^\s'\"]*")
+
+
 def _describe(exc: BaseException) -> str:
-    text = str(exc)
+    """An exception in words for logs and the `error` field, without presigned URL signatures."""
+    text = _URL_QUERY.sub(r"\1?...", str(exc))
     if isinstance(exc, TimeoutError) and not text:
         return "no data arrived within the stall timeout"
     return text or type(exc).__name__
