@@ -53,10 +53,3 @@ def test_unclaimed_parts_come_first_and_small_remainders_are_left_alone():
     download = download_with(parts, busy={0})
     assert download._claim() is parts[1]
     assert download._claim() is None  # 8 and 6 MiB left: not worth splitting
-
-
-def test_error_texts_drop_presigned_url_signatures():
-    from lawchatd.download import _describe
-
-    text = _describe(Exception("url='https://cdn.example/b?X-Amz-Signature=s3cret&Expires=9'"))
-    assert "s3cret" not in text and "https://cdn.example/b?..." in text

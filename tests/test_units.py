@@ -190,3 +190,10 @@ def test_the_token_goes_to_the_hub_host_only():
     assert client.headers_for(URL(RESOLVE)) == {"Authorization": "Bearer hf_secret"}
     assert client.headers_for(URL("https://cdn.example/blob")) == {}
     assert client.headers_for(URL("http://hub.example/x")) == {}  # another scheme is another origin
+
+
+def test_error_texts_drop_presigned_url_signatures():
+    from lawchatd.download import _describe
+
+    text = _describe(Exception("url='https://cdn.example/b?X-Amz-Signature=s3cret&Expires=9'"))
+    assert "s3cret" not in text and "https://cdn.example/b?..." in text
