@@ -3,25 +3,37 @@
 Each subscriber holds at most one pending message per message type. A slow client therefore
 skips intermediate progress and receives the newest state when it is ready again, and
 publishing stays a few dict writes whatever the clients do: a download never waits for them.
+Each message is encoded to JSON once, however many clients receive it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Published:
+    message: dict
+    text: str = field(init=False)  # the JSON every client is sent
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", json.dumps(self.message))
 
 
 class Subscriber:
     def __init__(self) -> None:
-        self._pending: dict[str, dict] = {}
+        self._pending: dict[str, Published] = {}
         self._ready = asyncio.Event()
 
-    def offer(self, message: dict) -> None:
-        key = message["type"]
+    def offer(self, published: Published) -> None:
+        key = published.message["type"]
         self._pending.pop(key, None)  # re-insert so messages keep the order they changed in
-        self._pending[key] = message
+        self._pending[key] = published
         self._ready.set()
 
-    async def next_batch(self) -> list[dict]:
+    async def next_batch(self) -> list[Published]:
         await self._ready.wait()
         self._ready.clear()
         batch = list(self._pending.values())
@@ -43,8 +55,9 @@ class ProgressHub:
         if self._last.get(key) == message:
             return  # the reporter ticks while nothing moves (a stall, a backoff): say it once
         self._last[key] = message
+        published = Published(message)
         for subscriber in self._subscribers:
-            subscriber.offer(message)
+            subscriber.offer(published)
 
     def subscribe(self) -> Subscriber:
         subscriber = Subscriber()

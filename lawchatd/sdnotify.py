@@ -85,8 +85,8 @@ async def relay_status(notifier: Notifier, hub: ProgressHub) -> None:
     last = None
     try:
         while True:
-            for message in await subscriber.next_batch():
-                line = status_line(message)
+            for published in await subscriber.next_batch():
+                line = status_line(published.message)
                 if line and line != last:
                     notifier.send(f"STATUS={line}")
                     last = line

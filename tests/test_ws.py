@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import aiohttp
@@ -70,7 +71,7 @@ async def test_a_client_that_does_not_read_gets_the_latest_state_not_a_backlog()
         hub.publish({"type": "progress", "downloaded_size": done, "status": "downloading"})
     hub.publish({"type": "model", "event": "loaded", "model_variant": "x"})
     hub.publish({"type": "progress", "downloaded_size": 10_000, "status": "completed"})
-    batch = await slow.next_batch()
+    batch = [published.message for published in await slow.next_batch()]
     assert batch == [
         {"type": "model", "event": "loaded", "model_variant": "x"},
         {"type": "progress", "downloaded_size": 10_000, "status": "completed"},
@@ -84,7 +85,9 @@ async def test_repeated_identical_states_are_sent_once():
     client = hub.subscribe()
     state = {"type": "progress", "downloaded_size": 5, "status": "downloading"}
     hub.publish(state)
-    assert await client.next_batch() == [state]
+    assert [p.message for p in await client.next_batch()] == [state]
     hub.publish(dict(state))
     hub.publish({**state, "downloaded_size": 6})
-    assert await client.next_batch() == [{**state, "downloaded_size": 6}]
+    (published,) = await client.next_batch()
+    assert published.message == {**state, "downloaded_size": 6}
+    assert json.loads(published.text) == published.message

@@ -49,9 +49,9 @@ async def ws_progress(request: web.Request) -> web.WebSocketResponse:
 
 async def _pump(ws: web.WebSocketResponse, subscriber) -> None:
     while not ws.closed:
-        for message in await subscriber.next_batch():
+        for published in await subscriber.next_batch():
             try:
-                await asyncio.wait_for(ws.send_json(message), SEND_TIMEOUT)
+                await asyncio.wait_for(ws.send_str(published.text), SEND_TIMEOUT)
             except (TimeoutError, ConnectionError):
                 log.info("dropping a WebSocket client that stopped reading")
                 await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"too slow")
