@@ -42,7 +42,7 @@ lint: install-test
 	$(BIN)/ruff format --check lawchatd tests bench
 
 bench: install-test
-	@command -v aria2c >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq aria2 >/dev/null; }
+	@command -v aria2c >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq aria2 >/dev/null; }
 	$(BIN)/python bench/run.py
 
 clean:
