@@ -26,7 +26,7 @@ from yarl import URL
 from lawchatd.catalog import ModelSpec
 from lawchatd.config import Settings
 from lawchatd.gguf import NotGGUF, check_header
-from lawchatd.hub import HubClient, HubError, Resolved, TransientHubError
+from lawchatd.hub import HubClient, HubError, Resolved, TransientHubError, is_transient
 from lawchatd.store import DownloadRow, Part, Store
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,10 @@ def progress_fields(
     }
 
 
+def final_path(models_dir: Path, spec: ModelSpec) -> Path:
+    return models_dir / spec.filename
+
+
 def part_path(models_dir: Path, spec: ModelSpec) -> Path:
     return models_dir / f"{spec.filename}.part"
 
@@ -129,7 +133,7 @@ class Download:
         self._on_change = on_change
         self._after_verified = after_verified
         self.path = part_path(settings.models_dir, spec)
-        self.final_path = settings.models_dir / spec.filename
+        self.final_path = final_path(settings.models_dir, spec)
         self.row = DownloadRow(spec.variant, spec.filename, "downloading", total_size=spec.size)
         self.parts: list[Part] = []
         self.retries = 0
@@ -412,7 +416,7 @@ class Download:
         return DownloadFailed(f"cannot write {self.path}: {exc.strerror}")
 
     def _check_response(self, resp: aiohttp.ClientResponse, part: Part, ranged: bool) -> None:
-        if resp.status == 429 or resp.status >= 500:
+        if is_transient(resp.status):
             raise TransientHubError(f"the server answered {resp.status} {resp.reason}")
         if resp.status in (401, 403, 404, 410):
             self._url = None  # a presigned URL may have expired: resolve again before the retry

@@ -19,6 +19,11 @@ class TransientHubError(Exception):
     """An upstream hiccup (5xx, 429) worth retrying."""
 
 
+def is_transient(status: int) -> bool:
+    """Statuses worth a retry after a backoff, from the Hub and the CDN alike."""
+    return status == 429 or status >= 500
+
+
 @dataclass(frozen=True)
 class Resolved:
     commit: str | None
@@ -96,7 +101,7 @@ class HubClient:
             if code == "RevisionNotFound":
                 raise HubError(f"the revision {rev!r} does not exist in {spec.repo}")
             raise HubError(f"the file {spec.filename} was not found in {spec.repo} at {rev!r}")
-        if resp.status == 429 or resp.status >= 500:
+        if is_transient(resp.status):
             raise TransientHubError(f"the Hub answered {resp.status} {resp.reason}")
         raise HubError(f"the Hub answered {resp.status} {resp.reason} for {where}")
 

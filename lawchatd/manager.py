@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lawchatd.catalog import Catalog, ModelSpec
 from lawchatd.config import Settings
-from lawchatd.download import Download, part_path, progress_fields
+from lawchatd.download import Download, final_path, part_path, progress_fields
 from lawchatd.hub import HubClient
 from lawchatd.modelhost import ModelLoadError
 from lawchatd.progress import ProgressHub
@@ -84,7 +84,7 @@ class DownloadManager:
         return progress_fields(self._last_row)
 
     def final_path(self, spec: ModelSpec) -> Path:
-        return self._settings.models_dir / spec.filename
+        return final_path(self._settings.models_dir, spec)
 
     def is_downloaded(self, spec: ModelSpec) -> bool:
         try:
