@@ -1,4 +1,5 @@
-"""The loaded llama model: hot swap, a queue of chat requests, OpenAI-shaped answers.
+"""The loaded llama model: hot swap, a queue of chat requests, answers as plain data
+(`chat_types`; the OpenAI shapes are built in `web/chat.py`).
 
 Threads: every llama call (load, generate, close) runs in a worker thread; all state below
 lives on the event loop thread and changes only there, so no thread locks guard it.
@@ -25,7 +26,6 @@ import io
 import logging
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,15 +33,17 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
-from llama_cpp import Llama, StoppingCriteriaList
+from llama_cpp import Llama, LlamaGrammar, StoppingCriteriaList
+from llama_cpp.llama_grammar import JSON_GBNF
 
+from lawchatd.chat_types import Chunk, Completion, FinishReason, Message, Sampling, Usage
 from lawchatd.prompt import encode_llama2, llama2_turns
 
 log = logging.getLogger(__name__)
 llama_log = logging.getLogger("lawchatd.llama")
 
 Event = dict[str, Any]
-Message = Mapping[str, Any]
+_DEFAULT = Sampling()
 
 
 class ModelHostError(Exception):
@@ -66,6 +68,11 @@ class NoModelLoaded(ModelHostError):
 
 class PromptTooLong(ModelHostError):
     """The prompt does not fit the context window (HTTP 400)."""
+
+
+class InvalidSampling(ModelHostError):
+    """A sampling setting the loaded model cannot take, e.g. a token id past its vocabulary
+    (HTTP 400)."""
 
 
 # --- llama.cpp's own log -------------------------------------------------------------
@@ -130,6 +137,13 @@ def _open_llama(path: Path, kwargs: Mapping[str, Any]) -> Llama:
     return llama
 
 
+def _open_measured(path: Path, kwargs: Mapping[str, Any]) -> tuple[Llama, int]:
+    """The model and the bytes it holds: weights and context state (the KV cache)."""
+    llama = _open_llama(path, kwargs)
+    size = llama_cpp.llama_model_size(llama.model) + llama_cpp.llama_state_get_size(llama.ctx)
+    return llama, size
+
+
 def _free_llama(llama: Llama) -> None:
     llama.close()  # frees the weights and the KV cache now, whoever still holds the object
     del llama
@@ -144,18 +158,7 @@ def _malloc_trim() -> None:
         ctypes.CDLL(None).malloc_trim(0)
 
 
-@dataclass(frozen=True)
-class Sampling:
-    max_tokens: int | None = None  # None: up to the end of the context window
-    temperature: float = 0.8
-    top_p: float = 0.95
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-
-
-def _completion_args(
-    llama: Llama, messages: Sequence[Message], s: Sampling, cancel: threading.Event
-) -> dict[str, Any]:
+def _prompt_tokens(llama: Llama, messages: Sequence[Message]) -> list[int]:
     prompt = encode_llama2(
         messages,
         lambda text: llama.tokenize(text.encode(), add_bos=False, special=False),
@@ -166,107 +169,139 @@ def _completion_args(
         raise PromptTooLong(
             f"the prompt has {len(prompt)} tokens; the context window holds {llama.n_ctx()}"
         )
-    return {
-        "prompt": prompt,  # a token list: llama-cpp adds no BOS of its own
-        "max_tokens": s.max_tokens,
-        "temperature": s.temperature,
-        "top_p": s.top_p,
-        "stop": list(s.stop),
-        "seed": s.seed,
-        "stopping_criteria": StoppingCriteriaList([_stopper(llama, len(prompt), s, cancel)]),
-    }
+    return prompt
 
 
-_UTF8_SLACK = 4  # tokens a multi-byte character may need beyond max_tokens
+def _check_logit_bias(llama: Llama, bias: Mapping[int, float]) -> None:
+    n_vocab = llama.n_vocab()
+    bad = sorted(t for t in bias if not 0 <= t < n_vocab)
+    if bad:
+        raise InvalidSampling(
+            f"logit_bias: token {bad[0]} is not in the model's vocabulary (0-{n_vocab - 1})"
+        )
 
 
-def _stopper(
-    llama: Llama, n_prompt: int, s: Sampling, cancel: threading.Event
-) -> Callable[[Any, Any], bool]:
-    """Called after every sampled token: a cancelled request stops the thread here.
+class _Limit:
+    """llama-cpp's stopping criterion: exact max_tokens, and a cancelled request's stop.
 
-    Also a hard cap: llama-cpp skips its max_tokens check while the text ends in an
-    unfinished UTF-8 character, so a model emitting stray bytes >= 0x80 could otherwise
-    run to the end of the context window (and beyond, which hangs).
+    llama-cpp checks its own max_tokens only once the text ends on a whole UTF-8 character,
+    so alone it may return more tokens than asked for; here the token after the last one
+    allowed is refused, and the unfinished character is dropped from the text.
+    llama-cpp calls this after every sampled token with the tokens evaluated so far (one
+    more each time), and once more after its loop with the same count: that call is no token.
     """
-    room = llama.n_ctx() - n_prompt
-    cap = min(room, (s.max_tokens or room) + _UTF8_SLACK)
-    sampled = 0
 
-    def stop(_input_ids: Any, _logits: Any) -> bool:
-        nonlocal sampled
-        sampled += 1
-        return cancel.is_set() or sampled > cap
+    def __init__(self, cap: int, cancel: threading.Event) -> None:
+        self.cap = cap
+        self.cancel = cancel
+        self.kept = 0  # tokens llama-cpp was allowed to keep (an end-of-generation one too)
+        self.capped = False
+        self._seen = -1
 
-    return stop
+    def __call__(self, input_ids: Any, _logits: Any) -> bool:
+        if len(input_ids) == self._seen:
+            return self.capped or self.cancel.is_set()
+        self._seen = len(input_ids)
+        if self.cancel.is_set():
+            return True
+        if self.kept >= self.cap:
+            self.capped = True
+            return True
+        self.kept += 1
+        return False
 
 
-def _complete(
-    llama: Llama, messages: Sequence[Message], s: Sampling, cancel: threading.Event
-) -> dict[str, Any]:
-    return llama.create_completion(**_completion_args(llama, messages, s, cancel))
+class _StopScan:
+    """Finds the stop strings in streamed text, holding back what may be the start of one."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.held = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """The text that is safe to send, and whether a stop string ended the answer."""
+        buf = self.held + text
+        found = [buf.index(s) for s in self.stops if s in buf]
+        if found:
+            self.held = ""
+            return buf[: min(found)], True
+        keep = max(
+            (k for s in self.stops for k in range(1, len(s)) if buf.endswith(s[:k])), default=0
+        )
+        self.held = buf[len(buf) - keep :]
+        return buf[: len(buf) - keep], False
+
+    def flush(self) -> str:
+        held, self.held = self.held, ""
+        return held
 
 
-def _stream(
+@dataclass(frozen=True)
+class _Done:
+    finish_reason: FinishReason
+    usage: Usage
+
+
+def _generate(
     llama: Llama,
     messages: Sequence[Message],
     s: Sampling,
     cancel: threading.Event,
     put: Callable[[Any], None],
 ) -> None:
-    """Hand each completion chunk to the loop; then an exception, if any, and _END."""
+    """Hand the answer's text to the loop piece by piece, then a _Done (or an exception),
+    then _END. Stop strings are matched here, not by llama-cpp, so that an end-of-generation
+    token can be told from a stop string and the token count is exact either way."""
     try:
-        kwargs = _completion_args(llama, messages, s, cancel)
-        with contextlib.closing(llama.create_completion(stream=True, **kwargs)) as chunks:
-            for chunk in chunks:
-                put(chunk["choices"][0])
+        prompt = _prompt_tokens(llama, messages)
+        _check_logit_bias(llama, s.logit_bias)
+        room = llama.n_ctx() - len(prompt)
+        limit = _Limit(min(room, s.max_tokens or room), cancel)
+        scan = _StopScan(s.stop)
+        kwargs: dict[str, Any] = {
+            "prompt": prompt,  # a token list: llama-cpp adds no BOS of its own
+            "max_tokens": s.max_tokens,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "seed": s.seed,
+            "presence_penalty": s.presence_penalty,
+            "frequency_penalty": s.frequency_penalty,
+            "logit_bias": dict(s.logit_bias) or None,
+            "grammar": LlamaGrammar.from_string(JSON_GBNF) if s.json_object else None,
+            "stopping_criteria": StoppingCriteriaList([limit]),
+        }
+        finish: str | None = None
+        with contextlib.closing(llama.create_completion(stream=True, **kwargs)) as pieces:
+            for piece in pieces:
+                choice = piece["choices"][0]
+                text, hit = scan.feed(choice["text"])
+                if text:
+                    put(text)
+                if hit:
+                    finish = "stop-string"
+                    break
+                finish = choice["finish_reason"] or finish
                 if cancel.is_set():
                     break
+        if finish != "stop-string" and (tail := scan.flush()):
+            put(tail)
+        put(_done(len(prompt), limit, finish))
     except Exception as exc:
         put(exc)
     finally:
         put(_END)
 
 
+def _done(n_prompt: int, limit: _Limit, finish: str | None) -> _Done:
+    if finish == "stop-string":
+        return _Done("stop", Usage(n_prompt, limit.kept))
+    if limit.capped or finish == "length" or finish is None:
+        return _Done("length", Usage(n_prompt, limit.kept))
+    # llama-cpp's "stop" without a stop string: the model ended; its end token is no output.
+    return _Done("stop", Usage(n_prompt, max(limit.kept - 1, 0)))
+
+
 _END = object()
-
-
-# --- OpenAI objects --------------------------------------------------------------------
-
-
-def _openai_head(kind: str, variant: str) -> dict[str, Any]:
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": kind,
-        "created": int(time.time()),
-        "model": variant,
-    }
-
-
-def _chat_completion(variant: str, completion: Mapping[str, Any]) -> dict[str, Any]:
-    choice = completion["choices"][0]
-    return {
-        **_openai_head("chat.completion", variant),
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": choice["text"]},
-                "finish_reason": choice["finish_reason"] or "stop",
-            }
-        ],
-        "usage": dict(completion["usage"]),
-    }
-
-
-class _ChunkMaker:
-    def __init__(self, variant: str) -> None:
-        self.head = _openai_head("chat.completion.chunk", variant)
-
-    def __call__(self, delta: dict[str, str], finish_reason: str | None = None) -> dict:
-        return {
-            **self.head,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
-        }
 
 
 # --- loop side -------------------------------------------------------------------------
@@ -279,6 +314,7 @@ class _Model:
     llama: Llama | None  # None once closed
     n_ctx: int
     loaded_at: datetime
+    memory_usage: int  # bytes: weights and context state
     users: int = 0  # requests holding this model (0 or 1: there is one slot)
     retired: bool = False
     closed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -377,6 +413,8 @@ class ModelHost:
             "loaded_at": cur.loaded_at.isoformat(timespec="seconds") if cur else None,
             "error": self.error,
             "loading_variant": self._loading,
+            "n_ctx": cur.n_ctx if cur else None,
+            "memory_usage": cur.memory_usage if cur else 0,
         }
 
     # --- load / swap / close ---
@@ -393,7 +431,7 @@ class ModelHost:
         self._emit("loading", variant, path)
         started = time.monotonic()
         try:
-            llama = await self._open_in_thread(path)
+            llama, memory = await self._open_in_thread(path)
             if epoch != self._epoch:
                 self._spawn(asyncio.to_thread(_free_llama, llama))
                 raise ModelLoadError("the model host was closed while the model loaded")
@@ -404,7 +442,7 @@ class ModelHost:
         finally:
             self._loading = None
         seconds = time.monotonic() - started
-        self._swap(_Model(variant, path, llama, llama.n_ctx(), datetime.now(UTC)))
+        self._swap(_Model(variant, path, llama, llama.n_ctx(), datetime.now(UTC), memory))
         self.load_seconds = seconds
         log.info("model %s loaded from %s in %.2f s", variant, path, seconds)
         self._emit("loaded", variant, path, load_seconds=seconds)
@@ -421,8 +459,19 @@ class ModelHost:
         if closing:
             await asyncio.gather(*closing)
 
-    async def _open_in_thread(self, path: Path) -> Llama:
-        fut = asyncio.ensure_future(asyncio.to_thread(_open_llama, path, self._llama_kwargs))
+    async def unload(self) -> str | None:
+        """Stop answering: the model is closed and freed once the requests running on it
+        end (waited for here). Returns the variant unloaded, None if none was loaded."""
+        model, self._current = self._current, None
+        if model is None:
+            return None
+        self._retire(model)
+        await model.closed.wait()
+        self._emit("unloaded", model.variant, model.path)
+        return model.variant
+
+    async def _open_in_thread(self, path: Path) -> tuple[Llama, int]:
+        fut = asyncio.ensure_future(asyncio.to_thread(_open_measured, path, self._llama_kwargs))
         try:
             return await asyncio.shield(fut)
         except asyncio.CancelledError:
@@ -430,9 +479,9 @@ class ModelHost:
             fut.add_done_callback(self._free_orphan)
             raise
 
-    def _free_orphan(self, fut: asyncio.Future[Llama]) -> None:
+    def _free_orphan(self, fut: asyncio.Future[tuple[Llama, int]]) -> None:
         if not fut.cancelled() and fut.exception() is None:
-            self._spawn(asyncio.to_thread(_free_llama, fut.result()))
+            self._spawn(asyncio.to_thread(_free_llama, fut.result()[0]))
 
     def _load_failed(self, variant: str, path: Path, error: str, seconds: float) -> None:
         self.error = error
@@ -493,64 +542,39 @@ class ModelHost:
 
     # --- chat ---
 
-    async def chat(
-        self,
-        messages: Sequence[Message],
-        *,
-        max_tokens: int | None = None,
-        temperature: float = 0.8,
-        top_p: float = 0.95,
-        stop: str | Sequence[str] | None = None,
-        seed: int | None = None,
-    ) -> dict[str, Any]:
-        """One chat.completion. Raises NoModelLoaded, QueueFull, PromptTooLong, ValueError."""
-        sampling = _sampling(max_tokens, temperature, top_p, stop, seed)
-        llama2_turns(messages)  # a bad conversation fails now, not after queueing
-        async with self._turn() as run:
-            fut = self._submit(run, _complete, messages, sampling, run.cancel)
-            completion = await asyncio.wrap_future(fut)
-        self.completion_tokens += completion["usage"]["completion_tokens"]
-        return _chat_completion(run.model.variant, completion)
+    async def chat(self, messages: Sequence[Message], sampling: Sampling = _DEFAULT) -> Completion:
+        """One whole answer. Raises NoModelLoaded, QueueFull, PromptTooLong, InvalidSampling,
+        ValueError (a conversation Llama-2 cannot take)."""
+        pieces: list[str] = []
+        async with contextlib.aclosing(self.chat_stream(messages, sampling)) as chunks:
+            async for chunk in chunks:
+                pieces.append(chunk.text)
+        assert chunk.finish_reason is not None and chunk.usage is not None
+        return Completion(chunk.model_variant, "".join(pieces), chunk.finish_reason, chunk.usage)
 
     async def chat_stream(
-        self,
-        messages: Sequence[Message],
-        *,
-        max_tokens: int | None = None,
-        temperature: float = 0.8,
-        top_p: float = 0.95,
-        stop: str | Sequence[str] | None = None,
-        seed: int | None = None,
-    ) -> AsyncIterator[dict[str, Any]]:
-        """chat.completion.chunk objects: role, content deltas, finish_reason.
+        self, messages: Sequence[Message], sampling: Sampling = _DEFAULT
+    ) -> AsyncIterator[Chunk]:
+        """Pieces of text, then a last chunk with finish_reason and usage.
 
         Errors found before the first token (NoModelLoaded, QueueFull, ValueError,
-        PromptTooLong) surface at the first ``__anext__``, so a route can still answer with
-        a status. Closing the iterator early (``aclose()``, or cancelling the task consuming
-        it) stops generation at the next token.
+        PromptTooLong, InvalidSampling) surface at the first ``__anext__``, so a route can
+        still answer with a status. Closing the iterator early (``aclose()``, or cancelling
+        the task consuming it) stops generation at the next token.
         """
-        sampling = _sampling(max_tokens, temperature, top_p, stop, seed)
-        llama2_turns(messages)
+        llama2_turns(messages)  # a bad conversation fails now, not after queueing
         async with self._turn() as run:
             queue: asyncio.Queue[Any] = asyncio.Queue()
-            self._submit(run, _stream, messages, sampling, run.cancel, self._putter(queue))
-            chunk = _ChunkMaker(run.model.variant)
-            item = await queue.get()  # the role chunk waits for the prompt to be accepted
-            finished = False
-            if not isinstance(item, Exception):
-                yield chunk({"role": "assistant", "content": ""})
-            while item is not _END:
+            self._submit(run, _generate, messages, sampling, run.cancel, self._putter(queue))
+            variant = run.model.variant
+            while (item := await queue.get()) is not _END:
                 if isinstance(item, Exception):
                     raise item
-                if item["text"]:
-                    self.completion_tokens += 1
-                    yield chunk({"content": item["text"]})
-                if item["finish_reason"] and not finished:
-                    finished = True
-                    yield chunk({}, item["finish_reason"])
-                item = await queue.get()
-            if not finished:
-                yield chunk({}, "stop")
+                if isinstance(item, _Done):
+                    self.completion_tokens += item.usage.completion_tokens
+                    yield Chunk(variant, "", item.finish_reason, item.usage)
+                else:
+                    yield Chunk(variant, item)
 
     def _putter(self, queue: asyncio.Queue[Any]) -> Callable[[Any], None]:
         loop = asyncio.get_running_loop()
@@ -618,17 +642,6 @@ class ModelHost:
             self._close_model(model)
 
 
-def _sampling(
-    max_tokens: int | None,
-    temperature: float,
-    top_p: float,
-    stop: str | Sequence[str] | None,
-    seed: int | None,
-) -> Sampling:
-    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    return Sampling(max_tokens, temperature, top_p, stops, seed)
-
-
 __all__ = [
     "LoadInProgress",
     "ModelHost",
@@ -637,5 +650,5 @@ __all__ = [
     "NoModelLoaded",
     "PromptTooLong",
     "QueueFull",
-    "Sampling",
+    "InvalidSampling",
 ]

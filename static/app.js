@@ -111,7 +111,8 @@ async function httpError(response) {
   }
   let detail = null;
   try {
-    detail = (await response.json()).detail;
+    const body = await response.json();
+    detail = body.detail ?? body.error?.message; // /v1 answers in OpenAI's shape
   } catch {
     // not JSON (a proxy's error page): fall back to our own words
   }
@@ -508,7 +509,8 @@ async function loadModel(variant) {
   showError("");
   showNotice(`Loading ${variant}…`);
   try {
-    renderLoaded(await api("POST", "/models/load", { model_variant: variant }));
+    const reply = await api("POST", "/models/load", { model_variant: variant });
+    renderLoaded(reply.loaded_model); // beside the old app's fields
     showNotice(`${variant} is loaded and answers questions.`);
   } catch (error) {
     reportFailure(error, `Could not load ${variant}`);

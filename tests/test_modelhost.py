@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from lawchatd.chat_types import Sampling
 from lawchatd.modelhost import (
     LoadInProgress,
     ModelHost,
@@ -28,6 +29,7 @@ from lawchatd.prompt import encode_llama2, format_llama2, llama2_turns
 from lawchatd.web.chat import add_chat_routes
 from lawchatd.web.errors import json_errors
 from lawchatd.web.keys import MODEL_HOST
+from lawchatd.web.openai_errors import openai_errors
 from tests.ggufgen import make_tiny_llama
 
 log = logging.getLogger(__name__)
@@ -127,6 +129,8 @@ async def test_nothing_loaded(host: ModelHost) -> None:
         "loaded_at": None,
         "error": None,
         "loading_variant": None,
+        "n_ctx": None,
+        "memory_usage": 0,
     }
     with pytest.raises(NoModelLoaded):
         await host.chat(USER)
@@ -144,14 +148,10 @@ async def test_load_then_chat(host: ModelHost, events: list[dict], models: dict[
     assert all(e["type"] == "model" and e["model_variant"] == "a" for e in events)
     assert events[1]["load_seconds"] > 0 and host.load_seconds == events[1]["load_seconds"]
 
-    out = await host.chat(USER, max_tokens=8, temperature=0)
-    assert out["object"] == "chat.completion" and out["model"] == "a"
-    choice = out["choices"][0]
-    assert choice["message"]["role"] == "assistant" and len(choice["message"]["content"]) == 8
-    assert choice["finish_reason"] == "length"
-    usage = out["usage"]
-    assert usage["completion_tokens"] == 8
-    assert usage["total_tokens"] == usage["prompt_tokens"] + 8
+    out = await host.chat(USER, Sampling(max_tokens=8, temperature=0))
+    assert out.model_variant == "a" and len(out.text) == 8  # one byte, one token
+    assert out.finish_reason == "length"
+    assert out.usage.completion_tokens == 8 and out.usage.prompt_tokens > 0
     assert (host.chat_requests, host.chat_failures, host.completion_tokens) == (1, 0, 8)
 
 
@@ -167,7 +167,7 @@ async def test_swap_under_load(host: ModelHost, models: dict[str, Path]) -> None
     async def chat_loop() -> None:
         while not stop.is_set():
             try:
-                answered.append((await host.chat(USER, max_tokens=4))["model"])
+                answered.append((await host.chat(USER, Sampling(max_tokens=4))).model_variant)
             except Exception as exc:
                 failures.append(exc)
 
@@ -194,7 +194,7 @@ async def test_rss_after_swaps(host: ModelHost, models: dict[str, Path]) -> None
     async def swap_to(variant: str) -> int:
         old = host._current
         await host.load(variant, models[variant])
-        await host.chat(USER, max_tokens=16)
+        await host.chat(USER, Sampling(max_tokens=16))
         if old is not None:
             await asyncio.wait_for(old.closed.wait(), 5)
         return rss_kb()
@@ -226,7 +226,7 @@ async def test_failed_load_keeps_old_model(
     status = host.status()
     assert (status["status"], status["model_variant"]) == ("ready", "a")
     assert status["error"] == failed["error"] and status["loading_variant"] is None
-    assert (await host.chat(USER, max_tokens=2))["model"] == "a"
+    assert (await host.chat(USER, Sampling(max_tokens=2))).model_variant == "a"
 
     await host.load("b", models["b"])  # a good load clears the error
     assert host.status()["error"] is None
@@ -254,17 +254,14 @@ async def test_second_load_while_loading(host: ModelHost, models: dict[str, Path
 
 async def test_stream(host: ModelHost, models: dict[str, Path]) -> None:
     await host.load("a", models["a"])
-    chunks = [c async for c in host.chat_stream(USER, max_tokens=12, temperature=0)]
-    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
-    assert len({c["id"] for c in chunks}) == 1 and {c["model"] for c in chunks} == {"a"}
-    choices = [c["choices"][0] for c in chunks]
-    assert choices[0]["delta"] == {"role": "assistant", "content": ""}
-    assert choices[-1] == {"index": 0, "delta": {}, "finish_reason": "length"}
-    middle = choices[1:-1]
-    assert middle and all(ch["finish_reason"] is None for ch in middle)
-    text = "".join(ch["delta"]["content"] for ch in middle)
-    whole = await host.chat(USER, max_tokens=12, temperature=0)
-    assert text == whole["choices"][0]["message"]["content"]
+    chunks = [c async for c in host.chat_stream(USER, Sampling(max_tokens=12, temperature=0))]
+    assert {c.model_variant for c in chunks} == {"a"}
+    assert all(c.finish_reason is None and c.usage is None and c.text for c in chunks[:-1])
+    last = chunks[-1]
+    assert last.finish_reason == "length" and last.usage and last.usage.completion_tokens == 12
+    text = "".join(c.text for c in chunks)
+    whole = await host.chat(USER, Sampling(max_tokens=12, temperature=0))
+    assert text == whole.text and whole.usage == last.usage
 
 
 @pytest.mark.parametrize("how", ["aclose", "cancel task"])
@@ -275,11 +272,11 @@ async def test_abandoned_stream_stops_generation(
     got: list[dict] = []
 
     async def consume() -> None:
-        async for chunk in host.chat_stream(USER, max_tokens=LONG, temperature=0):
+        async for chunk in host.chat_stream(USER, Sampling(max_tokens=LONG, temperature=0)):
             got.append(chunk)
 
     if how == "aclose":
-        stream = host.chat_stream(USER, max_tokens=LONG, temperature=0)
+        stream = host.chat_stream(USER, Sampling(max_tokens=LONG, temperature=0))
         got += [await anext(stream), await anext(stream)]
         await stream.aclose()
     else:
@@ -294,8 +291,8 @@ async def test_abandoned_stream_stops_generation(
     assert llama is not None
     prompt_tokens = len(encode_llama2(USER, lambda t: list(t.encode()), 1, 2))
     assert llama.n_tokens < prompt_tokens + 200, "generation went on after the reader left"
-    out = await host.chat(USER, max_tokens=1)
-    assert out["choices"][0]["finish_reason"] == "length"
+    out = await host.chat(USER, Sampling(max_tokens=1))
+    assert out.finish_reason == "length"
     assert time.monotonic() - started < 1.0
     assert host.chat_cancelled == 1
 
@@ -304,22 +301,22 @@ async def test_queue_limit(models: dict[str, Path]) -> None:
     host = ModelHost(n_ctx=N_CTX, n_threads=None, n_gpu_layers=None, queue_limit=2)
     try:
         await host.load("a", models["a"])
-        holder = host.chat_stream(USER, max_tokens=LONG)
+        holder = host.chat_stream(USER, Sampling(max_tokens=LONG))
         await anext(holder)  # now generating: the model is busy for seconds
-        waiters = [asyncio.create_task(host.chat(USER, max_tokens=1)) for _ in range(2)]
+        waiters = [asyncio.create_task(host.chat(USER, Sampling(max_tokens=1))) for _ in range(2)]
         await until(lambda: host.queue_waiting == 2)
         with pytest.raises(QueueFull):
-            await host.chat(USER, max_tokens=1)
+            await host.chat(USER, Sampling(max_tokens=1))
         assert host.chat_rejected == 1
 
         waiters[0].cancel()  # its client went away: it leaves the queue
         await until(lambda: host.queue_waiting == 1)
-        waiters.append(asyncio.create_task(host.chat(USER, max_tokens=1)))
+        waiters.append(asyncio.create_task(host.chat(USER, Sampling(max_tokens=1))))
         await until(lambda: host.queue_waiting == 2)
 
         await holder.aclose()
         answers = await asyncio.gather(*waiters[1:])
-        assert [a["model"] for a in answers] == ["a", "a"]
+        assert [a.model_variant for a in answers] == ["a", "a"]
         assert waiters[0].cancelled()
     finally:
         await host.close()
@@ -328,7 +325,7 @@ async def test_queue_limit(models: dict[str, Path]) -> None:
 async def test_close_unloads(host: ModelHost, models: dict[str, Path]) -> None:
     await host.load("a", models["a"])
     model = host._current
-    stream = host.chat_stream(USER, max_tokens=LONG)
+    stream = host.chat_stream(USER, Sampling(max_tokens=LONG))
     await anext(stream)
     await asyncio.wait_for(host.close(), 2)  # stops the running generation, frees the model
     assert model is not None and model.llama is None
@@ -343,7 +340,7 @@ async def test_close_unloads(host: ModelHost, models: dict[str, Path]) -> None:
 
 @pytest.fixture
 async def client(host: ModelHost) -> AsyncIterator[TestClient]:
-    app = web.Application(middlewares=[json_errors])
+    app = web.Application(middlewares=[openai_errors, json_errors])
     app[MODEL_HOST] = host
     add_chat_routes(app)
     async with TestClient(TestServer(app, host="127.0.0.1")) as c:
@@ -370,12 +367,11 @@ async def sse_events(resp: Any) -> list[Any]:
 
 
 async def test_routes_without_model(client: TestClient) -> None:
-    resp = await client.get("/models/loaded")
-    assert resp.status == 200 and (await resp.json())["status"] == "none"
     resp = await client.get("/v1/models")
     assert await resp.json() == {"object": "list", "data": []}
     resp = await client.post("/v1/chat/completions", json={"messages": USER})
-    assert resp.status == 503 and await resp.json() == {"detail": "No model is loaded"}
+    assert resp.status == 503
+    assert (await resp.json())["error"]["message"] == "No model is loaded"
 
 
 @pytest.mark.parametrize(
@@ -399,8 +395,9 @@ async def test_chat_route_rejects_bad_bodies(client: TestClient, body: bytes) ->
         "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
     )
     assert resp.status == 422
-    detail = (await resp.json())["detail"]
-    assert isinstance(detail, str) and detail
+    error = (await resp.json())["error"]
+    assert isinstance(error["message"], str) and error["message"]
+    assert error["type"] == "invalid_request_error"
 
 
 async def test_chat_routes(client: TestClient, host: ModelHost, models: dict[str, Path]) -> None:
@@ -409,17 +406,16 @@ async def test_chat_routes(client: TestClient, host: ModelHost, models: dict[str
     listing = await resp.json()
     assert [m["id"] for m in listing["data"]] == ["a"]
     assert listing["data"][0]["object"] == "model" and listing["data"][0]["owned_by"] == "lawchatd"
-    assert (await (await client.get("/models/loaded")).json())["model_variant"] == "a"
 
     resp = await client.post(
         "/v1/chat/completions", json={"messages": USER, "max_tokens": N_CTX + 1}
     )
-    assert resp.status == 422 and "n_ctx" in (await resp.json())["detail"]
+    assert resp.status == 400 and "n_ctx" in (await resp.json())["error"]["message"]
     too_long = [{"role": "user", "content": "x" * N_CTX}]
     for stream in (False, True):
         body = {"messages": too_long, "stream": stream}
         resp = await client.post("/v1/chat/completions", json=body)
-        assert resp.status == 400 and "context window" in (await resp.json())["detail"]
+        assert resp.status == 400 and "context window" in (await resp.json())["error"]["message"]
 
     body = {"messages": USER, "max_tokens": 6, "temperature": 0}
     resp = await client.post("/v1/chat/completions", json=body)
@@ -453,10 +449,10 @@ async def test_queue_full_route(
 ) -> None:
     await host.load("a", models["a"])
     host.queue_limit = 0
-    holder = host.chat_stream(USER, max_tokens=LONG)
+    holder = host.chat_stream(USER, Sampling(max_tokens=LONG))
     await anext(holder)
     try:
         resp = await client.post("/v1/chat/completions", json={"messages": USER})
-        assert resp.status == 429 and "waiting" in (await resp.json())["detail"]
+        assert resp.status == 429 and "waiting" in (await resp.json())["error"]["message"]
     finally:
         await holder.aclose()

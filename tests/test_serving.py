@@ -31,7 +31,7 @@ async def chat(daemon: Daemon, body: dict = CHAT) -> tuple[int, dict]:
 
 async def test_no_model_is_503_in_words(daemon: Daemon):
     status, reply = await chat(daemon)
-    assert status == 503 and reply == {"detail": "No model is loaded"}
+    assert status == 503 and reply["error"]["message"] == "No model is loaded"
     assert (await daemon.get("/v1/models"))["data"] == []
     loaded = await daemon.get("/models/loaded")
     assert loaded["status"] == "none" and loaded["model_variant"] is None
@@ -142,8 +142,9 @@ async def test_load_route_swaps_and_a_restart_loads_the_active_model_again(
     first = await make_daemon().start()  # autoload off: loading is asked for
     await download_and_wait(first, "tiny-small")
     await download_and_wait(first, "tiny-b")
-    status, loaded = await first.post("/models/load", {"model_variant": "tiny-b"})
-    assert status == 200 and loaded["model_variant"] == "tiny-b" and loaded["status"] == "ready"
+    status, reply = await first.post("/models/load", {"model_variant": "tiny-b"})
+    assert status == 200 and reply["model_variant"] == "tiny-b" and reply["status"] == "loaded"
+    assert reply["loaded_model"]["status"] == "ready"
     assert first.kill(signal.SIGTERM) == 0
 
     second = await make_daemon().start()

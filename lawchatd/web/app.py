@@ -19,7 +19,7 @@ from lawchatd.manager import DownloadManager
 from lawchatd.modelhost import ModelHost
 from lawchatd.progress import ProgressHub
 from lawchatd.store import Store
-from lawchatd.web import metrics, routes_compat, routes_models, ws
+from lawchatd.web import metrics, routes_compat, routes_models, routes_old, ws
 from lawchatd.web.auth import require_api_key
 from lawchatd.web.chat import add_chat_routes
 from lawchatd.web.errors import json_errors
@@ -33,6 +33,7 @@ from lawchatd.web.keys import (
     STORE,
     WEBSOCKETS,
 )
+from lawchatd.web.openai_errors import openai_errors
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent.parent.parent / "static"
@@ -40,7 +41,9 @@ MAX_BODY = 1 << 20  # chat histories fit; anything larger is a mistake or an att
 
 
 def create_app(settings: Settings, catalog: Catalog | None = None) -> web.Application:
-    app = web.Application(middlewares=[json_errors, require_api_key], client_max_size=MAX_BODY)
+    app = web.Application(
+        middlewares=[openai_errors, json_errors, require_api_key], client_max_size=MAX_BODY
+    )
     app[SETTINGS] = settings
     app[CATALOG] = catalog or load_catalog(settings.catalog)
     app[PROGRESS] = ProgressHub()
@@ -54,6 +57,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> web.Applic
     app.router.add_get("/healthz", healthz)
     app.add_routes(routes_compat.routes)
     app.add_routes(routes_models.routes)
+    app.add_routes(routes_old.routes)
     app.add_routes(ws.routes)
     app.add_routes(metrics.routes)
     add_chat_routes(app)

@@ -1,16 +1,23 @@
-"""`POST /models/load`: put a downloaded variant in front of the chat API (the hot-swap path)."""
+"""`POST /models/load`: put a downloaded variant in front of the chat API (the hot-swap path).
+
+The body is the old app's (`{"message", "model_variant", "status": "loaded"|"failed",
+"loaded"}`, its page reads them), with the body of `GET /models/loaded` beside it as
+`loaded_model` for lawchatd's dashboard.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, StrictStr
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
 
 from lawchatd.manager import UnknownVariant
 from lawchatd.modelhost import LoadInProgress, ModelLoadError
 from lawchatd.web.errors import error, read_json
 from lawchatd.web.keys import ACTIVATOR, CATALOG, MANAGER, MODEL_HOST
+from lawchatd.web.routes_old import loaded_body
 
 routes = web.RouteTableDef()
 
@@ -18,6 +25,18 @@ routes = web.RouteTableDef()
 class LoadRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model_variant: StrictStr
+    force_reload: StrictBool = False
+
+
+def _answer(request: web.Request, variant: str, message: str, status: int = 200) -> dict:
+    loaded = status == 200
+    return {
+        "message": message,
+        "model_variant": variant,
+        "status": "loaded" if loaded else "failed",
+        "loaded": loaded,
+        "loaded_model": loaded_body(request),
+    }
 
 
 @routes.post("/models/load")
@@ -30,6 +49,8 @@ async def post_load(request: web.Request) -> web.Response:
     manager = request.app[MANAGER]
     if not manager.is_downloaded(spec):
         raise error(404, f"{spec.variant} is not downloaded; download it first")
+    if request.app[MODEL_HOST].model_variant == spec.variant and not body.force_reload:
+        return web.json_response(_answer(request, spec.variant, f"{spec.variant} is loaded"))
     try:
         task = request.app[ACTIVATOR].begin(spec, manager.final_path(spec))
     except LoadInProgress as exc:
@@ -38,5 +59,9 @@ async def post_load(request: web.Request) -> web.Response:
         # Shielded: a client that hangs up does not abort a swap half-way.
         await asyncio.shield(task)
     except ModelLoadError as exc:
-        raise error(500, f"Loading {spec.variant} failed: {exc}") from None
-    return web.json_response(request.app[MODEL_HOST].status())
+        message = f"Loading {spec.variant} failed: {exc}"
+        failed = {"detail": message, **_answer(request, spec.variant, message, 500)}
+        raise web.HTTPInternalServerError(
+            text=json.dumps(failed), content_type="application/json"
+        ) from None
+    return web.json_response(_answer(request, spec.variant, f"{spec.variant} is loaded"))
