@@ -454,5 +454,6 @@ async def test_queue_full_route(
     try:
         resp = await client.post("/v1/chat/completions", json={"messages": USER})
         assert resp.status == 429 and "waiting" in (await resp.json())["error"]["message"]
+        assert resp.headers["Retry-After"] == "1"  # the SDKs wait and try again
     finally:
         await holder.aclose()

@@ -32,12 +32,12 @@ from lawchatd.web.openai_errors import openai_error
 
 log = logging.getLogger(__name__)
 
-# Model host errors -> (status, OpenAI code, param).
-_ERRORS: list[tuple[type[ModelHostError], int, str | None, str | None]] = [
-    (NoModelLoaded, 503, "model_not_loaded", None),
-    (QueueFull, 429, "rate_limit_exceeded", None),
-    (PromptTooLong, 400, "context_length_exceeded", "messages"),
-    (InvalidSampling, 400, "invalid_value", "logit_bias"),
+# Model host errors -> status, OpenAI code, param, Retry-After (None: retrying will not help).
+_ERRORS: list[tuple[type[ModelHostError], int, str, str | None, int | None]] = [
+    (NoModelLoaded, 503, "model_not_loaded", None, None),
+    (QueueFull, 429, "rate_limit_exceeded", None, 1),
+    (PromptTooLong, 400, "context_length_exceeded", "messages", None),
+    (InvalidSampling, 400, "invalid_value", "logit_bias", None),
 ]
 
 
@@ -105,9 +105,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 def _http_error(exc: ModelHostError) -> web.HTTPException:
-    for kind, status, code, param in _ERRORS:
+    for kind, status, code, param, retry_after in _ERRORS:
         if isinstance(exc, kind):
-            return openai_error(status, str(exc), param=param, code=code)
+            return openai_error(status, str(exc), param=param, code=code, retry_after=retry_after)
     return openai_error(500, str(exc))
 
 

@@ -23,7 +23,6 @@ _CODES = {
     413: "request_too_large",
     429: "rate_limit_exceeded",
 }
-_RETRY = {429: "true", 503: "false"}  # 503: no model is loaded; waiting 1 s will not load one
 
 
 def _type_of(status: int) -> str:
@@ -37,9 +36,15 @@ def _type_of(status: int) -> str:
 
 
 def openai_error(
-    status: int, message: str, *, param: str | None = None, code: str | None = None
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    retry_after: int | None = None,
 ) -> web.HTTPException:
-    """An HTTPException whose body is OpenAI's error object."""
+    """An HTTPException whose body is OpenAI's error object. `retry_after` (seconds): the
+    SDKs wait that long and try again; without it a 503 tells them not to retry."""
     body = {
         "error": {
             "message": message,
@@ -50,10 +55,11 @@ def openai_error(
     }
     exc = web.HTTPException(text=json.dumps(body), content_type="application/json")
     exc.set_status(status)
-    if status in _RETRY:
-        exc.headers["x-should-retry"] = _RETRY[status]
-    if status == 429:
-        exc.headers["Retry-After"] = "1"
+    if retry_after is not None:
+        exc.headers["Retry-After"] = str(retry_after)
+        exc.headers["x-should-retry"] = "true"
+    elif status == 503:
+        exc.headers["x-should-retry"] = "false"
     return exc
 
 
