@@ -70,11 +70,6 @@ class PromptTooLong(ModelHostError):
     """The prompt does not fit the context window (HTTP 400)."""
 
 
-class InvalidSampling(ModelHostError):
-    """A sampling setting the loaded model cannot take, e.g. a token id past its vocabulary
-    (HTTP 400)."""
-
-
 # --- llama.cpp's own log -------------------------------------------------------------
 # llama-cpp-python's verbose=False silences llama.cpp by pointing the process's fds 1 and
 # 2 at /dev/null while a model loads, which would also swallow the daemon's own log lines
@@ -176,7 +171,7 @@ def _check_logit_bias(llama: Llama, bias: Mapping[int, float]) -> None:
     n_vocab = llama.n_vocab()
     bad = sorted(t for t in bias if not 0 <= t < n_vocab)
     if bad:
-        raise InvalidSampling(
+        raise ValueError(
             f"logit_bias: token {bad[0]} is not in the model's vocabulary (0-{n_vocab - 1})"
         )
 
@@ -543,8 +538,8 @@ class ModelHost:
     # --- chat ---
 
     async def chat(self, messages: Sequence[Message], sampling: Sampling = _DEFAULT) -> Completion:
-        """One whole answer. Raises NoModelLoaded, QueueFull, PromptTooLong, InvalidSampling,
-        ValueError (a conversation Llama-2 cannot take)."""
+        """One whole answer. Raises NoModelLoaded, QueueFull, PromptTooLong, ValueError (a
+        conversation Llama-2 cannot take, a logit_bias token outside the vocabulary)."""
         pieces: list[str] = []
         async with contextlib.aclosing(self.chat_stream(messages, sampling)) as chunks:
             async for chunk in chunks:
@@ -558,7 +553,7 @@ class ModelHost:
         """Pieces of text, then a last chunk with finish_reason and usage.
 
         Errors found before the first token (NoModelLoaded, QueueFull, ValueError,
-        PromptTooLong, InvalidSampling) surface at the first ``__anext__``, so a route can
+        PromptTooLong) surface at the first ``__anext__``, so a route can
         still answer with a status. Closing the iterator early (``aclose()``, or cancelling
         the task consuming it) stops generation at the next token.
         """
@@ -650,5 +645,4 @@ __all__ = [
     "NoModelLoaded",
     "PromptTooLong",
     "QueueFull",
-    "InvalidSampling",
 ]
