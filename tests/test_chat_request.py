@@ -1,5 +1,6 @@
 """OpenAI request bodies read without a model: what is honoured, what is a 400 or a 422,
-and the exact error shapes on `/v1`. Also the stop-string scanner of the model host."""
+and the exact error shapes on `/v1`. (Stop strings are tested with the SDK, streamed and
+not, in test_openai_clients.py.)"""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from lawchatd.chat_types import Sampling
-from lawchatd.modelhost import ModelHost, _StopScan
+from lawchatd.modelhost import ModelHost
 from lawchatd.web.chat import add_chat_routes
 from lawchatd.web.chat_request import ChatRequest, messages_of, sampling_of
 from lawchatd.web.errors import json_errors
@@ -144,28 +145,3 @@ async def test_error_shapes_on_v1(client: TestClient) -> None:
         "/v1/chat/completions", data=b"{", headers={"Content-Type": "application/json"}
     )
     assert resp.status == 422 and "JSON" in (await resp.json())["error"]["message"]
-
-
-@pytest.mark.parametrize(
-    ("pieces", "stops", "sent", "hit"),
-    [
-        (["Hello", " wor", "ld"], ["world"], "Hello ", True),
-        (["ab", "c"], ["bcd"], "abc", False),  # a prefix held back, then released
-        (["x\n", "\nrest"], ["\n\n"], "x", True),
-        (["one", "two"], [], "onetwo", False),
-        (["aXb"], ["Y", "X"], "a", True),
-    ],
-)
-def test_stop_strings_are_found_across_pieces(
-    pieces: list[str], stops: list[str], sent: str, hit: bool
-) -> None:
-    scan = _StopScan(stops)
-    out, ended = "", False
-    for piece in pieces:
-        text, ended = scan.feed(piece)
-        out += text
-        if ended:
-            break
-    if not ended:
-        out += scan.flush()
-    assert (out, ended) == (sent, hit)
