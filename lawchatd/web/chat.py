@@ -47,13 +47,13 @@ def add_chat_routes(app: web.Application) -> None:
 
 def _model_object(request: web.Request) -> dict[str, Any] | None:
     host = request.app[MODEL_HOST]
-    variant = host.model_variant
+    variant = host.status()["model_variant"]  # also a model asleep (keep-alive): it answers
     if variant is None:
         return None
     return {
         "id": variant,
         "object": "model",
-        "created": host.loaded_timestamp,
+        "created": host.loaded_timestamp or 0,
         "owned_by": "lawchatd",
     }
 

@@ -20,6 +20,11 @@ from lawchatd.web.keys import CATALOG, MODEL_HOST, STORE
 routes = web.RouteTableDef()
 
 
+def answering(request: web.Request) -> str | None:
+    """The variant that answers chat: loaded, or asleep after keep-alive (a request wakes it)."""
+    return request.app[MODEL_HOST].status()["model_variant"]
+
+
 def loaded_body(request: web.Request) -> dict[str, Any]:
     """GET /models/loaded: the old shape, with lawchatd's status fields beside it."""
     status = request.app[MODEL_HOST].status()
@@ -51,7 +56,7 @@ async def get_loaded(request: web.Request) -> web.Response:
 
 @routes.get("/health")
 async def get_health(request: web.Request) -> web.Response:
-    variant = request.app[MODEL_HOST].model_variant
+    variant = answering(request)
     return web.json_response(
         {
             "status": "healthy",
@@ -77,7 +82,7 @@ def _variant_query(request: web.Request) -> str:
 async def post_unload(request: web.Request) -> web.Response:
     variant = _variant_query(request)
     host = request.app[MODEL_HOST]
-    if host.model_variant != variant:
+    if answering(request) != variant:
         return web.json_response(
             {
                 "message": f"{variant} is not loaded",
@@ -95,7 +100,7 @@ async def post_unload(request: web.Request) -> web.Response:
 @routes.post("/models/switch")
 async def post_switch(request: web.Request) -> web.Response:
     variant = _variant_query(request)
-    if request.app[MODEL_HOST].model_variant != variant:
+    if answering(request) != variant:
         raise error(400, f"{variant} is not loaded; load it first with POST /models/load")
     return web.json_response(
         {"message": f"{variant} is the active model", "model_variant": variant, "status": "active"}
