@@ -145,3 +145,7 @@ async def test_error_shapes_on_v1(client: TestClient) -> None:
         "/v1/chat/completions", data=b"{", headers={"Content-Type": "application/json"}
     )
     assert resp.status == 422 and "JSON" in (await resp.json())["error"]["message"]
+    part = {"role": "user", "content": [{"type": "text"}]}
+    resp = await client.post("/v1/chat/completions", json={"messages": [part]})
+    assert resp.status == 422
+    assert (await resp.json())["error"]["param"] == "messages[0].content[0].text"

@@ -141,7 +141,10 @@ def _content(i: int, m: _Message) -> str:
         raise _refuse(f"messages[{i}].content", "a string or a list of text parts is required")
     texts = []
     for j, part in enumerate(m.content):
-        if part.type != "text" or part.text is None:
+        if part.type == "text" and part.text is None:
+            param = f"messages[{i}].content[{j}].text"
+            raise openai_error(422, f"{param}: a string is required", param=param)
+        if part.type != "text":
             raise _refuse(
                 f"messages[{i}].content[{j}].type",
                 f"only text parts are supported, not {part.type!r} (this model reads text only)",
