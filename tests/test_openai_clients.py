@@ -37,8 +37,8 @@ def daemon(
     catalog = write_catalog(data / "catalog.toml", models)
     env = daemon_env(data, "http://127.0.0.1:9", catalog)  # no Hub needed: nothing to fetch
     served = Daemon(data, env, data / "daemon.log")
-    asyncio.run(served.start())
     try:
+        asyncio.run(served.start())
         load(served)
         yield served
     finally:
