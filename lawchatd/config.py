@@ -43,6 +43,7 @@ class Settings(BaseSettings):
         env_file=os.environ.get("LAWCHATD_ENV_FILE", ".env"),
         env_file_encoding="utf-8",
         extra="ignore",
+        hide_input_in_errors=True,  # a proxy URL or key in an error would end up in a log
     )
 
     host: str = "127.0.0.1"

@@ -88,7 +88,9 @@ def client_session(settings: Settings) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(ssl=context),
         # Bytes are read with a stall watchdog, not a total timeout: a 7 GB file takes its time.
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=settings.stall_timeout),
+        timeout=aiohttp.ClientTimeout(
+            total=None, sock_connect=30, sock_read=settings.stall_timeout
+        ),
         read_bufsize=2 << 20,
         auto_decompress=False,
         headers={"User-Agent": f"lawchatd/{__version__}"},
@@ -151,7 +153,9 @@ def describe_error(exc: BaseException) -> str:
 def _certificate_problem(host: str, error: BaseException) -> str:
     code = getattr(error, "verify_code", None)
     if code in (2, 19, 20, 21):  # no issuer certificate, self-signed chain, local issuer unknown
-        return f"the certificate of {host} is signed by an unknown authority: set LAWCHATD_CA_BUNDLE"
+        return (
+            f"the certificate of {host} is signed by an unknown authority: set LAWCHATD_CA_BUNDLE"
+        )
     if code == 18:
         return f"the certificate of {host} is self-signed: set LAWCHATD_CA_BUNDLE to trust it"
     if code == 10:

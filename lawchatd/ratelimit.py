@@ -14,7 +14,9 @@ import re
 import time
 from collections import deque
 
-QUANTUM = 256 << 10  # bytes per turn: small for fairness, large for few wake-ups (~500/s at 125 MB/s)
+QUANTUM = (
+    256 << 10
+)  # bytes per turn: small for fairness, large for few wake-ups (~500/s at 125 MB/s)
 BURST_SECONDS = 0.05  # tokens saved up while idle: keeps any 5 s window within 1 % of the cap
 
 _UNITS = {
@@ -58,8 +60,10 @@ def parse_rate(text: str | int | None) -> int | None:
     number, unit = match.groups()
     if len(unit) == 2 and unit[1] == "b" and unit[0] in "kKmMgG":
         # `Mb` means megabits to some and megabytes to others: make the reader choose.
-        raise ValueError(f"{text!r} is ambiguous: write {unit[0].upper()}B (bytes) or "
-                         f"{unit[0].upper()}bit (bits)")
+        raise ValueError(
+            f"{text!r} is ambiguous: write {unit[0].upper()}B (bytes) or "
+            f"{unit[0].upper()}bit (bits)"
+        )
     factor = _UNITS.get(unit.lower())
     if factor is None:
         raise ValueError(f"{text!r}: unknown unit {unit!r} (use B, KB, MB, GB, MiB, Mbit, Gbit)")
