@@ -1,10 +1,11 @@
 """One bandwidth cap shared by every connection of every download: a fair token bucket.
 
 Connections call `await limiter.acquire(len(chunk))` after each chunk they read; while they wait
-they do not read, so TCP flow control slows the sender down to the cap. Waiters are served in
-turn (FIFO) in slices of at most `quantum` bytes, so a connection asking for a large chunk goes
-to the back of the line after each slice: every connection that wants bytes gets an equal share,
-and one that cannot use its share (a slow link, the tail) is never kept waiting behind the rest.
+they do not read, so TCP flow control slows the sender down to the cap. Waiters take turns
+(FIFO), and each turn buys `quantum` bytes for the connection (the calling task): what it does
+not use at once stays its credit for its next chunks. So every connection that wants bytes gets
+the same share whatever its chunk sizes, and one that cannot use its share (a slow link, the
+tail) is served without waiting behind the rest.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import weakref
 from collections import deque
 
 QUANTUM = (
@@ -89,6 +91,7 @@ class RateLimiter:
         self._stamp = time.monotonic()
         self._queue: deque[asyncio.Future[None]] = deque()
         self._head_wakeup: asyncio.Future[None] | None = None
+        self._credit: weakref.WeakKeyDictionary[asyncio.Task, int] = weakref.WeakKeyDictionary()
         self.granted = 0  # bytes let through since start, for tests and progress
 
     @property
@@ -107,10 +110,15 @@ class RateLimiter:
             self._head_wakeup.set_result(None)
 
     async def acquire(self, n: int) -> None:
-        while n > 0:
-            piece = min(n, self._quantum)
-            await self._take(piece)
-            n -= piece
+        task = asyncio.current_task()
+        credit = self._credit.pop(task, 0) if task else 0
+        while self._rate and n > credit:
+            await self._take(self._quantum)  # one turn, then back of the line
+            credit += self._quantum
+        # Unlimited: bytes are free, and credit from a capped time is dropped.
+        if task and self._rate:
+            self._credit[task] = credit - n
+        self.granted += n
 
     def _capacity(self) -> float:
         return max(self._quantum, (self._rate or 0) * BURST_SECONDS)
@@ -125,7 +133,6 @@ class RateLimiter:
     async def _take(self, n: int) -> None:
         if not self._rate or (not self._queue and self._refill() >= n):
             self._tokens -= n if self._rate else 0
-            self.granted += n
             return
         loop = asyncio.get_running_loop()
         turn: asyncio.Future[None] = loop.create_future()
@@ -142,7 +149,6 @@ class RateLimiter:
                     timer.cancel()
             if self._rate:
                 self._tokens -= n
-            self.granted += n
         finally:
             self._leave(turn)
 
