@@ -91,7 +91,7 @@ class RateLimiter:
         self._stamp = time.monotonic()
         self._queue: deque[asyncio.Future[None]] = deque()
         self._head_wakeup: asyncio.Future[None] | None = None
-        self._credit: weakref.WeakKeyDictionary[asyncio.Task, int] = weakref.WeakKeyDictionary()
+        self._credit: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
         self.granted = 0  # bytes let through since start, for tests and progress
 
     @property
@@ -109,15 +109,20 @@ class RateLimiter:
         if self._head_wakeup and not self._head_wakeup.done():
             self._head_wakeup.set_result(None)
 
-    async def acquire(self, n: int) -> None:
-        task = asyncio.current_task()
-        credit = self._credit.pop(task, 0) if task else 0
+    async def acquire(self, n: int, owner: object | None = None) -> None:
+        """Wait until `n` more bytes fit under the cap.
+
+        Credit belongs to `owner` (default: the calling task): call it from the connection's
+        own long-lived task, or pass the connection, so a turn's unused bytes are not lost.
+        """
+        key = owner if owner is not None else asyncio.current_task()
+        credit = self._credit.pop(key, 0) if key is not None else 0
         while self._rate and n > credit:
             await self._take(self._quantum)  # one turn, then back of the line
             credit += self._quantum
         # Unlimited: bytes are free, and credit from a capped time is dropped.
-        if task and self._rate:
-            self._credit[task] = credit - n
+        if key is not None and self._rate:
+            self._credit[key] = credit - n
         self.granted += n
 
     def _capacity(self) -> float:

@@ -98,7 +98,7 @@ def resolve_url(base: str, model: ModelFile) -> str:
     return f"{base}/{REPO}/resolve/main/{model.filename}"
 
 
-async def test_https_proxy_env_reaches_what_only_the_proxy_resolves(
+async def test_proxy_env_reaches_what_only_the_proxy_resolves(
     tmp_path: Path, proxy: Proxy, firm_mirror: Mirror, models, monkeypatch
 ) -> None:
     model = models["tiny-small"]
@@ -144,7 +144,7 @@ async def test_a_refusing_proxy_is_named(tmp_path: Path, firm_mirror: Mirror, mo
     assert describe_error(error) == f"the proxy at http://127.0.0.1:{port} refused the connection"
 
 
-async def test_wrong_proxy_password_is_explained_without_repeating_it(
+async def test_proxy_password_over_connect_and_a_wrong_one_explained(
     tmp_path: Path, tls_mirror: str, ca_file: Path, models
 ) -> None:
     guarded = await start_proxy(hosts={FIRM_HOST: "127.0.0.1"}, credentials=("clerk", "right"))
@@ -156,6 +156,12 @@ async def test_wrong_proxy_password_is_explained_without_repeating_it(
         text = describe_error(error)
         assert text.startswith("the proxy asks for a user name and password (407)")
         assert "wr0ng" not in text
+        # The right password goes in the CONNECT, and the tunnel carries TLS to the mirror.
+        settings = make_settings(
+            tmp_path, proxy=guarded.url_with("clerk", "right"), ca_bundle=ca_file
+        )
+        model = models["tiny-small"]
+        assert await fetch_sha256(settings, resolve_url(tls_mirror, model)) == model.sha256
     finally:
         await guarded.close()
 
