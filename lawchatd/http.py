@@ -160,7 +160,7 @@ def _certificate_problem(host: str, error: BaseException) -> str:
         return f"the certificate of {host} is self-signed: set LAWCHATD_CA_BUNDLE to trust it"
     if code == 10:
         return f"the certificate of {host} has expired"
-    if code == 62:
+    if code in (62, 64):  # host name or IP address mismatch
         return f"the certificate presented for {host} is for another name"
     reason = getattr(error, "verify_message", None) or _ssl_reason(error)
     return f"the certificate of {host} was rejected: {reason}"
