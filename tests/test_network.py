@@ -242,11 +242,11 @@ async def test_daemon_downloads_through_the_proxy_alone(
 
 
 async def test_bandwidth_read_and_changed_at_run_time(make_daemon) -> None:
-    daemon = await make_daemon(LAWCHATD_MAX_RATE="20MB").start()
+    daemon = await make_daemon(LAWCHATD_MAX_RATE="20MB", LAWCHATD_RATE_SCHEDULE="*=7MB").start()
     assert await daemon.get("/downloads/bandwidth") == {
-        "max_rate": 20_000_000,
-        "source": "setting",
-        "schedule": None,
+        "max_rate": 7_000_000,
+        "source": "schedule",
+        "schedule": "*=7MB",
     }
     status, reply = await daemon.request("PUT", "/downloads/bandwidth", json={"max_rate": 1000})
     assert (status, reply["max_rate"], reply["source"]) == (200, 1000, "override")
