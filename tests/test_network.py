@@ -122,7 +122,9 @@ async def test_lawchatd_proxy_with_credentials_wins_and_keeps_no_proxy(
         # HTTP_PROXY points nowhere: LAWCHATD_PROXY, for the daemon alone, wins over it.
         monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
         monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-        settings = make_settings(tmp_path, proxy=guarded.url_with("clerk", "s3cr3t"))
+        settings = make_settings(
+            tmp_path, proxy=guarded.url_with("clerk", "s3cr3t"), hf_endpoint=firm_mirror.url
+        )
         with caplog.at_level(logging.INFO):
             sha = await fetch_sha256(settings, resolve_url(firm_mirror.url, model))
         assert sha == model.sha256
