@@ -7,7 +7,7 @@ import os
 import ssl
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lawchatd.ratelimit import parse_rate
@@ -91,15 +91,19 @@ class Settings(BaseSettings):
 
     @field_validator("ca_bundle", "ssl_cert_file")
     @classmethod
-    def _readable_file(cls, value: Path | None) -> Path | None:
+    def _readable_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         if value is None:
             return None
+        # SSL_CERT_FILE is read without the prefix: say so, or the message names the wrong variable.
+        origin = " (from SSL_CERT_FILE)" if info.field_name == "ssl_cert_file" else ""
         if not value.is_file():
-            raise ValueError(f"{value} is not a file (a PEM file of CA certificates)")
+            raise ValueError(f"{value}{origin} is not a file (a PEM file of CA certificates)")
         try:
             ssl.create_default_context(cafile=str(value))
         except ssl.SSLError:
-            raise ValueError(f"{value} holds no PEM CA certificate OpenSSL can read") from None
+            raise ValueError(
+                f"{value}{origin} holds no PEM CA certificate OpenSSL can read"
+            ) from None
         return value
 
     @field_validator("max_rate", mode="before")
