@@ -1,8 +1,7 @@
 """The HTTP client for downloads on a firm's network: its proxy, its CA, failures in words.
 
-Proxies: `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` as every tool reads them (aiohttp's trust_env),
-or `LAWCHATD_PROXY` for the daemon alone, which wins over the other two and still honours
-`NO_PROXY`. A proxy URL may carry `user:password@`: it is never logged nor put in an error.
+Proxies: `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` as curl reads them, or `LAWCHATD_PROXY` for the
+daemon alone, which wins over the other two and still honours `NO_PROXY`. A proxy URL may carry `user:password@`: it is never logged nor put in an error.
 """
 
 from __future__ import annotations
@@ -52,27 +51,52 @@ def redact(url: str | URL) -> str:
     return str(parsed.with_user(None))
 
 
-def proxy_for(settings: Settings, url: str | URL) -> str | None:
-    """The proxy a request to `url` goes through (credentials included), or None."""
-    target = URL(str(url))
-    if target.host and urllib.request.proxy_bypass(target.host):
+class ProxyRoute:
+    """Which proxy each URL goes through: LAWCHATD_PROXY, else HTTPS_PROXY/HTTP_PROXY by scheme,
+    none for a host in NO_PROXY. The environment is read once, when the session is made.
+
+    Not aiohttp's trust_env: that also sends ~/.netrc passwords to the Hub and the CDN, and
+    then fails every request that carries the Hub token.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.env = urllib.request.getproxies()  # {"https": ..., "http": ..., "no": ...}
+        self.forced = settings.proxy.get_secret_value() if settings.proxy else None
+
+    def proxy_for(self, url: str | URL) -> str | None:
+        """The proxy URL (credentials included) for `url`, or None to go direct."""
+        target = URL(str(url))
+        if target.host and urllib.request.proxy_bypass_environment(target.host, self.env):
+            return None
+        return _http_only(self.forced or self.env.get(target.scheme))
+
+    def unsupported(self) -> list[str]:
+        """Proxy variables set to something other than an http:// proxy (ignored)."""
+        return [
+            f"{scheme.upper()}_PROXY={redact(value)}"
+            for scheme, value in self.env.items()
+            if scheme in ("http", "https") and value and _http_only(value) is None
+        ]
+
+
+def _http_only(proxy: str | None) -> str | None:
+    if not proxy:
         return None
-    if settings.proxy is not None:
-        return settings.proxy.get_secret_value()
-    proxy = urllib.request.getproxies().get(target.scheme)
-    return proxy if proxy and proxy.startswith("http://") else None
+    if "://" not in proxy:
+        proxy = "http://" + proxy  # `proxy:3128`, as curl reads it
+    return proxy if proxy.startswith("http://") else None
 
 
-def _request_class(proxy: str) -> type[aiohttp.ClientRequest]:
-    proxy_url = URL(proxy)
+def proxy_for(settings: Settings, url: str | URL) -> str | None:
+    return ProxyRoute(settings).proxy_for(url)
 
+
+def _request_class(route: ProxyRoute) -> type[aiohttp.ClientRequest]:
     class ProxiedRequest(aiohttp.ClientRequest):
-        # LAWCHATD_PROXY replaces what trust_env found (HTTPS_PROXY) but keeps NO_PROXY.
         def __init__(self, method: str, url: URL, **kwargs: Any) -> None:
-            if url.host and urllib.request.proxy_bypass(url.host):
-                kwargs["proxy"], kwargs["proxy_auth"] = None, None
-            else:
-                kwargs["proxy"], kwargs["proxy_auth"] = proxy_url, None
+            if kwargs.get("proxy") is None and (proxy := route.proxy_for(url)):
+                # aiohttp sends the URL's user and password as Proxy-Authorization.
+                kwargs["proxy"] = URL(proxy)
             super().__init__(method, url, **kwargs)
 
     return ProxiedRequest
@@ -81,10 +105,8 @@ def _request_class(proxy: str) -> type[aiohttp.ClientRequest]:
 def client_session(settings: Settings) -> aiohttp.ClientSession:
     """The session every download shares. Raises CABundleError for an unreadable CA file."""
     context = ssl_context(settings)
-    extra: dict[str, Any] = {}
-    if settings.proxy is not None:
-        extra["request_class"] = _request_class(settings.proxy.get_secret_value())
-    _log_route(settings)
+    route = ProxyRoute(settings)
+    _log_route(settings, route)
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(ssl=context),
         # Bytes are read with a stall watchdog, not a total timeout: a 7 GB file takes its time.
@@ -94,15 +116,16 @@ def client_session(settings: Settings) -> aiohttp.ClientSession:
         read_bufsize=2 << 20,
         auto_decompress=False,
         headers={"User-Agent": f"lawchatd/{__version__}"},
-        trust_env=True,
-        **extra,
+        request_class=_request_class(route),
     )
 
 
-def _log_route(settings: Settings) -> None:
-    proxy = proxy_for(settings, settings.hf_endpoint)
-    route = f"through the proxy at {redact(proxy)}" if proxy else "directly"
-    log.info("downloads from %s go %s", settings.hf_endpoint, route)
+def _log_route(settings: Settings, route: ProxyRoute) -> None:
+    proxy = route.proxy_for(settings.hf_endpoint)
+    way = f"through the proxy at {redact(proxy)}" if proxy else "directly"
+    log.info("downloads from %s go %s", settings.hf_endpoint, way)
+    for variable in route.unsupported():
+        log.warning("ignoring %s: only http:// proxies are supported", variable)
     for extra in (settings.ssl_cert_file, settings.ca_bundle):
         if extra is not None:
             log.info("trusting the CA certificates in %s as well as the system's", extra)

@@ -1,8 +1,10 @@
-"""Network failures in words: real servers that fail the way firms' networks do."""
+"""Network failures in words, from real servers that fail the way firms' networks do; and what
+the download session must never send."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import trustme
+from aiohttp import web
 
 from lawchatd.config import Settings
 from lawchatd.http import client_session, describe_error
@@ -57,3 +60,48 @@ async def test_nothing_listening(tmp_path: Path) -> None:
     port = free_port()
     text = await error_of(f"http://127.0.0.1:{port}/x", tmp_path)
     assert text == f"127.0.0.1:{port} refused the connection"
+
+
+async def test_netrc_passwords_are_never_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ~/.netrc for the host must neither leak to it nor clash with the Hub token."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login clerk password s3cr3t\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    seen: list[str] = []
+
+    async def echo(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", "none"))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
+        async with client_session(settings) as session:
+            for headers in ({}, {"Authorization": "Bearer hf_token"}):
+                async with session.get(f"http://127.0.0.1:{port}/", headers=headers) as resp:
+                    assert resp.status == 200
+    finally:
+        await runner.cleanup()
+    assert seen == ["none", "Bearer hf_token"]
+
+
+async def test_an_https_proxy_url_is_ignored_aloud(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "https://clerk:s3cr3t@proxy.firm.invalid:3129")
+    settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
+    with caplog.at_level(logging.INFO):
+        async with client_session(settings):
+            pass
+    assert "ignoring HTTPS_PROXY=https://proxy.firm.invalid:3129" in caplog.text
+    assert "s3cr3t" not in caplog.text
