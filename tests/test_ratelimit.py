@@ -13,7 +13,7 @@ from lawchatd.config import Settings
 from lawchatd.http import client_session
 from lawchatd.ratelimit import QUANTUM, RateLimiter, format_rate, parse_rate
 from lawchatd.rateschedule import Bandwidth, parse_schedule
-from tests.harness import REPO, Mirror, ModelFile
+from tests.harness import REPO, Mirror, ModelFile, make_big_gguf, start_mirror
 
 CAP = 16_000_000  # bytes/s: far below what loopback does, so the limiter is the only limit
 MONDAY = datetime(2026, 11, 23)  # a Monday
@@ -57,6 +57,37 @@ async def test_cap_holds_and_is_shared_fairly(mirror: Mirror, models: dict[str, 
     fair = (CAP - slow) / 4
     for share in moved[:4]:
         assert abs(share / elapsed - fair) / fair < 0.15, (moved, fair)
+
+
+async def test_a_100_mb_download_takes_as_long_as_the_cap_says(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The issue's check: 100 MB over 4 ranged connections, from the first byte to the last."""
+    root = tmp_path_factory.mktemp("hub100")
+    size = 100_000_000
+    (root / "org" / "big").mkdir(parents=True)
+    make_big_gguf(root / "org" / "big" / "file.gguf", size)
+    server = await start_mirror(root)
+    limiter, cap = RateLimiter(40_000_000), 40_000_000
+    url = f"{server.url}/org/big/resolve/main/file.gguf"
+
+    async def part(index: int, session) -> None:
+        first, last = index * size // 4, (index + 1) * size // 4 - 1
+        async with session.get(url, headers={"Range": f"bytes={first}-{last}"}) as resp:
+            async for data in resp.content.iter_chunked(QUANTUM):
+                await limiter.acquire(len(data))
+
+    try:
+        async with client_session(Settings(_env_file=None)) as session:  # type: ignore[call-arg]
+            async with session.head(url):  # the mirror hashes the file once: not timed
+                pass
+            started = time.monotonic()
+            await asyncio.gather(*(part(i, session) for i in range(4)))
+            elapsed = time.monotonic() - started
+    finally:
+        await server.runner.cleanup()
+    assert limiter.granted == size
+    assert abs(size / elapsed - cap) / cap < 0.05, f"{size / elapsed / 1e6:.1f} MB/s"
 
 
 async def test_the_cap_changes_at_once_for_a_waiting_connection() -> None:
