@@ -45,6 +45,7 @@ bench: install-test
 	@command -v aria2c >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq aria2 >/dev/null; }
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/swap_memory.py
+	$(BIN)/python bench/internet.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache test-artifacts

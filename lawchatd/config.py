@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import ssl
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lawchatd.ratelimit import parse_rate
+from lawchatd.rateschedule import parse_schedule
 
 
 def _default_data_dir() -> Path:
@@ -22,6 +26,12 @@ def _default_hf_endpoint() -> str:
     return os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
 
 
+def _default_ssl_cert_file() -> Path | None:
+    # OpenSSL's own variable; honoured on top of the system store, not instead of it.
+    value = os.environ.get("SSL_CERT_FILE")
+    return Path(value) if value else None
+
+
 def _default_hf_token() -> SecretStr | None:
     token = os.environ.get("HF_TOKEN")
     return SecretStr(token) if token else None
@@ -33,6 +43,7 @@ class Settings(BaseSettings):
         env_file=os.environ.get("LAWCHATD_ENV_FILE", ".env"),
         env_file_encoding="utf-8",
         extra="ignore",
+        hide_input_in_errors=True,  # a proxy URL or key in an error would end up in a log
     )
 
     host: str = "127.0.0.1"
@@ -57,6 +68,55 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # Where `lawchatd pull` and `lawchatd status` find the daemon.
     url: str | None = None
+
+    # Networks firms sit behind (lawchatd/http.py, lawchatd/ratelimit.py).
+    proxy: SecretStr | None = None  # may carry a user and password: never logged
+    ca_bundle: Path | None = None
+    ssl_cert_file: Path | None = Field(default_factory=_default_ssl_cert_file)
+    max_rate: int | None = None
+    rate_schedule: str | None = None
+
+    @field_validator("proxy", mode="before")
+    @classmethod
+    def _proxy_url(cls, value: object) -> object:
+        if value in ("", None):
+            return None
+        text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        if "://" not in text:
+            text = "http://" + text  # `host:3128`, as curl accepts it
+        if not text.startswith("http://"):
+            # The message never repeats the value: it may hold a password.
+            raise ValueError("must be an http:// proxy URL (https:// proxies are not supported)")
+        return text
+
+    @field_validator("ca_bundle", "ssl_cert_file")
+    @classmethod
+    def _readable_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        # SSL_CERT_FILE is read without the prefix: say so, or the message names the wrong variable.
+        origin = " (from SSL_CERT_FILE)" if info.field_name == "ssl_cert_file" else ""
+        if not value.is_file():
+            raise ValueError(f"{value}{origin} is not a file (a PEM file of CA certificates)")
+        try:
+            ssl.create_default_context(cafile=str(value))
+        except ssl.SSLError:
+            raise ValueError(
+                f"{value}{origin} holds no PEM CA certificate OpenSSL can read"
+            ) from None
+        return value
+
+    @field_validator("max_rate", mode="before")
+    @classmethod
+    def _rate(cls, value: object) -> int | None:
+        return parse_rate(value)  # type: ignore[arg-type]
+
+    @field_validator("rate_schedule")
+    @classmethod
+    def _schedule(cls, value: str | None) -> str | None:
+        if parse_schedule(value) is None:  # raises on a rule it cannot read
+            return None
+        return value.strip() if value else None
 
     @field_validator("hf_endpoint")
     @classmethod

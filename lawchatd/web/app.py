@@ -7,19 +7,19 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 from aiohttp import WSCloseCode, web
 
 from lawchatd import __version__
 from lawchatd.activation import Activator
 from lawchatd.catalog import Catalog, load_catalog
 from lawchatd.config import Settings
+from lawchatd.http import client_session
 from lawchatd.hub import HubClient
 from lawchatd.manager import DownloadManager
 from lawchatd.modelhost import ModelHost
 from lawchatd.progress import ProgressHub
 from lawchatd.store import Store
-from lawchatd.web import metrics, routes_compat, routes_models, routes_old, ws
+from lawchatd.web import metrics, routes_compat, routes_models, routes_network, routes_old, ws
 from lawchatd.web.auth import require_api_key
 from lawchatd.web.chat import add_chat_routes
 from lawchatd.web.errors import json_errors
@@ -48,6 +48,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> web.Applic
     app[CATALOG] = catalog or load_catalog(settings.catalog)
     app[PROGRESS] = ProgressHub()
     app[WEBSOCKETS] = set()
+    routes_network.setup(app)  # the download cap (app[BANDWIDTH].limiter) and its routes
     # Registered in this order, cleaned up in reverse: the download stops before the store closes.
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_model_host)
@@ -109,14 +110,7 @@ async def _model_host(app: web.Application) -> AsyncIterator[None]:
 
 async def _downloads(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    # Bytes are read with a stall watchdog, not a total timeout: a 7 GB file takes its time.
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=settings.stall_timeout)
-    session = aiohttp.ClientSession(
-        timeout=timeout,
-        read_bufsize=2 << 20,
-        auto_decompress=False,
-        headers={"User-Agent": f"lawchatd/{__version__}"},
-    )
+    session = client_session(settings)
     token = settings.hf_token.get_secret_value() if settings.hf_token else None
     activator = app[ACTIVATOR]
     manager = DownloadManager(

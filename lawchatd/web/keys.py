@@ -10,6 +10,7 @@ from lawchatd.config import Settings
 from lawchatd.manager import DownloadManager
 from lawchatd.modelhost import ModelHost
 from lawchatd.progress import ProgressHub
+from lawchatd.rateschedule import Bandwidth
 from lawchatd.store import Store
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -20,3 +21,4 @@ MANAGER = web.AppKey("manager", DownloadManager)
 WEBSOCKETS = web.AppKey("websockets", set)
 ACTIVATOR = web.AppKey("activator", Activator)
 MODEL_HOST = web.AppKey("model_host", ModelHost)
+BANDWIDTH = web.AppKey("bandwidth", Bandwidth)
