@@ -18,7 +18,9 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from lawchatd.mirror import FAULTS, STATS, Faults, MirrorStats, create_mirror_app, run_mirror
+from lawchatd.mirror import create_mirror_app, run_mirror
+from tests import mirror_faults
+from tests.mirror_faults import FAULTS, STATS, Faults, MirrorStats
 
 SIZE = 300_000
 FILE = "law-chat.Q4_0.gguf"
@@ -58,8 +60,8 @@ async def start_mirror(tmp_path: Path) -> AsyncIterator[StartMirror]:
     (repo / ".gitattributes").write_text("*.gguf filter=lfs\n")
     (tmp_path / "secret.txt").write_text("top secret")
 
-    async def start(**options: object) -> Mirror:
-        app = create_mirror_app(root, **options)  # type: ignore[arg-type]
+    async def start(*, control: bool = False, **options: object) -> Mirror:
+        app = mirror_faults.install(create_mirror_app(root, **options), control=control)  # type: ignore[arg-type]
         runner = web.AppRunner(app, shutdown_timeout=0.5)
         await runner.setup()
         runners.append(runner)
@@ -127,7 +129,8 @@ async def test_resolve_reports_commit_sha256_size_and_cdn_location(
     assert h["X-Linked-Etag"] == f'"{mirror.sha256}"' == h["ETag"]
     assert h["X-Linked-Size"] == str(SIZE)
     assert h["Content-Length"] == "0"
-    assert h["Location"] == f"{mirror.base}/cdn/TheBloke/law-chat-GGUF/{mirror.sha256}/{FILE}"
+    cdn = f"{mirror.base}/cdn/TheBloke/law-chat-GGUF/{mirror.sha256}/{FILE}"
+    assert h["Location"] == f"{cdn}?commit={h['X-Repo-Commit']}"
 
 
 async def test_commit_is_stable_accepted_as_revision_and_follows_content(

@@ -1,0 +1,12 @@
+"""`lawchatd mirror DIR`: a Hugging-Face-Hub-compatible server for DIR/<org>/<repo>/<file>.
+
+Offices without internet point LAWCHATD_HF_ENDPOINT (or huggingface_hub's HF_ENDPOINT) at it;
+with --upstream it fills DIR from the Hub on first request (pull.py). The modules:
+paths (nothing outside DIR), repo (files, LFS, commit id), digests, ranges, signing (presigned
+/cdn/ URLs), body (streaming bytes), files (resolve and /cdn/), api (model_info, tree, refs),
+pull and fetcher (pull-through), app (the aiohttp application).
+"""
+
+from lawchatd.mirror.app import create_mirror_app, run_mirror
+
+__all__ = ["create_mirror_app", "run_mirror"]
