@@ -89,6 +89,8 @@ class MirrorStats:
 
 FAULTS: web.AppKey[Faults] = web.AppKey("mirror_faults", Faults)
 STATS: web.AppKey[MirrorStats] = web.AppKey("mirror_stats", MirrorStats)
+# The headers the client sent, when a fault rewrote them (for the records).
+_SENT_HEADERS: web.RequestKey[Any] = web.RequestKey("mirror_sent_headers", object)
 
 
 def _arm(faults: Faults, value_field: str, times_field: str) -> Any:
@@ -136,7 +138,7 @@ async def _fault_middleware(
         del headers["Range"]
         original = request.headers
         request = request.clone(headers=headers)
-        request["original_headers"] = original  # what the client sent, for the records
+        request[_SENT_HEADERS] = original
     response = await handler(request)
     if not is_cdn and faults.sha256_override and "X-Linked-Etag" in response.headers:
         response.headers["X-Linked-Etag"] = response.headers["ETag"] = f'"{faults.sha256_override}"'
@@ -215,7 +217,7 @@ async def _record_request(request: web.Request, response: web.StreamResponse) ->
     """on_response_prepare: recorded before the client can see the response."""
     if request.path.startswith("/_mirror/"):
         return
-    headers = request.get("original_headers", request.headers)
+    headers = request.get(_SENT_HEADERS, request.headers)
     request.app[STATS].requests.append(
         RequestRecord(
             method=request.method,
