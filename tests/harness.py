@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -112,7 +113,7 @@ async def start_mirror(
     token: str | None = None,
     cdn_host: str = "127.0.0.1",
     port: int | None = None,
-    **options: str | None,
+    **options: Any,
 ) -> Mirror:
     """The mirror app with fault injection; `options` go to create_mirror_app (upstream=...)."""
     port = port or free_port()

@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -15,6 +16,9 @@ from lawchatd.mirror.core import Core, Refused
 from lawchatd.mirror.digests import Digests
 from lawchatd.mirror.files import Files
 from lawchatd.mirror.signing import Signer
+
+if TYPE_CHECKING:
+    from lawchatd.mirror.fetcher import FetchOptions
 
 log = logging.getLogger("lawchatd.mirror")
 
@@ -38,8 +42,12 @@ def create_mirror_app(
     token: str | None = None,
     upstream: str | None = None,
     upstream_token: str | None = None,
+    fetch_options: FetchOptions | None = None,
 ) -> web.Application:
-    """An aiohttp app serving ``root/<org>/<repo>/<file>`` like the Hub (see files.py, api.py)."""
+    """An aiohttp app serving ``root/<org>/<repo>/<file>`` like the Hub (see files.py, api.py).
+
+    With `upstream`, files DIR lacks are fetched from there on first request (pull.py).
+    """
     real_root = Path(os.path.realpath(root))
     core = Core(
         root=real_root,
@@ -53,7 +61,7 @@ def create_mirror_app(
     if upstream:
         from lawchatd.mirror.pull import PullThrough
 
-        core.pull = PullThrough(core, upstream.rstrip("/"), upstream_token)
+        core.pull = PullThrough(core, upstream.rstrip("/"), upstream_token, fetch_options)
         app.cleanup_ctx.append(core.pull.lifetime)
     app.router.add_get("/_mirror/status", _status)
     app.add_routes(Files(core).routes())

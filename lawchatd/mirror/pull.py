@@ -1,0 +1,295 @@
+"""Pull-through: a file DIR lacks is fetched from the upstream once, shared, then kept in DIR.
+
+Clients are served as the bytes arrive (from the partial file, as far as it runs without a gap
+from the offset they asked for), not once verified: a 4 GB fetch outlasts every client's read
+timeout. The file enters DIR only after its sha256 (or git blob id) matched the upstream's, so
+DIR never holds bad bytes; a client that streamed a fetch that then failed verification sees its
+connection cut short, and lawchatd (which checks the sha256 itself) starts that part again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import aiohttp
+from aiohttp import web
+
+from lawchatd import __version__
+from lawchatd.mirror.body import FileSource, Source
+from lawchatd.mirror.core import Core, error
+from lawchatd.mirror.fetcher import EngineFetch, FetchFailed, FetchOptions
+from lawchatd.mirror.paths import SIDECAR, open_inside
+from lawchatd.mirror.stream_fetch import StreamFetch
+from lawchatd.mirror.upstream import Upstream, UpstreamError, UpstreamFile
+
+if TYPE_CHECKING:
+    from lawchatd.mirror.files import Files
+
+log = logging.getLogger("lawchatd.mirror")
+
+STAGING = ".lawchatd-mirror"  # inside DIR (same file system, so the last move is a rename); hidden
+WAKE_SECONDS = 1.0  # readers look again at least this often, whatever the fetch reports
+
+
+class _Fetcher(Protocol):
+    size: int
+    part_file: Path
+
+    def downloaded(self) -> int: ...
+    def available(self, offset: int) -> int: ...
+    async def run(self) -> Path: ...
+
+
+@dataclass
+class Fetch:
+    """One file on its way from the upstream; every client asking for it shares this."""
+
+    file: UpstreamFile
+    target: Path  # where it lands in DIR
+    started: float = field(default_factory=time.time)
+    fetcher: _Fetcher | None = None
+    task: asyncio.Task[Path] | None = None
+    failed: str | None = None
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), WAKE_SECONDS)
+
+
+class PartialSource:
+    """Bytes of a fetch in progress, handed out as they reach the disk."""
+
+    def __init__(self, fetch: Fetch) -> None:
+        self._fetch = fetch
+        self._fd: int | None = None
+
+    async def read(self, offset: int, n: int) -> bytes:
+        fetch = self._fetch
+        while True:
+            done = fetch.task is not None and fetch.task.done() and fetch.failed is None
+            end = (
+                fetch.file.size
+                if done
+                else fetch.fetcher.available(offset)
+                if fetch.fetcher
+                else offset
+            )
+            if end > offset:
+                fd = self._fd if self._fd is not None else await asyncio.to_thread(self._open)
+                if fd is None:
+                    return b""
+                return await asyncio.to_thread(os.pread, fd, min(n, end - offset), offset)
+            if fetch.failed is not None:
+                return b""  # the client sees a short body and asks again
+            await fetch.wait()
+
+    def _open(self) -> int | None:
+        # The partial, renamed while open, stays the same file: open whichever name it has now.
+        fetcher = self._fetch.fetcher
+        names = [fetcher.part_file] if fetcher else []
+        names += [getattr(fetcher, "verified_file", None), self._fetch.target]
+        for name in names:
+            if name is None:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                self._fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+                return self._fd
+        return None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class PullThrough:
+    def __init__(
+        self, core: Core, endpoint: str, token: str | None, options: FetchOptions | None = None
+    ) -> None:
+        self.core, self.endpoint, self._token = core, endpoint, token
+        self.options = options or FetchOptions()
+        self._commits: dict[str, set[str]] = {}  # upstream commits handed out, per repo
+        self._fetches: dict[str, Fetch] = {}  # in flight, by "<repo>/<path>"
+        self._upstream: Upstream | None = None
+        self._store = None
+
+    async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
+        """aiohttp cleanup_ctx: the upstream session and the downloader's store."""
+        from lawchatd.store import Store  # through the same engine the adapter uses
+
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=30, sock_read=self.options.stall_timeout
+        )
+        session = aiohttp.ClientSession(
+            timeout=timeout,
+            auto_decompress=False,
+            read_bufsize=2 << 20,
+            headers={"User-Agent": f"lawchatd-mirror/{__version__}"},
+        )
+        self._upstream = Upstream(session, self.endpoint, self._token)
+        self._store = await Store.open(self.core.root / STAGING / "fetches.sqlite3")
+        try:
+            yield
+        finally:
+            tasks = [f.task for f in self._fetches.values() if f.task is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)  # partials kept for next time
+            await self._store.close()
+            await session.close()
+
+    # ---- what the routes ask --------------------------------------------------------------
+
+    def knows_commit(self, repo_id: str, revision: str) -> bool:
+        return revision in self._commits.get(repo_id, ())
+
+    def status(self) -> list[dict]:
+        return [
+            {
+                "repo": f.file.repo_id,
+                "path": f.file.relpath,
+                "size": f.file.size,
+                "downloaded": f.fetcher.downloaded() if f.fetcher else 0,
+                "sha256": f.file.sha256,
+                "started_at": f.started,
+            }
+            for f in self._fetches.values()
+        ]
+
+    async def resolve(
+        self, request: web.Request, files: Files, org: str, name: str, revision: str, relpath: str
+    ) -> web.StreamResponse:
+        from lawchatd.mirror.files import FileMeta
+
+        assert self._upstream is not None
+        try:
+            file = await self._upstream.head(f"{org}/{name}", revision, relpath)
+        except UpstreamError as exc:
+            if exc.status == 502:
+                log.warning("pull-through of %s/%s/%s: %s", org, name, relpath, exc.message)
+            return error(exc.status, exc.code, exc.message)
+        self._commits.setdefault(file.repo_id, set()).add(file.commit)
+        if file.sha256 is not None:
+            if not await self._have(file):
+                self._start(file)
+            meta = FileMeta(file.commit, file.sha256, file.size, f'"{file.sha256}"')
+            return files.redirect(request, meta, relpath)
+        # A small file: fetched whole (it is small), then answered from DIR like any other.
+        if not await self._have(file):
+            fetch = self._start(file)
+            assert fetch.task is not None
+            await asyncio.shield(fetch.task)  # returns None on failure, with fetch.failed set
+            if fetch.failed:
+                return error(
+                    502, None, f"fetching {relpath} from the upstream failed: {fetch.failed}"
+                )
+        meta = FileMeta(file.commit, None, file.size, f'"{file.blob_oid}"')
+        entry = (await self.core.scan(org, name)).entries[relpath]  # type: ignore[union-attr]
+        return await files.serve(request, meta, files.open_local(entry), entry.size)
+
+    async def source(
+        self, org: str, name: str, relpath: str, sha256: str
+    ) -> tuple[Source, int] | None:
+        """The bytes of `sha256` while they are being fetched (starting the fetch if need be)."""
+        fetch = self._fetches.get(f"{org}/{name}/{relpath}")
+        if fetch is None or fetch.file.sha256 != sha256:
+            assert self._upstream is not None
+            try:
+                file = await self._upstream.head(f"{org}/{name}", "main", relpath)
+            except UpstreamError:
+                return None
+            if file.sha256 != sha256:
+                return None
+            if await self._have(file):  # the fetch ended between the caller's look and ours
+                target = self.core.root / file.repo_id / relpath
+                return FileSource(open_inside(self.core.root, target)), file.size
+            fetch = self._start(file)
+        return PartialSource(fetch), fetch.file.size
+
+    # ---- fetching ---------------------------------------------------------------------------
+
+    async def _have(self, file: UpstreamFile) -> bool:
+        """Whether DIR already holds exactly this file (a fetch that finished meanwhile)."""
+        repo = await self.core.scan(*file.repo_id.split("/"))
+        entry = repo.entries.get(file.relpath) if repo else None
+        if entry is None or entry.size != file.size:
+            return False
+        if file.sha256 is not None:
+            return await self.core.digests.sha256(entry) == file.sha256
+        return file.blob_oid is None or await self.core.digests.blob_oid(entry) == file.blob_oid
+
+    def _start(self, file: UpstreamFile) -> Fetch:
+        key = f"{file.repo_id}/{file.relpath}"
+        fetch = self._fetches.get(key)
+        if fetch is not None and fetch.file.sha256 == file.sha256:
+            return fetch  # one fetch per file, however many clients ask
+        fetch = Fetch(file, self.core.root / file.repo_id / file.relpath)
+        fetch.fetcher = self._fetcher(file, fetch.notify)
+        fetch.task = asyncio.create_task(self._run(key, fetch))
+        self._fetches[key] = fetch
+        log.info("fetching %s (%d bytes) from %s", key, file.size, self.endpoint)
+        return fetch
+
+    def _fetcher(self, file: UpstreamFile, on_change: Callable[[], None]) -> _Fetcher:
+        assert self._upstream is not None and self._store is not None
+        staging = self.core.root / STAGING
+        if file.sha256 is not None and file.relpath.endswith(".gguf"):
+            return EngineFetch(
+                store=self._store, session=self._upstream.session, endpoint=self.endpoint,
+                token=self._token, staging=staging, repo_id=file.repo_id, relpath=file.relpath,
+                commit=file.commit, size=file.size, sha256=file.sha256, options=self.options,
+                on_change=on_change,
+            )  # fmt: skip
+        return StreamFetch(
+            upstream=self._upstream, file=file, staging=staging, options=self.options,
+            on_change=on_change,
+        )  # fmt: skip
+
+    async def _run(self, key: str, fetch: Fetch) -> Path | None:
+        """Fetch, verify, publish; never raises but CancelledError (`fetch.failed` says why)."""
+        assert fetch.fetcher is not None
+        try:
+            verified = await fetch.fetcher.run()
+            await asyncio.to_thread(_publish, verified, fetch.target, fetch.file)
+            log.info("fetched %s: verified, now served from %s", key, fetch.target)
+            return fetch.target
+        except asyncio.CancelledError:
+            fetch.failed = "the mirror is shutting down"
+            raise
+        except (FetchFailed, OSError) as exc:
+            fetch.failed = str(exc) or type(exc).__name__
+            log.warning("fetching %s failed: %s (the partial is kept for the next try)", key, exc)
+            return None
+        finally:
+            if self._fetches.get(key) is fetch:
+                del self._fetches[key]
+            fetch.notify()
+
+
+def _publish(verified: Path, target: Path, file: UpstreamFile) -> None:
+    """Move a verified file into DIR, with its sha256 beside it so it is never hashed again."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if file.sha256 is not None:
+        sidecar = target.with_name(target.name + SIDECAR)
+        tmp = sidecar.with_name(f".{sidecar.name}.tmp")  # hidden until renamed
+        tmp.write_text(f"{file.sha256}  {target.name}\n")
+        os.replace(tmp, sidecar)
+    os.replace(verified, target)
+    fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
