@@ -1,0 +1,152 @@
+"""Pull-through: an office mirror (--upstream) in front of another mirror standing in for the Hub."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from lawchatd.mirror.fetcher import FetchOptions
+from tests.harness import REPO, Daemon, Mirror, ModelFile, free_port, sha256_of, start_mirror
+
+FAST = FetchOptions(connections=2, max_retries=20, retry_backoff=0.1, stall_timeout=2.0)
+A = "tiny-a"
+
+
+@pytest.fixture
+async def office(tmp_path: Path, mirror: Mirror) -> AsyncIterator[Mirror]:
+    """A pull-through mirror with an empty DIR, its upstream the test Hub (`mirror`)."""
+    server = await start_mirror(tmp_path / "office", upstream=mirror.url, fetch_options=FAST)
+    yield server
+    await server.runner.cleanup()
+
+
+@pytest.fixture(autouse=True)
+def _office_dir(tmp_path: Path) -> None:
+    (tmp_path / "office").mkdir()
+
+
+async def _status(office: Mirror) -> dict:
+    async with aiohttp.ClientSession() as http, http.get(f"{office.url}/_mirror/status") as resp:
+        assert resp.status == 200
+        return await resp.json()
+
+
+async def _fetches(office: Mirror, until: Callable[[list], bool]) -> list:
+    """The office's fetches in flight, once `until` holds for them (10 s at most)."""
+    for _ in range(200):
+        fetches = (await _status(office))["fetches"]
+        if until(fetches):
+            return fetches
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"fetches never reached the state wanted: {fetches}")
+
+
+async def _get(url: str) -> tuple[int, bytes, dict]:
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        return resp.status, await resp.read(), dict(resp.headers)
+
+
+async def test_two_daemons_share_one_upstream_fetch(
+    make_daemon: Callable[..., Daemon],
+    mirror: Mirror,
+    office: Mirror,
+    models: dict[str, ModelFile],
+    tmp_path: Path,
+) -> None:
+    model = models[A]
+    mirror.faults.rate = 3_000_000  # about 2 s: both daemons ask while the fetch runs
+    daemons = [
+        await make_daemon(
+            data_dir=tmp_path / f"d{i}", hub=office, LAWCHATD_STALL_TIMEOUT="5"
+        ).start()
+        for i in range(2)
+    ]
+    for daemon in daemons:
+        status, reply = await daemon.post("/models/download", {"model_variant": A})
+        assert status == 200, reply
+    fetches = await _fetches(office, bool)
+    assert [(f["repo"], f["path"], f["size"]) for f in fetches] == [
+        (REPO, model.filename, model.size)
+    ]
+    for daemon in daemons:
+        done = await daemon.wait_done(timeout=60)
+        assert done["status"] == "completed", done
+        assert sha256_of(daemon.data_dir / "models" / model.filename) == model.sha256
+    # The upstream sent the file once, for both daemons.
+    assert mirror.cdn_bytes() == model.size
+    kept = tmp_path / "office" / REPO / model.filename
+    assert sha256_of(kept) == model.sha256
+    status = await _status(office)
+    assert status["fetches"] == []
+    assert {"repo": REPO, "path": model.filename, "size": model.size, "lfs": True} in status[
+        "files"
+    ]
+
+
+async def test_a_filled_mirror_serves_without_its_upstream(
+    mirror: Mirror, office: Mirror, models: dict[str, ModelFile]
+) -> None:
+    model = models["tiny-small"]
+    url = f"{office.url}/{REPO}/resolve/main/{model.filename}"
+    status, body, _ = await _get(url)
+    assert status == 200 and len(body) == model.size
+    await _fetches(office, lambda f: not f)  # verified and moved into DIR after the last byte
+    served = mirror.cdn_bytes()
+    await mirror.runner.cleanup()  # the internet goes away
+    status, again, headers = await _get(url)
+    assert status == 200 and again == body and mirror.cdn_bytes() == served
+    assert headers["X-Linked-Etag"] == f'"{model.sha256}"'
+
+
+async def test_the_upstream_dying_mid_fetch_resumes(
+    tmp_path: Path, hub_root: Path, models: dict[str, ModelFile]
+) -> None:
+    model = models["big"]
+    port = free_port()
+    upstream = await start_mirror(hub_root, port=port)
+    office = await start_mirror(tmp_path / "office", upstream=upstream.url, fetch_options=FAST)
+    try:
+        upstream.faults.rate = 4_000_000
+        client = asyncio.create_task(_get(f"{office.url}/{REPO}/resolve/main/{model.filename}"))
+        await _fetches(office, lambda f: bool(f) and f[0]["downloaded"] >= 6_000_000)
+        before = upstream.cdn_bytes()
+        await upstream.runner.cleanup()  # the upstream dies mid-fetch...
+        await asyncio.sleep(0.5)
+        upstream = await start_mirror(hub_root, port=port)  # ...and comes back
+        status, body, _ = await asyncio.wait_for(client, 60)
+        assert status == 200 and len(body) == model.size
+        await _fetches(office, lambda f: not f)
+        kept = tmp_path / "office" / REPO / model.filename
+        assert sha256_of(kept) == model.sha256
+        # Resumed: the new upstream sent only what the first one had not.
+        assert upstream.cdn_bytes() <= model.size - before + 8 * (1 << 20)
+        assert upstream.cdn_bytes() < model.size
+    finally:
+        await office.runner.cleanup()
+        await upstream.runner.cleanup()
+
+
+async def test_an_unreachable_upstream_is_a_clear_error(tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    office = await start_mirror(tmp_path / "office", upstream=dead, fetch_options=FAST)
+    try:
+        status, body, headers = await _get(f"{office.url}/{REPO}/resolve/main/x.gguf")
+        assert status == 502
+        assert f"the upstream {dead} is unreachable" in headers["X-Error-Message"]
+        assert b"unreachable" in body
+    finally:
+        await office.runner.cleanup()
+
+
+async def test_upstream_refusals_are_passed_on(mirror: Mirror, office: Mirror) -> None:
+    status, _, headers = await _get(f"{office.url}/{REPO}/resolve/main/none.gguf")
+    assert (status, headers["X-Error-Code"]) == (404, "EntryNotFound")
+    status, _, headers = await _get(f"{office.url}/{REPO}/resolve/v9/tiny-a.gguf")
+    assert (status, headers["X-Error-Code"]) == (404, "RevisionNotFound")
+    mirror.faults.gated = True
+    status, _, headers = await _get(f"{office.url}/{REPO}/resolve/main/tiny-a.gguf")
+    assert (status, headers["X-Error-Code"]) == (401, "GatedRepo")
