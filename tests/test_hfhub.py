@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import os
+import struct
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -76,7 +77,7 @@ async def _start(tmp_path: Path, **options: str) -> AsyncIterator[Hub]:
     repo = root / REPO
     (repo / "sub").mkdir(parents=True)
     files = {
-        GGUF: b"GGUF" + os.urandom(300_000),
+        GGUF: b"GGUF" + struct.pack("<IQQ", 3, 0, 0) + os.urandom(300_000),
         "README.md": b"# law-chat\n",
         "config.json": b'{"model_type": "llama"}\n',
         "sub/notes.txt": b"notes\n",
@@ -84,14 +85,18 @@ async def _start(tmp_path: Path, **options: str) -> AsyncIterator[Hub]:
     for name, data in files.items():
         (repo / name).write_bytes(data)
     app = mirror_faults.install(create_mirror_app(root, **options))
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    url, runner = await _serve(app)
     try:
         yield Hub(url, root, files, app[STATS], tmp_path / "hf-home")
     finally:
         await runner.cleanup()
+
+
+async def _serve(app: web.Application) -> tuple[str, web.AppRunner]:
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return f"http://127.0.0.1:{runner.addresses[0][1]}", runner
 
 
 @pytest.fixture
@@ -191,3 +196,20 @@ except hh.errors.GatedRepoError:
         assert (await hub.python(code))["without"] == "GatedRepo"
         out = await hub.python(f"out['p'] = hh.hf_hub_download({REPO!r}, {GGUF!r})", HF_TOKEN=TOKEN)
         assert _read(out["p"]) == hub.files[GGUF]
+
+
+async def test_hf_download_through_a_pull_through_office_mirror(hub: Hub, tmp_path: Path) -> None:
+    office_dir = tmp_path / "office"
+    office_dir.mkdir()
+    url, runner = await _serve(create_mirror_app(office_dir, upstream=hub.url))
+    try:
+        target = tmp_path / "out"
+        argv = [str(HF), "download", REPO, "--local-dir", str(target)]
+        await _run(argv, hub.env(HF_ENDPOINT=url))
+        for name, data in hub.files.items():
+            assert (target / name).read_bytes() == data
+            assert (office_dir / REPO / name).read_bytes() == data  # kept for the next office
+        # The upstream sent every file once.
+        assert hub.stats.bytes_served == sum(len(data) for data in hub.files.values())
+    finally:
+        await runner.cleanup()

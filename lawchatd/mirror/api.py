@@ -38,7 +38,17 @@ class Api:
         self.core.check_revision(repo, revision, org, name)
         return repo, f"{org}/{name}"
 
+    async def _forwarded(self, request: web.Request) -> web.Response | None:
+        """With --upstream, the upstream answers for the whole repo (DIR holds only a part)."""
+        if self.core.pull is None:
+            return None
+        self.core.require_token(request)
+        self.core.repo_id(request)  # refuse bad names before they go anywhere
+        return await self.core.pull.forward_api(request)
+
     async def info(self, request: web.Request) -> web.Response:
+        if (forwarded := await self._forwarded(request)) is not None:
+            return forwarded
         repo, repo_id = await self._repo_at(request)
         blobs = request.query.get("blobs", "").lower() in ("1", "true")
         siblings = [
@@ -65,11 +75,15 @@ class Api:
         )
 
     async def refs(self, request: web.Request) -> web.Response:
+        if (forwarded := await self._forwarded(request)) is not None:
+            return forwarded
         repo, _ = await self._repo_at(request)
         branch = {"name": MAIN, "ref": f"refs/heads/{MAIN}", "targetCommit": repo.commit}
         return web.json_response({"branches": [branch], "converts": [], "tags": []})
 
     async def tree(self, request: web.Request) -> web.Response:
+        if (forwarded := await self._forwarded(request)) is not None:
+            return forwarded
         repo, _ = await self._repo_at(request)
         try:
             base = (

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
@@ -169,6 +170,32 @@ class PullThrough:
             for f in self._fetches.values()
         ]
 
+    async def forward_api(self, request: web.Request) -> web.Response | None:
+        """The upstream's answer to an /api/ call, as it gave it; None when it is unreachable.
+
+        The upstream knows the whole repo, DIR only what was fetched so far: snapshot_download
+        must see every file. Commits it names are remembered, so `revision=<commit>` resolves.
+        """
+        assert self._upstream is not None
+        url = self._upstream.endpoint_url(request.rel_url)
+        try:
+            async with self._upstream.session.get(url, headers=self._upstream.headers(url)) as r:
+                body = await r.read()
+                kept = ("Content-Type", "X-Error-Code", "X-Error-Message", "Link")
+                headers = {k: r.headers[k] for k in kept if k in r.headers}
+                status = r.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning(
+                "the upstream %s is unreachable (%s): answering from DIR", self.endpoint, exc
+            )
+            return None
+        if status == 200:  # model_info's answer names the commit (a tree's is a list)
+            with contextlib.suppress(ValueError, AttributeError, TypeError):
+                sha = json.loads(body).get("sha")
+                if isinstance(sha, str) and len(sha) == 40:
+                    self._commits.setdefault(_repo_of(request), set()).add(sha)
+        return web.Response(status=status, body=body, headers=headers)
+
     async def resolve(
         self, request: web.Request, files: Files, org: str, name: str, revision: str, relpath: str
     ) -> web.StreamResponse:
@@ -277,6 +304,10 @@ class PullThrough:
             if self._fetches.get(key) is fetch:
                 del self._fetches[key]
             fetch.notify()
+
+
+def _repo_of(request: web.Request) -> str:
+    return f"{request.match_info['org']}/{request.match_info['repo']}"
 
 
 def _publish(verified: Path, target: Path, file: UpstreamFile) -> None:

@@ -67,29 +67,31 @@ class StreamFetch:
     async def _stream(self) -> None:
         session, file = self._upstream.session, self._file
         url = self._upstream.resolve_url(file.repo_id, file.commit, file.relpath)
-        async with session.get(
-            url, headers=self._upstream.headers(url), allow_redirects=False
-        ) as r:
-            if 300 <= r.status < 400 and "Location" in r.headers:
-                url = url.join(URL(r.headers["Location"], encoded=True))
-            elif r.status != 200:
-                raise aiohttp.ClientResponseError(r.request_info, (), status=r.status)
-        headers = self._upstream.headers(url)
-        if self._written:
-            headers["Range"] = f"bytes={self._written}-"
-        async with session.get(url, headers=headers) as resp:
-            if resp.status == 200:
-                self._written = 0  # the whole file is coming: never append it to a partial
-            elif resp.status != 206:
-                raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
-            fd = await asyncio.to_thread(os.open, self.part_file, os.O_WRONLY)
-            try:
-                async for chunk in resp.content.iter_chunked(1 << 20):
-                    await asyncio.to_thread(os.pwrite, fd, chunk, self._written)
-                    self._written += len(chunk)
-                    self._on_change()
-            finally:
-                os.close(fd)
+        for _ in range(5):  # redirects, followed by hand: the token goes to the upstream only
+            headers = self._upstream.headers(url)
+            if self._written:
+                headers["Range"] = f"bytes={self._written}-"
+            async with session.get(url, headers=headers, allow_redirects=False) as resp:
+                if 300 <= resp.status < 400 and "Location" in resp.headers:
+                    url = url.join(URL(resp.headers["Location"], encoded=True))
+                    continue
+                await self._take(resp)
+                return
+        raise FetchFailed(f"too many redirects fetching {file.relpath}")
+
+    async def _take(self, resp: aiohttp.ClientResponse) -> None:
+        if resp.status == 200:
+            self._written = 0  # the whole file is coming: never append it to a partial
+        elif resp.status != 206:
+            raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
+        fd = await asyncio.to_thread(os.open, self.part_file, os.O_WRONLY)
+        try:
+            async for chunk in resp.content.iter_chunked(1 << 20):
+                await asyncio.to_thread(os.pwrite, fd, chunk, self._written)
+                self._written += len(chunk)
+                self._on_change()
+        finally:
+            os.close(fd)
 
 
 def _prepare(part: Path, size: int) -> int:

@@ -48,6 +48,10 @@ class Upstream:
         self.endpoint = endpoint.rstrip("/")
         self._token = token
 
+    def endpoint_url(self, path: URL) -> URL:
+        """The same path and query on the upstream."""
+        return URL(self.endpoint + str(path), encoded=True)
+
     def resolve_url(self, repo_id: str, revision: str, relpath: str) -> URL:
         path = f"/{repo_id}/resolve/{quote(revision, safe='')}/{quote(relpath)}"
         return URL(self.endpoint + path, encoded=True)
