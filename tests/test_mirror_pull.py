@@ -150,3 +150,14 @@ async def test_upstream_refusals_are_passed_on(mirror: Mirror, office: Mirror) -
     mirror.faults.gated = True
     status, _, headers = await _get(f"{office.url}/{REPO}/resolve/main/tiny-a.gguf")
     assert (status, headers["X-Error-Code"]) == (401, "GatedRepo")
+
+
+async def test_a_link_out_of_dir_is_never_filled(
+    tmp_path: Path, mirror: Mirror, office: Mirror
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "office" / REPO.split("/")[0]).symlink_to(outside)
+    status, _, _ = await _get(f"{office.url}/{REPO}/resolve/main/tiny-small.gguf")
+    assert status == 404
+    assert list(outside.iterdir()) == [] and mirror.cdn_bytes() == 0

@@ -40,3 +40,11 @@ def open_inside(root: Path, path: Path) -> int:
         raise PermissionError(f"{path} leads outside the mirror")
     # O_NOFOLLOW: a link swapped in after realpath() is refused rather than followed.
     return os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def may_create(root: Path, path: Path) -> bool:
+    """Whether creating `path` (and its missing folders) stays in `root`: no link leads out."""
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return inside(root, existing) and (not path.exists() or inside(root, path))

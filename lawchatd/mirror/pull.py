@@ -27,7 +27,7 @@ from lawchatd import __version__
 from lawchatd.mirror.body import FileSource, Source
 from lawchatd.mirror.core import Core, error
 from lawchatd.mirror.fetcher import EngineFetch, FetchFailed, FetchOptions
-from lawchatd.mirror.paths import SIDECAR, open_inside
+from lawchatd.mirror.paths import SIDECAR, inside, may_create, open_inside
 from lawchatd.mirror.stream_fetch import StreamFetch
 from lawchatd.mirror.upstream import Upstream, UpstreamError, UpstreamFile
 
@@ -209,6 +209,8 @@ class PullThrough:
                 log.warning("pull-through of %s/%s/%s: %s", org, name, relpath, exc.message)
             return error(exc.status, exc.code, exc.message)
         self._commits.setdefault(file.repo_id, set()).add(file.commit)
+        if not await asyncio.to_thread(may_create, self.core.root, self._target(file)):
+            return error(404, "RepoNotFound", "Repository not found")  # a link out of DIR
         if file.sha256 is not None:
             if not await self._have(file):
                 self._start(file)
@@ -240,6 +242,8 @@ class PullThrough:
                 return None
             if file.sha256 != sha256:
                 return None
+            if not await asyncio.to_thread(may_create, self.core.root, self._target(file)):
+                return None
             if await self._have(file):  # the fetch ended between the caller's look and ours
                 target = self.core.root / file.repo_id / relpath
                 return FileSource(open_inside(self.core.root, target)), file.size
@@ -258,12 +262,15 @@ class PullThrough:
             return await self.core.digests.sha256(entry) == file.sha256
         return file.blob_oid is None or await self.core.digests.blob_oid(entry) == file.blob_oid
 
+    def _target(self, file: UpstreamFile) -> Path:
+        return self.core.root / file.repo_id / file.relpath
+
     def _start(self, file: UpstreamFile) -> Fetch:
         key = f"{file.repo_id}/{file.relpath}"
         fetch = self._fetches.get(key)
         if fetch is not None and fetch.file.sha256 == file.sha256:
             return fetch  # one fetch per file, however many clients ask
-        fetch = Fetch(file, self.core.root / file.repo_id / file.relpath)
+        fetch = Fetch(file, self._target(file))
         fetch.fetcher = self._fetcher(file, fetch.notify)
         fetch.task = asyncio.create_task(self._run(key, fetch))
         self._fetches[key] = fetch
@@ -290,7 +297,7 @@ class PullThrough:
         assert fetch.fetcher is not None
         try:
             verified = await fetch.fetcher.run()
-            await asyncio.to_thread(_publish, verified, fetch.target, fetch.file)
+            await asyncio.to_thread(_publish, verified, fetch.target, fetch.file, self.core.root)
             log.info("fetched %s: verified, now served from %s", key, fetch.target)
             return fetch.target
         except asyncio.CancelledError:
@@ -310,9 +317,13 @@ def _repo_of(request: web.Request) -> str:
     return f"{request.match_info['org']}/{request.match_info['repo']}"
 
 
-def _publish(verified: Path, target: Path, file: UpstreamFile) -> None:
+def _publish(verified: Path, target: Path, file: UpstreamFile, root: Path) -> None:
     """Move a verified file into DIR, with its sha256 beside it so it is never hashed again."""
+    if not may_create(root, target):  # checked at the start too; a link may have appeared since
+        raise PermissionError(f"{target} would lead outside the mirror")
     target.parent.mkdir(parents=True, exist_ok=True)
+    if not inside(root, target.parent):
+        raise PermissionError(f"{target} would lead outside the mirror")
     if file.sha256 is not None:
         sidecar = target.with_name(target.name + SIDECAR)
         tmp = sidecar.with_name(f".{sidecar.name}.tmp")  # hidden until renamed
