@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -100,6 +101,10 @@ async def test_a_filled_mirror_serves_without_its_upstream(
     status, again, headers = await _get(url)
     assert status == 200 and again == body and mirror.cdn_bytes() == served
     assert headers["X-Linked-Etag"] == f'"{model.sha256}"'
+    status, info, _ = await _get(f"{office.url}/api/models/{REPO}")  # from DIR, now
+    assert status == 200 and [model.filename] == [
+        s["rfilename"] for s in json.loads(info)["siblings"]
+    ]
 
 
 async def test_the_upstream_dying_mid_fetch_resumes(

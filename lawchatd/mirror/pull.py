@@ -29,7 +29,7 @@ from lawchatd.mirror.core import Core, error
 from lawchatd.mirror.fetcher import EngineFetch, FetchFailed, FetchOptions
 from lawchatd.mirror.paths import SIDECAR, inside, may_create, open_inside
 from lawchatd.mirror.stream_fetch import StreamFetch
-from lawchatd.mirror.upstream import Upstream, UpstreamError, UpstreamFile
+from lawchatd.mirror.upstream import METADATA_TIMEOUT, Upstream, UpstreamError, UpstreamFile
 
 if TYPE_CHECKING:
     from lawchatd.mirror.files import Files
@@ -179,7 +179,9 @@ class PullThrough:
         assert self._upstream is not None
         url = self._upstream.endpoint_url(request.rel_url)
         try:
-            async with self._upstream.session.get(url, headers=self._upstream.headers(url)) as r:
+            async with self._upstream.session.get(
+                url, headers=self._upstream.headers(url), timeout=METADATA_TIMEOUT
+            ) as r:
                 body = await r.read()
                 kept = ("Content-Type", "X-Error-Code", "X-Error-Message", "Link")
                 headers = {k: r.headers[k] for k in kept if k in r.headers}

@@ -7,11 +7,15 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 import aiohttp
+from multidict import CIMultiDict
 from yarl import URL
 
 from lawchatd import __version__
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# Metadata calls must answer before the client's own timeout (huggingface_hub: 10 s), so that
+# it gets the mirror's clear 502 rather than a timeout of its own.
+METADATA_TIMEOUT = aiohttp.ClientTimeout(total=8)
 _OID = re.compile(r"[0-9a-f]{40}")
 
 
@@ -66,31 +70,29 @@ class Upstream:
     async def head(self, repo_id: str, revision: str, relpath: str) -> UpstreamFile:
         url = self.resolve_url(repo_id, revision, relpath)
         try:
-            async with self.session.head(
-                url, headers=self.headers(url), allow_redirects=False
-            ) as r:
-                self._check(r)
-                headers = r.headers
-                if (
-                    not headers.get("X-Linked-Etag")
-                    and 300 <= r.status < 400
-                    and "Location" in headers
-                ):
-                    # A small file behind a same-host redirect (/api/resolve-cache/...).
-                    target = url.join(URL(headers["Location"], encoded=True))
-                    if target.origin() == url.origin():
-                        async with self.session.head(target, headers=self.headers(target)) as again:
-                            self._check(again)
-                            headers = again.headers.copy() | {
-                                k: v for k, v in r.headers.items() if k == "X-Repo-Commit"
-                            }
+            headers = await self._head(url)
+            location = headers.get("Location")
+            if not headers.get("X-Linked-Etag") and location:
+                # A small file behind a same-host redirect (the Hub's /api/resolve-cache/...).
+                target = url.join(URL(location, encoded=True))
+                if target.origin() == url.origin():
+                    commit = headers.get("X-Repo-Commit")
+                    headers = await self._head(target)
+                    if commit and "X-Repo-Commit" not in headers:
+                        headers["X-Repo-Commit"] = commit
         except (aiohttp.ClientError, TimeoutError) as exc:
+            reason = str(exc) or type(exc).__name__
             raise UpstreamError(
-                502,
-                None,
-                f"the upstream {self.endpoint} is unreachable: {exc or type(exc).__name__}",
+                502, None, f"the upstream {self.endpoint} is unreachable: {reason}"
             ) from exc
         return self._file(repo_id, relpath, headers)
+
+    async def _head(self, url: URL) -> CIMultiDict[str]:
+        async with self.session.head(
+            url, headers=self.headers(url), allow_redirects=False, timeout=METADATA_TIMEOUT
+        ) as resp:
+            self._check(resp)
+            return CIMultiDict(resp.headers)
 
     def _check(self, resp: aiohttp.ClientResponse) -> None:
         if resp.status < 400:
@@ -100,7 +102,7 @@ class Upstream:
         status = resp.status if resp.status in (401, 403, 404, 429) else 502
         raise UpstreamError(status, code, message)
 
-    def _file(self, repo_id: str, relpath: str, headers) -> UpstreamFile:
+    def _file(self, repo_id: str, relpath: str, headers: CIMultiDict[str]) -> UpstreamFile:
         commit = headers.get("X-Repo-Commit", "")
         sha = _etag(headers.get("X-Linked-Etag"))
         size = headers.get("X-Linked-Size") or headers.get("Content-Length") or ""
