@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -166,3 +170,39 @@ async def test_a_link_out_of_dir_is_never_filled(
     status, _, _ = await _get(f"{office.url}/{REPO}/resolve/main/tiny-small.gguf")
     assert status == 404
     assert list(outside.iterdir()) == [] and mirror.cdn_bytes() == 0
+
+
+async def test_the_cli_fills_from_a_gated_upstream_with_its_token(
+    tmp_path: Path, hub_root: Path, models: dict[str, ModelFile]
+) -> None:
+    from tests.harness import HF_TOKEN
+
+    upstream = await start_mirror(hub_root, token=HF_TOKEN)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LAWCHATD_", "HF_"))}
+    env["LAWCHATD_MIRROR_UPSTREAM_TOKEN"] = HF_TOKEN  # from the environment, not `ps`
+    argv = [sys.executable, "-m", "lawchatd", "mirror", str(tmp_path / "office")]
+    argv += ["--port", str(port), "--upstream", upstream.url]
+    proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
+    try:
+        model = models["tiny-small"]
+        url = f"http://127.0.0.1:{port}/{REPO}/resolve/main/{model.filename}"
+        for _ in range(100):
+            with contextlib.suppress(aiohttp.ClientConnectionError):
+                status, body, _ = await _get(url)
+                break
+            await asyncio.sleep(0.1)
+        assert status == 200 and len(body) == model.size
+        resolved = [r for r in upstream.stats.requests if "/resolve/" in r.path]
+        assert resolved and all(r.authorization for r in resolved)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+        await upstream.runner.cleanup()
+    assert HF_TOKEN.encode() not in err
+
+
+def test_the_cli_refuses_an_upstream_that_is_not_http(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "lawchatd", "mirror", str(tmp_path), "--upstream", "ftp://hub"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and "must start with http(s)://" in done.stderr
