@@ -171,10 +171,11 @@ class PullThrough:
         ]
 
     async def forward_api(self, request: web.Request) -> web.Response | None:
-        """The upstream's answer to an /api/ call, as it gave it; None when it is unreachable.
+        """The upstream's answer to an /api/ call; None (answer from DIR) unless it is a 200.
 
         The upstream knows the whole repo, DIR only what was fetched so far: snapshot_download
         must see every file. Commits it names are remembered, so `revision=<commit>` resolves.
+        A repo only DIR has (copied in by hand) is still answered from DIR.
         """
         assert self._upstream is not None
         url = self._upstream.endpoint_url(request.rel_url)
@@ -182,21 +183,22 @@ class PullThrough:
             async with self._upstream.session.get(
                 url, headers=self._upstream.headers(url), timeout=METADATA_TIMEOUT
             ) as r:
+                if r.status != 200:
+                    return None
                 body = await r.read()
-                kept = ("Content-Type", "X-Error-Code", "X-Error-Message", "Link")
-                headers = {k: r.headers[k] for k in kept if k in r.headers}
-                status = r.status
+                headers = {k: r.headers[k] for k in ("Content-Type", "Link") if k in r.headers}
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning(
                 "the upstream %s is unreachable (%s): answering from DIR", self.endpoint, exc
             )
             return None
-        if status == 200:  # model_info's answer names the commit (a tree's is a list)
-            with contextlib.suppress(ValueError, AttributeError, TypeError):
-                sha = json.loads(body).get("sha")
-                if isinstance(sha, str) and len(sha) == 40:
-                    self._commits.setdefault(_repo_of(request), set()).add(sha)
-        return web.Response(status=status, body=body, headers=headers)
+        if "Link" in headers:  # the next page, through this mirror too
+            headers["Link"] = headers["Link"].replace(self.endpoint, str(request.url.origin()))
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            sha = json.loads(body).get("sha")  # model_info names the commit (a tree is a list)
+            if isinstance(sha, str) and len(sha) == 40:
+                self._commits.setdefault(_repo_of(request), set()).add(sha)
+        return web.Response(status=200, body=body, headers=headers)
 
     async def resolve(
         self, request: web.Request, files: Files, org: str, name: str, revision: str, relpath: str
@@ -228,7 +230,10 @@ class PullThrough:
                     502, None, f"fetching {relpath} from the upstream failed: {fetch.failed}"
                 )
         meta = FileMeta(file.commit, None, file.size, f'"{file.blob_oid}"')
-        entry = (await self.core.scan(org, name)).entries[relpath]  # type: ignore[union-attr]
+        repo = await self.core.scan(org, name)
+        entry = repo.entries.get(relpath) if repo else None
+        if entry is None:  # removed from DIR in the meantime
+            return error(404, "EntryNotFound", "Entry not found")
         return await files.serve(request, meta, files.open_local(entry), entry.size)
 
     async def source(
