@@ -206,3 +206,18 @@ def test_the_cli_refuses_an_upstream_that_is_not_http(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "lawchatd", "mirror", str(tmp_path), "--upstream", "ftp://hub"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     assert done.returncode == 1 and "must start with http(s)://" in done.stderr
+
+
+async def test_bytes_that_fail_the_sha256_never_enter_dir(
+    tmp_path: Path, mirror: Mirror, office: Mirror, models: dict[str, ModelFile]
+) -> None:
+    model = models["tiny-small"]
+    mirror.faults.corrupt_at = 1000  # the upstream flips a byte in every response
+    status, body, _ = await _get(f"{office.url}/{REPO}/resolve/main/{model.filename}")
+    assert status == 200 or len(body) < model.size  # streamed as it came, or cut short
+    await _fetches(office, lambda f: not f)
+    assert not (tmp_path / "office" / REPO / model.filename).exists()
+    mirror.faults.corrupt_at = None  # the next request fetches again, and this time it is good
+    status, body, _ = await _get(f"{office.url}/{REPO}/resolve/main/{model.filename}")
+    await _fetches(office, lambda f: not f)
+    assert sha256_of(tmp_path / "office" / REPO / model.filename) == model.sha256
