@@ -60,7 +60,7 @@ class Files:
         relpath, revision = self.relpath(request), request.match_info["revision"]
         repo = await core.scan(org, name)
         entry = repo.entries.get(relpath) if repo else None
-        if repo is not None and entry is not None and self._local_revision(repo, revision):
+        if repo is not None and entry is not None and self._known(repo, revision, org, name):
             return await self._answer_local(request, repo, entry)
         if core.pull is not None:
             return await core.pull.resolve(request, self, org, name, revision, relpath)
@@ -69,9 +69,9 @@ class Files:
         core.check_revision(repo, revision, org, name)
         return error(404, "EntryNotFound", "Entry not found")
 
-    def _local_revision(self, repo: Repo, revision: str) -> bool:
+    def _known(self, repo: Repo, revision: str, org: str, name: str) -> bool:
         try:
-            self.core.check_revision(repo, revision, "", "")
+            self.core.check_revision(repo, revision, org, name)
         except Refused:
             return False
         return True
