@@ -213,3 +213,23 @@ async def test_hf_download_through_a_pull_through_office_mirror(hub: Hub, tmp_pa
         assert hub.stats.bytes_served == sum(len(data) for data in hub.files.values())
     finally:
         await runner.cleanup()
+
+
+async def test_paths_info_commits_auth_check_and_hffilesystem(hub: Hub) -> None:
+    code = f"""
+api = hh.HfApi()
+out["paths"] = [type(p).__name__ for p in api.get_paths_info({REPO!r}, ["README.md", "sub", "none"])]
+out["commits"] = [c.commit_id for c in hh.list_repo_commits({REPO!r})]
+out["sha"] = hh.model_info({REPO!r}).sha
+hh.auth_check({REPO!r})
+fs = hh.HfFileSystem()
+out["ls"] = sorted(fs.ls({REPO!r}, detail=False))
+out["readme"] = fs.open({REPO!r} + "/README.md").read().decode()
+out["exists"] = [hh.file_exists({REPO!r}, "README.md"), hh.file_exists({REPO!r}, "none")]
+"""
+    out = await hub.python(code)
+    assert out["paths"] == ["RepoFile", "RepoFolder"]
+    assert out["commits"] == [out["sha"]]
+    assert out["ls"] == sorted(f"{REPO}/{p}" for p in (GGUF, "README.md", "config.json", "sub"))
+    assert out["readme"] == hub.files["README.md"].decode()
+    assert out["exists"] == [True, False]

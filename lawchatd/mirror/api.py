@@ -26,6 +26,9 @@ class Api:
             web.get(base, self.info),
             web.get(base + "/revision/{revision}", self.info),
             web.get(base + "/refs", self.refs),
+            web.get(base + "/commits/{revision}", self.commits),
+            web.get(base + "/auth-check", self.auth_check),
+            web.post(base + "/paths-info/{revision}", self.paths_info),
             web.get(base + "/tree/{revision}", self.tree),
             web.get(base + "/tree/{revision}/{path:.+}", self.tree),
         ]
@@ -80,6 +83,40 @@ class Api:
         repo, _ = await self._repo_at(request)
         branch = {"name": MAIN, "ref": f"refs/heads/{MAIN}", "targetCommit": repo.commit}
         return web.json_response({"branches": [branch], "converts": [], "tags": []})
+
+    async def commits(self, request: web.Request) -> web.Response:
+        if (forwarded := await self._forwarded(request)) is not None:
+            return forwarded
+        repo, _ = await self._repo_at(request)
+        modified = max((e.mtime_ns for e in repo.entries.values()), default=0)
+        # DIR has no history: its one commit is the state it is in.
+        commit = {
+            "id": repo.commit,
+            "title": "Files as the mirror holds them",
+            "message": "",
+            "authors": [{"user": "lawchatd-mirror"}],
+            "date": _iso(modified),
+        }
+        return web.json_response([commit])
+
+    async def auth_check(self, request: web.Request) -> web.Response:
+        await self._repo_at(request)  # 401 without the token, 404 for a repo it does not have
+        return web.json_response({})
+
+    async def paths_info(self, request: web.Request) -> web.Response:
+        repo, _ = await self._repo_at(request)
+        form = await request.post()
+        folders = repo.folders()
+        items: list[dict[str, Any]] = []
+        for raw in form.getall("paths", []):
+            if not isinstance(raw, str):
+                continue
+            path = raw.strip("/")
+            if path in repo.entries:
+                items.append(await self._tree_file(repo.entries[path]))
+            elif path in folders:
+                items.append({"type": "directory", "oid": _folder_oid(repo, path), "path": path})
+        return web.json_response(items)
 
     async def tree(self, request: web.Request) -> web.Response:
         if (forwarded := await self._forwarded(request)) is not None:
