@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -221,3 +222,42 @@ async def test_bytes_that_fail_the_sha256_never_enter_dir(
     status, body, _ = await _get(f"{office.url}/{REPO}/resolve/main/{model.filename}")
     await _fetches(office, lambda f: not f)
     assert sha256_of(tmp_path / "office" / REPO / model.filename) == model.sha256
+
+
+async def test_pull_through_from_an_upstream_that_answers_like_huggingface_co(
+    tmp_path: Path, hub_root: Path, models: dict[str, ModelFile]
+) -> None:
+    from aiohttp import web
+
+    from tests.harness import HF_TOKEN
+    from tests.hub_like import COMMIT, HubLike
+
+    model = models["tiny-small"]
+    files = tmp_path / "hub-like"
+    files.mkdir()
+    shutil.copy(hub_root / REPO / model.filename, files / model.filename)
+    (files / "README.md").write_text("# test\n")
+    port = free_port()
+    hub = HubLike(files, REPO, port)
+    runner = web.AppRunner(hub.app(), shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    office = await start_mirror(
+        tmp_path / "office",
+        upstream=f"http://127.0.0.1:{port}",
+        upstream_token=HF_TOKEN,
+        fetch_options=FAST,
+    )
+    try:
+        status, body, headers = await _get(f"{office.url}/{REPO}/resolve/main/{model.filename}")
+        assert status == 200 and len(body) == model.size
+        assert headers["X-Repo-Commit"] == COMMIT
+        status, readme, headers = await _get(f"{office.url}/{REPO}/resolve/{COMMIT}/README.md")
+        assert (status, readme, headers["X-Repo-Commit"]) == (200, b"# test\n", COMMIT)
+        await _fetches(office, lambda f: not f)
+        assert sha256_of(tmp_path / "office" / REPO / model.filename) == model.sha256
+        assert hub.resolves and all(token for _, token in hub.resolves)
+        assert hub.cdn_authorizations == []  # the token went to the Hub, never to the CDN
+    finally:
+        await office.runner.cleanup()
+        await runner.cleanup()
