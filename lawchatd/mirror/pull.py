@@ -14,11 +14,9 @@ import contextlib
 import json
 import logging
 import os
-import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -27,6 +25,7 @@ from lawchatd import __version__
 from lawchatd.mirror.body import FileSource, Source
 from lawchatd.mirror.core import Core, error
 from lawchatd.mirror.fetcher import EngineFetch, FetchFailed, FetchOptions
+from lawchatd.mirror.partial import Fetch, Fetcher, PartialSource
 from lawchatd.mirror.paths import SIDECAR, inside, may_create, open_inside
 from lawchatd.mirror.stream_fetch import StreamFetch
 from lawchatd.mirror.upstream import METADATA_TIMEOUT, Upstream, UpstreamError, UpstreamFile
@@ -37,83 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("lawchatd.mirror")
 
 STAGING = ".lawchatd-mirror"  # inside DIR (same file system, so the last move is a rename); hidden
-WAKE_SECONDS = 1.0  # readers look again at least this often, whatever the fetch reports
-
-
-class _Fetcher(Protocol):
-    size: int
-    part_file: Path
-
-    def downloaded(self) -> int: ...
-    def available(self, offset: int) -> int: ...
-    async def run(self) -> Path: ...
-
-
-@dataclass
-class Fetch:
-    """One file on its way from the upstream; every client asking for it shares this."""
-
-    file: UpstreamFile
-    target: Path  # where it lands in DIR
-    started: float = field(default_factory=time.time)
-    fetcher: _Fetcher | None = None
-    task: asyncio.Task[Path] | None = None
-    failed: str | None = None
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def notify(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
-
-    async def wait(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), WAKE_SECONDS)
-
-
-class PartialSource:
-    """Bytes of a fetch in progress, handed out as they reach the disk."""
-
-    def __init__(self, fetch: Fetch) -> None:
-        self._fetch = fetch
-        self._fd: int | None = None
-
-    async def read(self, offset: int, n: int) -> bytes:
-        fetch = self._fetch
-        while True:
-            done = fetch.task is not None and fetch.task.done() and fetch.failed is None
-            end = (
-                fetch.file.size
-                if done
-                else fetch.fetcher.available(offset)
-                if fetch.fetcher
-                else offset
-            )
-            if end > offset:
-                fd = self._fd if self._fd is not None else await asyncio.to_thread(self._open)
-                if fd is None:
-                    return b""
-                return await asyncio.to_thread(os.pread, fd, min(n, end - offset), offset)
-            if fetch.failed is not None:
-                return b""  # the client sees a short body and asks again
-            await fetch.wait()
-
-    def _open(self) -> int | None:
-        # The partial, renamed while open, stays the same file: open whichever name it has now.
-        fetcher = self._fetch.fetcher
-        names = [fetcher.part_file] if fetcher else []
-        names += [getattr(fetcher, "verified_file", None), self._fetch.target]
-        for name in names:
-            if name is None:
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                self._fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
-                return self._fd
-        return None
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 class PullThrough:
@@ -284,7 +206,7 @@ class PullThrough:
         log.info("fetching %s (%d bytes) from %s", key, file.size, self.endpoint)
         return fetch
 
-    def _fetcher(self, file: UpstreamFile, on_change: Callable[[], None]) -> _Fetcher:
+    def _fetcher(self, file: UpstreamFile, on_change: Callable[[], None]) -> Fetcher:
         assert self._upstream is not None and self._store is not None
         staging = self.core.root / STAGING
         if file.sha256 is not None and file.relpath.endswith(".gguf"):
