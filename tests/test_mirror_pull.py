@@ -261,3 +261,19 @@ async def test_pull_through_from_an_upstream_that_answers_like_huggingface_co(
     finally:
         await office.runner.cleanup()
         await runner.cleanup()
+
+
+async def test_a_daemon_behind_an_office_with_no_upstream_says_so(
+    tmp_path: Path, make_daemon: Callable[..., Daemon]
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    office = await start_mirror(tmp_path / "office", upstream=dead, fetch_options=FAST)
+    try:
+        daemon = await make_daemon(hub=office).start()
+        status, reply = await daemon.post("/models/download", {"model_variant": A})
+        assert status == 200, reply
+        done = await daemon.wait_done()
+        assert done["status"] == "error"
+        assert f"the upstream {dead} is unreachable" in done["error"], done
+    finally:
+        await office.runner.cleanup()

@@ -23,14 +23,24 @@ MAIN = "main"
 
 
 def error(
-    status: int, code: str | None, message: str, headers: Mapping[str, str] | None = None
+    status: int,
+    code: str | None,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    reason: str | None = None,
 ) -> web.Response:
-    """The Hub's error shape: a JSON body, and X-Error-Code / X-Error-Message for clients."""
+    """The Hub's error shape: a JSON body, and X-Error-Code / X-Error-Message for clients.
+
+    `reason` replaces the status line's phrase, for clients that show only that.
+    """
     extra = dict(headers or {})
     if code:
         extra["X-Error-Code"] = code
-    extra["X-Error-Message"] = message
-    return web.json_response({"error": message}, status=status, headers=extra)
+    extra["X-Error-Message"] = "".join(c for c in message if " " <= c <= "~")
+    if reason is not None:
+        reason = "".join(c for c in reason if " " <= c <= "~")  # one printable ASCII line
+    return web.json_response({"error": message}, status=status, headers=extra, reason=reason)
 
 
 class Refused(Exception):

@@ -131,9 +131,11 @@ class PullThrough:
         try:
             file = await self._upstream.head(f"{org}/{name}", revision, relpath)
         except UpstreamError as exc:
-            if exc.status == 502:
-                log.warning("pull-through of %s/%s/%s: %s", org, name, relpath, exc.message)
-            return error(exc.status, exc.code, exc.message)
+            if exc.status != 502:
+                return error(exc.status, exc.code, exc.message)
+            log.warning("pull-through of %s/%s/%s: %s", org, name, relpath, exc.message)
+            # lawchatd's daemon shows the status line: say there what went wrong.
+            return error(502, None, exc.message, reason=f"Bad Gateway: {exc.message}"[:200])
         self._commits.setdefault(file.repo_id, set()).add(file.commit)
         if not await asyncio.to_thread(may_create, self.core.root, self._target(file)):
             return error(404, "RepoNotFound", "Repository not found")  # a link out of DIR
