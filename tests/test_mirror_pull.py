@@ -277,3 +277,28 @@ async def test_a_daemon_behind_an_office_with_no_upstream_says_so(
         assert f"the upstream {dead} is unreachable" in done["error"], done
     finally:
         await office.runner.cleanup()
+
+
+async def test_parallel_ranges_are_served_from_a_fetch_in_flight(
+    make_daemon: Callable[..., Daemon],
+    mirror: Mirror,
+    office: Mirror,
+    models: dict[str, ModelFile],
+) -> None:
+    model = models["big"]  # 40 MB: the daemon's 4 connections ask for ranges all over the file
+    mirror.faults.rate = 8_000_000  # per upstream connection: the office is still fetching
+    daemon = await make_daemon(
+        hub=office, LAWCHATD_CONNECTIONS="4", LAWCHATD_STALL_TIMEOUT="5"
+    ).start()
+    status, reply = await daemon.post("/models/download", {"model_variant": "big"})
+    assert status == 200, reply
+    assert await _fetches(office, bool)
+    done = await daemon.wait_done(timeout=60)
+    assert done["status"] == "completed", done
+    assert sha256_of(daemon.data_dir / "models" / model.filename) == model.sha256
+    ranged = [r for r in office.stats.requests if r.path.startswith("/cdn/") and r.range]
+    assert len(ranged) >= 3, daemon.log()  # several ranges were served while the office fetched
+    assert "retry" not in daemon.log()  # no connection waited long enough to look stalled
+    await _fetches(office, lambda f: not f)
+    # A part split mid-flight may cost the bytes already on the wire, never a second fetch.
+    assert model.size <= mirror.cdn_bytes() < model.size + (4 << 20)
