@@ -80,12 +80,15 @@ class StreamFetch:
         raise FetchFailed(f"too many redirects fetching {file.relpath}")
 
     async def _take(self, resp: aiohttp.ClientResponse) -> None:
-        if resp.status == 200:
-            self._written = 0  # the whole file is coming: never append it to a partial
-        elif resp.status != 206:
+        if 400 <= resp.status < 500 and resp.status != 429:
+            raise FetchFailed(f"the upstream answered {resp.status} for {self._file.relpath}")
+        if resp.status not in (200, 206):
             raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
         fd = await asyncio.to_thread(os.open, self.part_file, os.O_WRONLY)
         try:
+            if resp.status == 200:  # the whole file is coming: never append it to a partial
+                self._written = 0
+                await asyncio.to_thread(os.ftruncate, fd, 0)
             async for chunk in resp.content.iter_chunked(1 << 20):
                 await asyncio.to_thread(os.pwrite, fd, chunk, self._written)
                 self._written += len(chunk)
