@@ -9,6 +9,7 @@ _httpx2_follow_hub_redirects_with_backoff). Small files are answered directly, E
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -85,7 +86,7 @@ class Files:
             return self.redirect(request, meta, entry.relpath)
         oid = await self.core.digests.blob_oid(entry)
         meta = FileMeta(repo.commit, None, entry.size, f'"{oid}"')
-        return await self.serve(request, meta, self.open_local(entry), entry.size)
+        return await self.serve(request, meta, await self.open_local(entry), entry.size)
 
     def redirect(self, request: web.Request, meta: FileMeta, relpath: str) -> web.Response:
         assert meta.sha256 is not None
@@ -120,7 +121,9 @@ class Files:
             meta = FileMeta(
                 commit if _COMMIT_RE.fullmatch(commit) else repo.commit, sha, entry.size, f'"{sha}"'
             )
-            return await self.serve(request, meta, self.open_local(entry), entry.size, cdn=True)
+            return await self.serve(
+                request, meta, await self.open_local(entry), entry.size, cdn=True
+            )
         if core.pull is not None:
             found = await core.pull.source(org, name, relpath, sha)
             if found is not None:
@@ -131,9 +134,9 @@ class Files:
                 return await self.serve(request, meta, source, size, cdn=True)
         return error(404, None, "This file changed since it was resolved")
 
-    def open_local(self, entry: Entry) -> FileSource:
+    async def open_local(self, entry: Entry) -> FileSource:
         try:
-            return FileSource(open_inside(self.core.root, entry.path))
+            return FileSource(await asyncio.to_thread(open_inside, self.core.root, entry.path))
         except OSError:
             raise Refused(error(404, "EntryNotFound", "Entry not found")) from None
 

@@ -158,7 +158,7 @@ class PullThrough:
         entry = repo.entries.get(relpath) if repo else None
         if entry is None:  # removed from DIR in the meantime
             return error(404, "EntryNotFound", "Entry not found")
-        return await files.serve(request, meta, files.open_local(entry), entry.size)
+        return await files.serve(request, meta, await files.open_local(entry), entry.size)
 
     async def source(
         self, org: str, name: str, relpath: str, sha256: str
@@ -177,7 +177,8 @@ class PullThrough:
                 return None
             if await self._have(file):  # the fetch ended between the caller's look and ours
                 target = self.core.root / file.repo_id / relpath
-                return FileSource(open_inside(self.core.root, target)), file.size
+                fd = await asyncio.to_thread(open_inside, self.core.root, target)
+                return FileSource(fd), file.size
             fetch = self._start(file)
         return PartialSource(fetch), fetch.file.size
 
