@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -535,3 +536,24 @@ async def test_run_mirror_logs_its_real_port(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_a_copy_of_dir_is_the_same_repo(
+    start_mirror: StartMirror, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    # The air gap: DIR goes to another office on a USB disk (rsync -a / cp -a keep the times).
+    first = await start_mirror()
+    commit = (await resolve(http, first.resolve_url())).headers["X-Repo-Commit"]
+    copy = tmp_path / "usb"
+    shutil.copytree(first.root, copy, symlinks=True)
+    app = create_mirror_app(copy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/TheBloke/law-chat-GGUF/resolve"
+        resp = await resolve(http, f"{url}/{commit}/{FILE}")
+        assert resp.status == 302 and resp.headers["X-Repo-Commit"] == commit
+        assert (await fetch(http, f"{url}/{commit}/{FILE}"))[1] == first.data
+    finally:
+        await runner.cleanup()
