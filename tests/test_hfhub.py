@@ -198,14 +198,17 @@ except hh.errors.GatedRepoError:
         assert _read(out["p"]) == hub.files[GGUF]
 
 
-async def test_hf_download_through_a_pull_through_office_mirror(hub: Hub, tmp_path: Path) -> None:
+@pytest.mark.parametrize("token", [None, TOKEN])
+async def test_hf_download_through_a_pull_through_office_mirror(
+    hub: Hub, tmp_path: Path, token: str | None
+) -> None:
     office_dir = tmp_path / "office"
     office_dir.mkdir()
-    url, runner = await _serve(create_mirror_app(office_dir, upstream=hub.url))
+    url, runner = await _serve(create_mirror_app(office_dir, upstream=hub.url, token=token))
     try:
         target = tmp_path / "out"
         argv = [str(HF), "download", REPO, "--local-dir", str(target)]
-        await _run(argv, hub.env(HF_ENDPOINT=url))
+        await _run(argv, hub.env(HF_ENDPOINT=url, **({"HF_TOKEN": token} if token else {})))
         for name, data in hub.files.items():
             assert (target / name).read_bytes() == data
             assert (office_dir / REPO / name).read_bytes() == data  # kept for the next office
