@@ -302,3 +302,28 @@ async def test_parallel_ranges_are_served_from_a_fetch_in_flight(
     await _fetches(office, lambda f: not f)
     # A part split mid-flight may cost the bytes already on the wire, never a second fetch.
     assert model.size <= mirror.cdn_bytes() < model.size + (4 << 20)
+
+
+async def test_a_fetch_cut_by_a_mirror_restart_resumes(
+    tmp_path: Path, mirror: Mirror, models: dict[str, ModelFile]
+) -> None:
+    model = models["big"]
+    url_path = f"/{REPO}/resolve/main/{model.filename}"
+    office = await start_mirror(tmp_path / "office", upstream=mirror.url, fetch_options=FAST)
+    mirror.faults.rate = 4_000_000
+    client = asyncio.create_task(_get(office.url + url_path))
+    await _fetches(office, lambda f: bool(f) and f[0]["downloaded"] >= 8_000_000)
+    await office.runner.cleanup()  # the office mirror stops mid-fetch (partial and parts kept)
+    with contextlib.suppress(aiohttp.ClientError):
+        await client
+    mirror.faults.rate = None
+    await mirror.fresh_count()
+    office = await start_mirror(tmp_path / "office", upstream=mirror.url, fetch_options=FAST)
+    try:
+        status, body, _ = await _get(office.url + url_path)
+        assert status == 200 and len(body) == model.size
+        await _fetches(office, lambda f: not f)
+        assert sha256_of(tmp_path / "office" / REPO / model.filename) == model.sha256
+        assert mirror.cdn_bytes() <= model.size - 8_000_000 + (4 << 20)  # not from zero
+    finally:
+        await office.runner.cleanup()
