@@ -256,12 +256,15 @@ def _publish(verified: Path, target: Path, file: UpstreamFile, root: Path) -> No
     target.parent.mkdir(parents=True, exist_ok=True)
     if not inside(root, target.parent):
         raise PermissionError(f"{target} would lead outside the mirror")
+    # An old sidecar goes first and the new one comes last: a crash in between leaves a file
+    # without a sidecar (hashed at the next request), never one beside the wrong sha256.
+    sidecar = target.with_name(target.name + SIDECAR)
+    sidecar.unlink(missing_ok=True)
+    os.replace(verified, target)
     if file.sha256 is not None:
-        sidecar = target.with_name(target.name + SIDECAR)
         tmp = sidecar.with_name(f".{sidecar.name}.tmp")  # hidden until renamed
         tmp.write_text(f"{file.sha256}  {target.name}\n")
         os.replace(tmp, sidecar)
-    os.replace(verified, target)
     fd = os.open(target.parent, os.O_RDONLY)
     try:
         os.fsync(fd)
