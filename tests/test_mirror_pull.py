@@ -327,3 +327,30 @@ async def test_a_fetch_cut_by_a_mirror_restart_resumes(
         assert mirror.cdn_bytes() <= model.size - 8_000_000 + (4 << 20)  # not from zero
     finally:
         await office.runner.cleanup()
+
+
+async def test_an_upstream_commit_gets_its_own_bytes_and_works_offline(tmp_path: Path) -> None:
+    from tests.harness import make_big_gguf
+
+    hub = tmp_path / "hub"
+    (hub / REPO).mkdir(parents=True)
+    path = make_big_gguf(hub / REPO / "moving.gguf", 1 << 20)
+    upstream = await start_mirror(hub)
+    office = await start_mirror(tmp_path / "office", upstream=upstream.url, fetch_options=FAST)
+    resolve = f"{office.url}/{REPO}/resolve"
+    try:
+        assert (await _get(f"{resolve}/main/moving.gguf"))[1] == path.read_bytes()
+        await _fetches(office, lambda f: not f)
+        make_big_gguf(path, 1 << 20)  # the upstream publishes a new version
+        status, info, _ = await _get(f"{office.url}/api/models/{REPO}")
+        commit = json.loads(info)["sha"]  # the upstream's new commit, through the office
+        status, body, headers = await _get(f"{resolve}/{commit}/moving.gguf")
+        assert (status, headers["X-Repo-Commit"]) == (200, commit)
+        assert body == path.read_bytes()  # the new bytes, not DIR's older copy
+        await _fetches(office, lambda f: not f)
+        await upstream.runner.cleanup()  # offline: the commit it handed out still resolves
+        assert (await _get(f"{resolve}/{commit}/moving.gguf"))[1] == path.read_bytes()
+        assert (await _get(f"{resolve}/{'e' * 40}/moving.gguf"))[0] == 502
+    finally:
+        await office.runner.cleanup()
+        await upstream.runner.cleanup()

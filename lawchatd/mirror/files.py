@@ -17,7 +17,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from lawchatd.mirror.body import FileSource, Source, send_body
-from lawchatd.mirror.core import Core, Refused, error
+from lawchatd.mirror.core import MAIN, Core, Refused, error
 from lawchatd.mirror.paths import BadPath, open_inside, segments
 from lawchatd.mirror.ranges import Unsatisfiable, cdn_etag, parse_range
 from lawchatd.mirror.repo import Entry, Repo
@@ -61,23 +61,17 @@ class Files:
         relpath, revision = self.relpath(request), request.match_info["revision"]
         repo = await core.scan(org, name)
         entry = repo.entries.get(relpath) if repo else None
-        if repo is not None and entry is not None and self._known(repo, revision, org, name):
-            return await self._answer_local(request, repo, entry)
+        if repo is not None and entry is not None and revision in (MAIN, repo.commit):
+            return await self.answer_local(request, repo, entry)
         if core.pull is not None:
+            # An upstream commit: the upstream says which bytes that is (DIR may hold others).
             return await core.pull.resolve(request, self, org, name, revision, relpath)
         if repo is None:
             return error(404, "RepoNotFound", "Repository not found")
         core.check_revision(repo, revision, org, name)
         return error(404, "EntryNotFound", "Entry not found")
 
-    def _known(self, repo: Repo, revision: str, org: str, name: str) -> bool:
-        try:
-            self.core.check_revision(repo, revision, org, name)
-        except Refused:
-            return False
-        return True
-
-    async def _answer_local(
+    async def answer_local(
         self, request: web.Request, repo: Repo, entry: Entry
     ) -> web.StreamResponse:
         if entry.lfs:

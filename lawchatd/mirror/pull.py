@@ -133,6 +133,10 @@ class PullThrough:
         except UpstreamError as exc:
             if exc.status != 502:
                 return error(exc.status, exc.code, exc.message)
+            repo = await self.core.scan(org, name)
+            entry = repo.entries.get(relpath) if repo else None
+            if repo and entry and self.knows_commit(f"{org}/{name}", revision):
+                return await files.answer_local(request, repo, entry)  # offline: DIR's copy
             log.warning("pull-through of %s/%s/%s: %s", org, name, relpath, exc.message)
             # lawchatd's daemon shows the status line: say there what went wrong.
             return error(502, None, exc.message, reason=f"Bad Gateway: {exc.message}"[:200])
