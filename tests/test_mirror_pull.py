@@ -348,9 +348,13 @@ async def test_an_upstream_commit_gets_its_own_bytes_and_works_offline(tmp_path:
         assert (status, headers["X-Repo-Commit"]) == (200, commit)
         assert body == path.read_bytes()  # the new bytes, not DIR's older copy
         await _fetches(office, lambda f: not f)
-        await upstream.runner.cleanup()  # offline: the commit it handed out still resolves
+        await upstream.runner.cleanup()  # offline: the commit it handed out still resolves...
         assert (await _get(f"{resolve}/{commit}/moving.gguf"))[1] == path.read_bytes()
         assert (await _get(f"{resolve}/{'e' * 40}/moving.gguf"))[0] == 502
+        await office.runner.cleanup()  # ...also after a restart of the office
+        office = await start_mirror(tmp_path / "office", upstream=upstream.url)
+        resolve = f"{office.url}/{REPO}/resolve"
+        assert (await _get(f"{resolve}/{commit}/moving.gguf"))[1] == path.read_bytes()
     finally:
         await office.runner.cleanup()
         await upstream.runner.cleanup()

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,8 +24,9 @@ from lawchatd import __version__
 from lawchatd.mirror.body import FileSource, Source
 from lawchatd.mirror.core import Core, error
 from lawchatd.mirror.fetcher import EngineFetch, FetchFailed, FetchOptions
+from lawchatd.mirror.landing import load_commits, publish, save_json
 from lawchatd.mirror.partial import Fetch, Fetcher, PartialSource
-from lawchatd.mirror.paths import SIDECAR, inside, may_create, open_inside
+from lawchatd.mirror.paths import may_create, open_inside
 from lawchatd.mirror.stream_fetch import StreamFetch
 from lawchatd.mirror.upstream import METADATA_TIMEOUT, Upstream, UpstreamError, UpstreamFile
 
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("lawchatd.mirror")
 
 STAGING = ".lawchatd-mirror"  # inside DIR (same file system, so the last move is a rename); hidden
+COMMITS = "upstream-commits.json"
 
 
 class PullThrough:
@@ -64,6 +65,7 @@ class PullThrough:
         )
         self._upstream = Upstream(session, self.endpoint, self._token)
         self._store = await Store.open(self.core.root / STAGING / "fetches.sqlite3")
+        self._commits = await asyncio.to_thread(load_commits, self.core.root / STAGING / COMMITS)
         try:
             yield
         finally:
@@ -78,6 +80,17 @@ class PullThrough:
 
     def knows_commit(self, repo_id: str, revision: str) -> bool:
         return revision in self._commits.get(repo_id, ())
+
+    async def _remember(self, repo_id: str, commit: str) -> None:
+        """Keep an upstream commit handed to clients, across restarts: offline, it still resolves."""
+        if self.knows_commit(repo_id, commit):
+            return
+        self._commits.setdefault(repo_id, set()).add(commit)
+        snapshot = {repo: sorted(commits) for repo, commits in self._commits.items()}
+        try:
+            await asyncio.to_thread(save_json, self.core.root / STAGING / COMMITS, snapshot)
+        except OSError as exc:
+            log.warning("could not record upstream commits: %s", exc)
 
     def status(self) -> list[dict]:
         return [
@@ -119,7 +132,7 @@ class PullThrough:
         with contextlib.suppress(ValueError, AttributeError, TypeError):
             sha = json.loads(body).get("sha")  # model_info names the commit (a tree is a list)
             if isinstance(sha, str) and len(sha) == 40:
-                self._commits.setdefault(_repo_of(request), set()).add(sha)
+                await self._remember(_repo_of(request), sha)
         return web.Response(status=200, body=body, headers=headers)
 
     async def resolve(
@@ -140,7 +153,7 @@ class PullThrough:
             log.warning("pull-through of %s/%s/%s: %s", org, name, relpath, exc.message)
             # lawchatd's daemon shows the status line: say there what went wrong.
             return error(502, None, exc.message, reason=f"Bad Gateway: {exc.message}"[:200])
-        self._commits.setdefault(file.repo_id, set()).add(file.commit)
+        await self._remember(file.repo_id, file.commit)
         if not await asyncio.to_thread(may_create, self.core.root, self._target(file)):
             return error(404, "RepoNotFound", "Repository not found")  # a link out of DIR
         if file.sha256 is not None:
@@ -233,7 +246,7 @@ class PullThrough:
         assert fetch.fetcher is not None
         try:
             verified = await fetch.fetcher.run()
-            await asyncio.to_thread(_publish, verified, fetch.target, fetch.file, self.core.root)
+            await asyncio.to_thread(publish, verified, fetch.target, fetch.file, self.core.root)
             log.info("fetched %s: verified, now served from %s", key, fetch.target)
             return fetch.target
         except asyncio.CancelledError:
@@ -251,26 +264,3 @@ class PullThrough:
 
 def _repo_of(request: web.Request) -> str:
     return f"{request.match_info['org']}/{request.match_info['repo']}"
-
-
-def _publish(verified: Path, target: Path, file: UpstreamFile, root: Path) -> None:
-    """Move a verified file into DIR, with its sha256 beside it so it is never hashed again."""
-    if not may_create(root, target):  # checked at the start too; a link may have appeared since
-        raise PermissionError(f"{target} would lead outside the mirror")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not inside(root, target.parent):
-        raise PermissionError(f"{target} would lead outside the mirror")
-    # An old sidecar goes first and the new one comes last: a crash in between leaves a file
-    # without a sidecar (hashed at the next request), never one beside the wrong sha256.
-    sidecar = target.with_name(target.name + SIDECAR)
-    sidecar.unlink(missing_ok=True)
-    os.replace(verified, target)
-    if file.sha256 is not None:
-        tmp = sidecar.with_name(f".{sidecar.name}.tmp")  # hidden until renamed
-        tmp.write_text(f"{file.sha256}  {target.name}\n")
-        os.replace(tmp, sidecar)
-    fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
