@@ -46,6 +46,7 @@ class PullThrough:
         self.core, self.endpoint, self._token = core, endpoint, token
         self.options = options or FetchOptions()
         self._commits: dict[str, set[str]] = {}  # upstream commits handed out, per repo
+        self._saving = asyncio.Lock()
         self._fetches: dict[str, Fetch] = {}  # in flight, by "<repo>/<path>"
         self._upstream: Upstream | None = None
         self._store = None
@@ -88,7 +89,8 @@ class PullThrough:
         self._commits.setdefault(repo_id, set()).add(commit)
         snapshot = {repo: sorted(commits) for repo, commits in self._commits.items()}
         try:
-            await asyncio.to_thread(save_json, self.core.root / STAGING / COMMITS, snapshot)
+            async with self._saving:  # one writer of the file at a time
+                await asyncio.to_thread(save_json, self.core.root / STAGING / COMMITS, snapshot)
         except OSError as exc:
             log.warning("could not record upstream commits: %s", exc)
 
