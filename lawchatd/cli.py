@@ -62,6 +62,7 @@ def _cmd_mirror(args: argparse.Namespace) -> int:
                 token=token,
                 upstream=upstream,
                 upstream_token=upstream_token,
+                upstream_repos=args.upstream_repo,
             )
         )
     return 0
@@ -112,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     mirror.add_argument(
         "--upstream",
         help="fill DIR on first request from this Hub, e.g. https://huggingface.co (pull-through)",
+    )
+    mirror.add_argument(
+        "--upstream-repo",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="fill only repos matching this pattern, e.g. 'TheBloke/law-chat-*' (repeatable; "
+        "default: any repo a client asks for)",
     )
     mirror.add_argument(
         "--upstream-token",

@@ -358,3 +358,28 @@ async def test_an_upstream_commit_gets_its_own_bytes_and_works_offline(tmp_path:
     finally:
         await office.runner.cleanup()
         await upstream.runner.cleanup()
+
+
+async def test_only_the_repos_allowed_are_filled(
+    tmp_path: Path, mirror: Mirror, models: dict[str, ModelFile]
+) -> None:
+    # An open pull-through on a LAN would let anyone fill the disk with any repo of the Hub.
+    model = models["tiny-small"]
+    office = await start_mirror(
+        tmp_path / "office", upstream=mirror.url, upstream_repos=["TheBloke/law-chat-*"]
+    )
+    try:
+        status, _, headers = await _get(f"{office.url}/{REPO}/resolve/main/{model.filename}")
+        assert (status, headers["X-Error-Code"]) == (404, "RepoNotFound")
+        assert (await _get(f"{office.url}/api/models/{REPO}"))[0] == 404
+        assert mirror.stats.requests == []  # the upstream was never asked
+    finally:
+        await office.runner.cleanup()
+    office = await start_mirror(
+        tmp_path / "office", upstream=mirror.url, upstream_repos=["test-org/law-chat-*"]
+    )
+    try:
+        status, body, _ = await _get(f"{office.url}/{REPO}/resolve/main/{model.filename}")
+        assert status == 200 and len(body) == model.size
+    finally:
+        await office.runner.cleanup()

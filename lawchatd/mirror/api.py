@@ -46,7 +46,9 @@ class Api:
         if self.core.pull is None:
             return None
         self.core.require_token(request)
-        self.core.repo_id(request)  # refuse bad names before they go anywhere
+        org, name = self.core.repo_id(request)  # refuse bad names before they go anywhere
+        if not self.core.pull.allows(org, name):
+            return None
         return await self.core.pull.forward_api(request)
 
     async def info(self, request: web.Request) -> web.Response:

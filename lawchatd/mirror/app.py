@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,10 +43,12 @@ def create_mirror_app(
     upstream: str | None = None,
     upstream_token: str | None = None,
     fetch_options: FetchOptions | None = None,
+    upstream_repos: Sequence[str] = (),
 ) -> web.Application:
     """An aiohttp app serving ``root/<org>/<repo>/<file>`` like the Hub (see files.py, api.py).
 
-    With `upstream`, files DIR lacks are fetched from there on first request (pull.py).
+    With `upstream`, files DIR lacks are fetched from there on first request (pull.py), for
+    the repos matching `upstream_repos` (fnmatch patterns; none given: every repo).
     """
     real_root = Path(os.path.realpath(root))
     core = Core(
@@ -61,7 +63,9 @@ def create_mirror_app(
     if upstream:
         from lawchatd.mirror.pull import PullThrough
 
-        core.pull = PullThrough(core, upstream.rstrip("/"), upstream_token, fetch_options)
+        core.pull = PullThrough(
+            core, upstream.rstrip("/"), upstream_token, fetch_options, upstream_repos
+        )
         app.cleanup_ctx.append(core.pull.lifetime)
     app.router.add_get("/_mirror/status", _status)
     app.add_routes(Files(core).routes())
@@ -113,13 +117,19 @@ async def run_mirror(
     token: str | None = None,
     upstream: str | None = None,
     upstream_token: str | None = None,
+    upstream_repos: Sequence[str] = (),
 ) -> None:
     """Serve ``root`` until cancelled."""
     root = Path(root)
     if not root.is_dir():
         raise NotADirectoryError(f"mirror root {root} is not a directory")
     app = create_mirror_app(
-        root, cdn_base=cdn_base, token=token, upstream=upstream, upstream_token=upstream_token
+        root,
+        cdn_base=cdn_base,
+        token=token,
+        upstream=upstream,
+        upstream_token=upstream_token,
+        upstream_repos=upstream_repos,
     )
     # A short shutdown: a multi-GB response in flight must not hold up Ctrl-C for a minute.
     runner = web.AppRunner(app, shutdown_timeout=2.0)

@@ -63,7 +63,7 @@ class Files:
         entry = repo.entries.get(relpath) if repo else None
         if repo is not None and entry is not None and revision in (MAIN, repo.commit):
             return await self.answer_local(request, repo, entry)
-        if core.pull is not None:
+        if core.pull is not None and core.pull.allows(org, name):
             # An upstream commit: the upstream says which bytes that is (DIR may hold others).
             return await core.pull.resolve(request, self, org, name, revision, relpath)
         if repo is None:
@@ -118,7 +118,7 @@ class Files:
             return await self.serve(
                 request, meta, await self.open_local(entry), entry.size, cdn=True
             )
-        if core.pull is not None:
+        if core.pull is not None and core.pull.allows(org, name):
             found = await core.pull.source(org, name, relpath, sha)
             if found is not None:
                 source, size = found

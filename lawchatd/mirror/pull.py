@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,10 +42,16 @@ COMMITS = "upstream-commits.json"
 
 class PullThrough:
     def __init__(
-        self, core: Core, endpoint: str, token: str | None, options: FetchOptions | None = None
+        self,
+        core: Core,
+        endpoint: str,
+        token: str | None,
+        options: FetchOptions | None = None,
+        repos: Sequence[str] = (),
     ) -> None:
         self.core, self.endpoint, self._token = core, endpoint, token
         self.options = options or FetchOptions()
+        self._repos = tuple(repos)  # fnmatch patterns of repos that may be fetched; () = all
         self._commits: dict[str, set[str]] = {}  # upstream commits handed out, per repo
         self._saving = asyncio.Lock()
         self._fetches: dict[str, Fetch] = {}  # in flight, by "<repo>/<path>"
@@ -78,6 +85,11 @@ class PullThrough:
             await session.close()
 
     # ---- what the routes ask --------------------------------------------------------------
+
+    def allows(self, org: str, name: str) -> bool:
+        """Whether this repo may be filled from the upstream (--upstream-repo)."""
+        repo_id = f"{org}/{name}"
+        return not self._repos or any(fnmatch.fnmatchcase(repo_id, p) for p in self._repos)
 
     def knows_commit(self, repo_id: str, revision: str) -> bool:
         return revision in self._commits.get(repo_id, ())
