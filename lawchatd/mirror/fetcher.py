@@ -1,5 +1,8 @@
 """The ONE place the mirror uses lawchatd's downloader (lawchatd.download.Download).
 
+Also here: the HTTP session to the upstream and the downloader's store, so that the proxy/CA
+session factory and the engine's store can be plugged in at this one place.
+
 What it needs from the engine: a download of (repo, filename, revision, size, sha256) from an
 endpoint with a token into a folder, parallel and resumable through a Store, that verifies the
 sha256 and reports progress; and, to stream bytes to clients as they arrive, which byte ranges
@@ -15,11 +18,28 @@ from pathlib import Path
 
 import aiohttp
 
+from lawchatd import __version__
 from lawchatd.catalog import ModelSpec
 from lawchatd.config import Settings
 from lawchatd.download import Download
 from lawchatd.hub import HubClient
 from lawchatd.store import Store
+
+
+def upstream_session(options: FetchOptions) -> aiohttp.ClientSession:
+    """The session for everything the mirror asks of its upstream (metadata and bytes)."""
+    return aiohttp.ClientSession(
+        # Bytes are read with a stall watchdog, not a total timeout: a 7 GB file takes its time.
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=options.stall_timeout),
+        auto_decompress=False,
+        read_bufsize=2 << 20,
+        headers={"User-Agent": f"lawchatd-mirror/{__version__}"},
+    )
+
+
+async def open_store(path: Path) -> Store:
+    """The downloader's state (parts done per file), so fetches resume across restarts."""
+    return await Store.open(path)
 
 
 class FetchFailed(Exception):

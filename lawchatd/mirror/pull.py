@@ -21,10 +21,15 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
-from lawchatd import __version__
 from lawchatd.mirror.body import FileSource, Source
 from lawchatd.mirror.core import Core, error
-from lawchatd.mirror.fetcher import EngineFetch, FetchFailed, FetchOptions
+from lawchatd.mirror.fetcher import (
+    EngineFetch,
+    FetchFailed,
+    FetchOptions,
+    open_store,
+    upstream_session,
+)
 from lawchatd.mirror.landing import load_commits, publish, save_json
 from lawchatd.mirror.partial import Fetch, Fetcher, PartialSource
 from lawchatd.mirror.paths import may_create, open_inside
@@ -33,6 +38,7 @@ from lawchatd.mirror.upstream import METADATA_TIMEOUT, Upstream, UpstreamError, 
 
 if TYPE_CHECKING:
     from lawchatd.mirror.files import Files
+    from lawchatd.store import Store
 
 log = logging.getLogger("lawchatd.mirror")
 
@@ -56,23 +62,13 @@ class PullThrough:
         self._saving = asyncio.Lock()
         self._fetches: dict[str, Fetch] = {}  # in flight, by "<repo>/<path>"
         self._upstream: Upstream | None = None
-        self._store = None
+        self._store: Store | None = None
 
     async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup_ctx: the upstream session and the downloader's store."""
-        from lawchatd.store import Store  # through the same engine the adapter uses
-
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=30, sock_read=self.options.stall_timeout
-        )
-        session = aiohttp.ClientSession(
-            timeout=timeout,
-            auto_decompress=False,
-            read_bufsize=2 << 20,
-            headers={"User-Agent": f"lawchatd-mirror/{__version__}"},
-        )
+        session = upstream_session(self.options)
         self._upstream = Upstream(session, self.endpoint, self._token)
-        self._store = await Store.open(self.core.root / STAGING / "fetches.sqlite3")
+        self._store = await open_store(self.core.root / STAGING / "fetches.sqlite3")
         self._commits = await asyncio.to_thread(load_commits, self.core.root / STAGING / COMMITS)
         try:
             yield
