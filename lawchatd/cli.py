@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -45,6 +46,12 @@ def _cmd_mirror(args: argparse.Namespace) -> int:
     setup_logging("INFO")
     if not args.dir.is_dir():
         raise SystemExit(f"lawchatd mirror: {args.dir} is not a folder")
+    upstream = args.upstream
+    if upstream and not upstream.startswith(("http://", "https://")):
+        raise SystemExit(f"lawchatd mirror: --upstream {upstream!r} must start with http(s)://")
+    # Tokens from the environment keep them out of `ps` listings.
+    token = args.token or os.environ.get("LAWCHATD_MIRROR_TOKEN") or None
+    upstream_token = args.upstream_token or os.environ.get("LAWCHATD_MIRROR_UPSTREAM_TOKEN") or None
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(
             run_mirror(
@@ -52,8 +59,10 @@ def _cmd_mirror(args: argparse.Namespace) -> int:
                 args.host,
                 args.port,
                 cdn_base=args.cdn_base,
-                token=args.token,
-                control=args.faults,
+                token=token,
+                upstream=upstream,
+                upstream_token=upstream_token,
+                upstream_repos=args.upstream_repo,
             )
         )
     return 0
@@ -96,9 +105,26 @@ def build_parser() -> argparse.ArgumentParser:
     mirror.add_argument("--host", default="127.0.0.1")
     mirror.add_argument("--port", type=int, default=8900)
     mirror.add_argument("--cdn-base", help="base URL the redirects point at (default: same host)")
-    mirror.add_argument("--token", help="require this Bearer token, as a gated repo would")
     mirror.add_argument(
-        "--faults", action="store_true", help="enable /_mirror/faults for fault injection (tests)"
+        "--token",
+        help="require this Bearer token, as a gated repo would; /cdn/ URLs are presigned for an "
+        "hour (or set LAWCHATD_MIRROR_TOKEN)",
+    )
+    mirror.add_argument(
+        "--upstream",
+        help="fill DIR on first request from this Hub, e.g. https://huggingface.co (pull-through)",
+    )
+    mirror.add_argument(
+        "--upstream-repo",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="fill only repos matching this pattern, e.g. 'TheBloke/law-chat-*' (repeatable; "
+        "default: any repo a client asks for)",
+    )
+    mirror.add_argument(
+        "--upstream-token",
+        help="Bearer token for the upstream (or set LAWCHATD_MIRROR_UPSTREAM_TOKEN)",
     )
     mirror.set_defaults(func=_cmd_mirror)
     return parser

@@ -17,12 +17,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from lawchatd.mirror import FAULTS, STATS, Faults, MirrorStats, create_mirror_app
+from lawchatd.mirror import create_mirror_app
+from tests import mirror_faults
 from tests.ggufgen import make_tiny_llama
+from tests.mirror_faults import FAULTS, STATS, Faults, MirrorStats  # re-exported for tests
 
 REPO = "test-org/law-chat-test"
 API_KEY = "test-key-0123456789"
@@ -105,10 +108,17 @@ class Mirror:
 
 
 async def start_mirror(
-    root: Path, *, token: str | None = None, cdn_host: str = "127.0.0.1"
+    root: Path,
+    *,
+    token: str | None = None,
+    cdn_host: str = "127.0.0.1",
+    port: int | None = None,
+    **options: Any,
 ) -> Mirror:
-    port = free_port()
-    app = create_mirror_app(root, cdn_base=f"http://{cdn_host}:{port}", token=token)
+    """The mirror app with fault injection; `options` go to create_mirror_app (upstream=...)."""
+    port = port or free_port()
+    app = create_mirror_app(root, cdn_base=f"http://{cdn_host}:{port}", token=token, **options)
+    mirror_faults.install(app)
     runner = web.AppRunner(app, shutdown_timeout=0.5)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -18,7 +19,10 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from lawchatd.mirror import FAULTS, STATS, Faults, MirrorStats, create_mirror_app, run_mirror
+from lawchatd.mirror import create_mirror_app, run_mirror
+from lawchatd.mirror.signing import Signer
+from tests import mirror_faults
+from tests.mirror_faults import FAULTS, STATS, Faults, MirrorStats
 
 SIZE = 300_000
 FILE = "law-chat.Q4_0.gguf"
@@ -58,8 +62,8 @@ async def start_mirror(tmp_path: Path) -> AsyncIterator[StartMirror]:
     (repo / ".gitattributes").write_text("*.gguf filter=lfs\n")
     (tmp_path / "secret.txt").write_text("top secret")
 
-    async def start(**options: object) -> Mirror:
-        app = create_mirror_app(root, **options)  # type: ignore[arg-type]
+    async def start(*, control: bool = False, **options: object) -> Mirror:
+        app = mirror_faults.install(create_mirror_app(root, **options), control=control)  # type: ignore[arg-type]
         runner = web.AppRunner(app, shutdown_timeout=0.5)
         await runner.setup()
         runners.append(runner)
@@ -127,7 +131,8 @@ async def test_resolve_reports_commit_sha256_size_and_cdn_location(
     assert h["X-Linked-Etag"] == f'"{mirror.sha256}"' == h["ETag"]
     assert h["X-Linked-Size"] == str(SIZE)
     assert h["Content-Length"] == "0"
-    assert h["Location"] == f"{mirror.base}/cdn/TheBloke/law-chat-GGUF/{mirror.sha256}/{FILE}"
+    cdn = f"{mirror.base}/cdn/TheBloke/law-chat-GGUF/{mirror.sha256}/{FILE}"
+    assert h["Location"] == f"{cdn}?commit={h['X-Repo-Commit']}"
 
 
 async def test_commit_is_stable_accepted_as_revision_and_follows_content(
@@ -266,7 +271,7 @@ async def test_tree_lists_files_like_the_hub(mirror: Mirror, http: aiohttp.Clien
 
 
 @pytest.mark.parametrize("auth", [None, "Bearer wrong", TOKEN])
-async def test_token_guards_resolve_and_tree_but_not_cdn(
+async def test_token_guards_resolve_and_tree(
     start_mirror: StartMirror, http: aiohttp.ClientSession, auth: str | None
 ) -> None:
     mirror = await start_mirror(token=TOKEN)
@@ -274,15 +279,80 @@ async def test_token_guards_resolve_and_tree_but_not_cdn(
     headers = (
         {} if auth is None else {"Authorization": auth if auth != TOKEN else good["Authorization"]}
     )
-    tree = f"{mirror.base}/api/models/TheBloke/law-chat-GGUF/tree/main"
-    for url, ok in [(mirror.resolve_url(), 302), (tree, 200)]:
+    api = f"{mirror.base}/api/models/TheBloke/law-chat-GGUF"
+    urls = [(mirror.resolve_url(), 302), (api + "/tree/main", 200), (api, 200)]
+    urls.append((f"{mirror.base}/_mirror/status", 200))
+    for url, ok in urls:
         resp = await resolve(http, url, "GET", headers=headers)
         if auth == TOKEN:
             assert resp.status == ok
         else:
             assert (resp.status, resp.headers["X-Error-Code"]) == (401, "GatedRepo")
-    location = (await resolve(http, mirror.resolve_url(), headers=good)).headers["Location"]
-    assert (await fetch(http, location))[0] == 200
+
+
+async def test_cdn_urls_are_presigned_for_an_hour_with_a_token(
+    start_mirror: StartMirror, http: aiohttp.ClientSession
+) -> None:
+    # Issue 9 item 5: with --token, /cdn/ answered anyone. Now it needs the token or the
+    # presigned query resolve hands out (expiring, like the Hub's X-Amz-Expires=3600).
+    mirror = await start_mirror(token=TOKEN)
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    location = URL((await resolve(http, mirror.resolve_url(), headers=good)).headers["Location"])
+    assert TOKEN not in str(location)
+    expires = int(location.query["Expires"])
+    assert 3500 < expires - time.time() <= 3600
+    assert (await fetch(http, str(location)))[1] == mirror.data
+    bare = location.with_query(None)
+    assert (await fetch(http, str(bare)))[0] == 403
+    assert (await fetch(http, str(bare), Authorization=f"Bearer {TOKEN}"))[0] == 200
+    assert (await fetch(http, str(bare), Authorization="Bearer wrong"))[0] == 403
+    forged = location.update_query(Signature="0" * 64)
+    assert (await fetch(http, str(forged)))[0] == 403
+    longer = location.update_query(Expires=str(expires + 3600))
+    assert (await fetch(http, str(longer)))[0] == 403
+    old = Signer(TOKEN).query(location.path, now=time.time() - 7200)
+    assert (await fetch(http, f"{bare}?{old}"))[0] == 403
+    other = f"{mirror.base}/cdn/TheBloke/law-chat-GGUF/{'0' * 64}/{FILE}?{location.query_string}"
+    assert (await fetch(http, other))[0] == 403  # a signature covers one file only
+
+
+def _link_outside(mirror: Mirror) -> None:
+    """What an attacker (or a careless copy) leaves in DIR: links to places outside it."""
+    outside = mirror.root.parent / "secret.txt"
+    os.symlink(outside, mirror.path.with_name("secret.gguf"))
+    os.symlink(outside, mirror.path.with_name("secret.txt"))
+    os.symlink(mirror.root.parent, mirror.root / "TheBloke" / "etc-link")
+    os.symlink(mirror.root.parent, mirror.path.with_name("up"))
+    os.symlink(mirror.path, mirror.path.with_name("alias.gguf"))  # inside DIR: fine
+
+
+@pytest.mark.parametrize("path", ["secret.gguf", "secret.txt", "up/secret.txt"])
+async def test_symlinks_out_of_dir_are_never_served(
+    mirror: Mirror, http: aiohttp.ClientSession, path: str
+) -> None:
+    _link_outside(mirror)
+    for url in (
+        mirror.resolve_url(path),
+        f"{mirror.base}/TheBloke/etc-link/resolve/main/secret.txt",
+        f"{mirror.base}/cdn/TheBloke/law-chat-GGUF/{hashlib.sha256(b'top secret').hexdigest()}/{path}",
+        f"{mirror.base}/api/models/TheBloke/etc-link",
+    ):
+        async with http.get(url) as resp:
+            assert resp.status == 404, url
+            assert b"top secret" not in await resp.read()
+    async with http.get(
+        f"{mirror.base}/api/models/TheBloke/law-chat-GGUF/tree/main?recursive=1"
+    ) as resp:
+        listed = {item["path"] for item in await resp.json()}
+    assert listed == {FILE, "README.md", "alias.gguf"}
+    assert (await fetch(http, mirror.resolve_url("alias.gguf")))[1] == mirror.data
+
+
+def test_a_production_mirror_keeps_no_per_request_state(tmp_path: Path) -> None:
+    # Issue 9 item 5: every request used to be appended to a list forever.
+    app = create_mirror_app(tmp_path)
+    assert not app.on_response_prepare and FAULTS not in app and STATS not in app
+    assert all(not r.resource.canonical.startswith("/_mirror/f") for r in app.router.routes())
 
 
 async def test_gated_fault_refuses_even_the_right_token(
@@ -466,3 +536,24 @@ async def test_run_mirror_logs_its_real_port(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_a_copy_of_dir_is_the_same_repo(
+    start_mirror: StartMirror, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    # The air gap: DIR goes to another office on a USB disk (rsync -a / cp -a keep the times).
+    first = await start_mirror()
+    commit = (await resolve(http, first.resolve_url())).headers["X-Repo-Commit"]
+    copy = tmp_path / "usb"
+    shutil.copytree(first.root, copy, symlinks=True)
+    app = create_mirror_app(copy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/TheBloke/law-chat-GGUF/resolve"
+        resp = await resolve(http, f"{url}/{commit}/{FILE}")
+        assert resp.status == 302 and resp.headers["X-Repo-Commit"] == commit
+        assert (await fetch(http, f"{url}/{commit}/{FILE}"))[1] == first.data
+    finally:
+        await runner.cleanup()

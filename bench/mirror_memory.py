@@ -1,0 +1,67 @@
+"""RSS of `lawchatd mirror` across many requests: a long-running office server must stay flat.
+
+Usage: python bench/mirror_memory.py [ROUNDS] [REQUESTS_PER_ROUND]   (default 4 x 10000)
+Each request pair is a GET of a small file and a HEAD of an LFS file's resolve, 50 at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def _hammer(base: str, pairs: int) -> None:
+    async with aiohttp.ClientSession() as http:
+
+        async def one() -> None:
+            async with http.get(f"{base}/org/repo/resolve/main/README.md") as resp:
+                await resp.read()
+            url = f"{base}/org/repo/resolve/main/m.gguf"
+            async with http.head(url, allow_redirects=False) as resp:
+                await resp.read()
+
+        for _ in range(0, pairs, 50):
+            await asyncio.gather(*(one() for _ in range(50)))
+
+
+def main() -> None:
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 4
+    per_round = int(sys.argv[2]) if len(sys.argv) > 2 else 10_000
+    with tempfile.TemporaryDirectory() as tmp, socket.socket() as sock:
+        repo = Path(tmp, "org", "repo")
+        repo.mkdir(parents=True)
+        (repo / "README.md").write_text("# bench\n")
+        (repo / "m.gguf").write_bytes(b"GGUF" + os.urandom(1 << 20))
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        argv = [sys.executable, "-m", "lawchatd", "mirror", tmp, "--port", str(port)]
+        proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(2)
+            print(f"start: RSS {_rss_kb(proc.pid)} kB")
+            for done in range(1, rounds + 1):
+                asyncio.run(_hammer(f"http://127.0.0.1:{port}", per_round // 2))
+                print(f"after {done * per_round} requests: RSS {_rss_kb(proc.pid)} kB")
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""The mirror's aiohttp application, and `lawchatd mirror DIR` running it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from lawchatd.mirror.api import Api
+from lawchatd.mirror.core import Core, Refused
+from lawchatd.mirror.digests import Digests
+from lawchatd.mirror.files import Files
+from lawchatd.mirror.signing import Signer
+
+if TYPE_CHECKING:
+    from lawchatd.mirror.fetcher import FetchOptions
+
+log = logging.getLogger("lawchatd.mirror")
+
+CORE: web.AppKey[Core] = web.AppKey("mirror_core", Core)
+
+
+@web.middleware
+async def _refusals(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Refused as refused:
+        return refused.response
+
+
+def create_mirror_app(
+    root: Path,
+    *,
+    cdn_base: str | None = None,
+    token: str | None = None,
+    upstream: str | None = None,
+    upstream_token: str | None = None,
+    fetch_options: FetchOptions | None = None,
+    upstream_repos: Sequence[str] = (),
+) -> web.Application:
+    """An aiohttp app serving ``root/<org>/<repo>/<file>`` like the Hub (see files.py, api.py).
+
+    With `upstream`, files DIR lacks are fetched from there on first request (pull.py), for
+    the repos matching `upstream_repos` (fnmatch patterns; none given: every repo).
+    """
+    real_root = Path(os.path.realpath(root))
+    core = Core(
+        root=real_root,
+        token=token,
+        signer=Signer(token) if token else None,
+        cdn_base=cdn_base.rstrip("/") if cdn_base else None,
+        digests=Digests(),
+    )
+    app = web.Application(middlewares=[_refusals])
+    app[CORE] = core
+    if upstream:
+        from lawchatd.mirror.pull import PullThrough
+
+        core.pull = PullThrough(
+            core, upstream.rstrip("/"), upstream_token, fetch_options, upstream_repos
+        )
+        app.cleanup_ctx.append(core.pull.lifetime)
+    app.router.add_get("/_mirror/status", _status)
+    app.add_routes(Files(core).routes())
+    app.add_routes(Api(core).routes())
+    return app
+
+
+async def _status(request: web.Request) -> web.Response:
+    core = request.app[CORE]
+    core.require_token(request)
+    repos = await asyncio.to_thread(_list_repos, core.root)
+    return web.json_response(
+        {
+            "root": str(core.root),
+            "upstream": core.pull.endpoint if core.pull else None,
+            "files": repos,
+            "fetches": core.pull.status() if core.pull else [],
+        }
+    )
+
+
+def _list_repos(root: Path) -> list[dict]:
+    from lawchatd.mirror.repo import Repo
+
+    files = []
+    for org in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for folder in sorted(p for p in org.iterdir() if not p.name.startswith(".")):
+            repo = Repo.scan(root, folder)
+            if repo is None:
+                continue
+            files += [
+                {
+                    "repo": f"{org.name}/{folder.name}",
+                    "path": e.relpath,
+                    "size": e.size,
+                    "lfs": e.lfs,
+                }
+                for e in repo.entries.values()
+            ]
+    return files
+
+
+async def run_mirror(
+    root: Path,
+    host: str = "127.0.0.1",
+    port: int = 8900,
+    *,
+    cdn_base: str | None = None,
+    token: str | None = None,
+    upstream: str | None = None,
+    upstream_token: str | None = None,
+    upstream_repos: Sequence[str] = (),
+) -> None:
+    """Serve ``root`` until cancelled."""
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADirectoryError(f"mirror root {root} is not a directory")
+    app = create_mirror_app(
+        root,
+        cdn_base=cdn_base,
+        token=token,
+        upstream=upstream,
+        upstream_token=upstream_token,
+        upstream_repos=upstream_repos,
+    )
+    # A short shutdown: a multi-GB response in flight must not hold up Ctrl-C for a minute.
+    runner = web.AppRunner(app, shutdown_timeout=2.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        real_port = runner.addresses[0][1] if runner.addresses else port
+        shown = f"[{host}]" if ":" in host else host
+        via = f", filling it from {upstream}" if upstream else ""
+        log.info("mirror serving %s on http://%s:%d%s", root, shown, real_port, via)
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,104 @@
+"""What every mirror route shares: DIR, the repo named in the URL, errors, the token."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from lawchatd.mirror.digests import Digests
+from lawchatd.mirror.paths import BadPath, is_hidden, segments
+from lawchatd.mirror.repo import Repo
+from lawchatd.mirror.signing import Signer
+
+if TYPE_CHECKING:
+    from lawchatd.mirror.pull import PullThrough
+
+MAIN = "main"
+
+
+def error(
+    status: int,
+    code: str | None,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    reason: str | None = None,
+) -> web.Response:
+    """The Hub's error shape: a JSON body, and X-Error-Code / X-Error-Message for clients.
+
+    `reason` replaces the status line's phrase, for clients that show only that.
+    """
+    extra = dict(headers or {})
+    if code:
+        extra["X-Error-Code"] = code
+    extra["X-Error-Message"] = "".join(c for c in message if " " <= c <= "~")
+    if reason is not None:
+        reason = "".join(c for c in reason if " " <= c <= "~")  # one printable ASCII line
+    return web.json_response({"error": message}, status=status, headers=extra, reason=reason)
+
+
+class Refused(Exception):
+    """Raised by a helper, caught by the route: this response is the answer."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+@dataclass
+class Core:
+    root: Path  # real path of DIR
+    token: str | None
+    signer: Signer | None
+    cdn_base: str | None
+    digests: Digests
+    pull: PullThrough | None = None
+
+    def repo_id(self, request: web.Request) -> tuple[str, str]:
+        try:
+            org = segments(request.match_info["org"], single=True)[0]
+            name = segments(request.match_info["repo"], single=True)[0]
+        except BadPath:
+            raise Refused(error(400, None, "Invalid path")) from None
+        if is_hidden(f"{org}/{name}"):
+            raise Refused(error(404, "RepoNotFound", "Repository not found"))
+        return org, name
+
+    async def scan(self, org: str, name: str) -> Repo | None:
+        return await asyncio.to_thread(Repo.scan, self.root, self.root / org / name)
+
+    async def repo(self, request: web.Request) -> Repo:
+        """The repo named in the URL, or Refused with the Hub's 404."""
+        repo = await self.scan(*self.repo_id(request))
+        if repo is None:
+            raise Refused(error(404, "RepoNotFound", "Repository not found"))
+        return repo
+
+    def check_revision(self, repo: Repo, revision: str, org: str, name: str) -> None:
+        if revision in (MAIN, repo.commit):
+            return
+        if self.pull is not None and self.pull.knows_commit(f"{org}/{name}", revision):
+            return
+        raise Refused(error(404, "RevisionNotFound", f"Invalid rev id: {revision}"))
+
+    def authorized(self, request: web.Request) -> bool:
+        if self.token is None:
+            return True
+        given = request.headers.get("Authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode())
+
+    def require_token(self, request: web.Request) -> None:
+        if self.authorized(request):
+            return
+        repo_id = f"{request.match_info.get('org')}/{request.match_info.get('repo')}"
+        message = (
+            f"Access to model {repo_id} is restricted. You must have access to it "
+            "and be authenticated to access it. Please log in."
+        )
+        raise Refused(error(401, "GatedRepo", message))

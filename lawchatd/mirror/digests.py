@@ -1,0 +1,66 @@
+"""A file's sha256 (LFS) or git blob oid (small files), hashed once in a thread per version."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from lawchatd.mirror.paths import SIDECAR
+from lawchatd.mirror.repo import Entry, git_blob_oid
+
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_Key = tuple[Path, int, int]
+
+
+def _sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _blob_oid_file(path: Path) -> str:
+    return git_blob_oid(path.read_bytes())
+
+
+def read_sidecar(path: Path) -> str | None:
+    """Blocking: the sha256 in `<file>.sha256` (sha256sum's format), if there is a valid one."""
+    try:
+        with open(f"{path}{SIDECAR}", encoding="ascii", errors="replace") as f:
+            text = f.read(4096)
+    except OSError:
+        return None
+    token = (text.split() or [""])[0].lower()
+    return token if _SHA256_RE.fullmatch(token) else None
+
+
+class Digests:
+    """Bounded by the files in DIR: one cached value per path, replaced when the file changes."""
+
+    def __init__(self) -> None:
+        self._done: dict[tuple[str, Path], tuple[int, int, str]] = {}
+        self._running: dict[tuple[str, _Key], asyncio.Task[str]] = {}
+
+    async def sha256(self, entry: Entry) -> str:
+        if sidecar := await asyncio.to_thread(read_sidecar, entry.path):
+            return sidecar
+        return await self._get("sha256", entry, _sha256_file)
+
+    async def blob_oid(self, entry: Entry) -> str:
+        return await self._get("blob", entry, _blob_oid_file)
+
+    async def _get(self, kind: str, entry: Entry, compute: Callable[[Path], str]) -> str:
+        cached = self._done.get((kind, entry.path))
+        if cached and cached[:2] == (entry.size, entry.mtime_ns):
+            return cached[2]
+        key = (kind, (entry.path, entry.size, entry.mtime_ns))
+        task = self._running.get(key)
+        if task is None:
+            # One hash per file even when several connections ask at once.
+            task = asyncio.create_task(asyncio.to_thread(compute, entry.path))
+            self._running[key] = task
+            task.add_done_callback(lambda _t: self._running.pop(key, None))
+        value = await asyncio.shield(task)
+        self._done[(kind, entry.path)] = (entry.size, entry.mtime_ns, value)
+        return value

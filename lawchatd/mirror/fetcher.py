@@ -1,0 +1,117 @@
+"""The ONE place the mirror uses lawchatd's downloader (lawchatd.download.Download).
+
+Also here: the HTTP session to the upstream and the downloader's store, so that the proxy/CA
+session factory and the engine's store can be plugged in at this one place.
+
+What it needs from the engine: a download of (repo, filename, revision, size, sha256) from an
+endpoint with a token into a folder, parallel and resumable through a Store, that verifies the
+sha256 and reports progress; and, to stream bytes to clients as they arrive, which byte ranges
+are on disk (`Download.parts`: start, end, done) plus the partial file's path. The downloader
+also checks the GGUF header, so the mirror sends only *.gguf files through it (pull.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from lawchatd import __version__
+from lawchatd.catalog import ModelSpec
+from lawchatd.config import Settings
+from lawchatd.download import Download
+from lawchatd.hub import HubClient
+from lawchatd.store import Store
+
+
+def upstream_session(options: FetchOptions) -> aiohttp.ClientSession:
+    """The session for everything the mirror asks of its upstream (metadata and bytes)."""
+    return aiohttp.ClientSession(
+        # Bytes are read with a stall watchdog, not a total timeout: a 7 GB file takes its time.
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=options.stall_timeout),
+        auto_decompress=False,
+        read_bufsize=2 << 20,
+        headers={"User-Agent": f"lawchatd-mirror/{__version__}"},
+    )
+
+
+async def open_store(path: Path) -> Store:
+    """The downloader's state (parts done per file), so fetches resume across restarts."""
+    return await Store.open(path)
+
+
+class FetchFailed(Exception):
+    """The download ended without a verified file; the message is for people."""
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    connections: int = 4
+    max_retries: int = 10
+    retry_backoff: float = 0.5
+    stall_timeout: float = 30.0
+
+
+class EngineFetch:
+    """One file fetched by lawchatd's downloader into `staging/<repo>/models/<relpath>`."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        session: aiohttp.ClientSession,
+        endpoint: str,
+        token: str | None,
+        staging: Path,
+        repo_id: str,
+        relpath: str,
+        commit: str,
+        size: int,
+        sha256: str,
+        options: FetchOptions,
+        on_change: Callable[[], None],
+    ) -> None:
+        settings = Settings.model_construct(
+            data_dir=staging / repo_id,
+            connections=options.connections,
+            max_retries=options.max_retries,
+            retry_backoff=options.retry_backoff,
+            stall_timeout=options.stall_timeout,
+        )
+        spec = ModelSpec(f"{repo_id}/{relpath}", repo_id, relpath, size, sha256, revision=commit)
+        self._download = Download(
+            spec,
+            settings=settings,
+            store=store,
+            hub=HubClient(session, endpoint, token),
+            on_change=lambda _d: on_change(),
+        )
+        self.size = size
+
+    @property
+    def part_file(self) -> Path:
+        return self._download.path
+
+    @property
+    def verified_file(self) -> Path:
+        return self._download.final_path
+
+    def downloaded(self) -> int:
+        return self._download.downloaded
+
+    def available(self, offset: int) -> int:
+        """The end of the bytes on disk that run without a gap from `offset`."""
+        end = offset
+        for part in sorted(self._download.parts, key=lambda p: p.start):
+            if part.start <= end < part.start + part.done:
+                end = part.start + part.done
+        return end
+
+    async def run(self) -> Path:
+        await self._download.run()
+        row = self._download.row
+        if row.status != "completed":
+            raise FetchFailed(row.error or f"the download ended {row.status}")
+        return self.verified_file

@@ -1,0 +1,95 @@
+"""A fetch in progress, and the bytes it has so far handed to clients as they reach the disk."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from lawchatd.mirror.upstream import UpstreamFile
+
+WAKE_SECONDS = 1.0  # readers look again at least this often, whatever the fetch reports
+
+
+class Fetcher(Protocol):
+    """What pull-through needs of a download (fetcher.EngineFetch, stream_fetch.StreamFetch)."""
+
+    size: int
+
+    @property
+    def part_file(self) -> Path: ...
+    @property
+    def verified_file(self) -> Path: ...
+    def downloaded(self) -> int: ...
+    def available(self, offset: int) -> int: ...
+    async def run(self) -> Path: ...
+
+
+@dataclass
+class Fetch:
+    """One file on its way from the upstream; every client asking for it shares this."""
+
+    file: UpstreamFile
+    target: Path  # where it lands in DIR
+    started: float = field(default_factory=time.time)
+    fetcher: Fetcher | None = None  # set right after construction (it reports to notify)
+    task: asyncio.Task[Path | None] | None = None
+    failed: str | None = None
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), WAKE_SECONDS)
+
+    def available(self, offset: int) -> int:
+        """The end of the bytes that can be read without a gap from `offset`."""
+        if self.task is not None and self.task.done() and self.failed is None:
+            return self.file.size
+        return self.fetcher.available(offset) if self.fetcher is not None else offset
+
+    def names(self) -> list[Path]:
+        """Where the bytes are, in the order they move: partial, verified, in DIR."""
+        if self.fetcher is None:
+            return [self.target]
+        return [self.fetcher.part_file, self.fetcher.verified_file, self.target]
+
+
+class PartialSource:
+    """Bytes of a fetch in progress (a body.Source), handed out as they reach the disk."""
+
+    def __init__(self, fetch: Fetch) -> None:
+        self._fetch = fetch
+        self._fd: int | None = None
+
+    async def read(self, offset: int, n: int) -> bytes:
+        while True:
+            end = self._fetch.available(offset)
+            if end > offset:
+                if self._fd is None and not await asyncio.to_thread(self._open):
+                    return b""
+                assert self._fd is not None
+                return await asyncio.to_thread(os.pread, self._fd, min(n, end - offset), offset)
+            if self._fetch.failed is not None:
+                return b""  # the client sees a short body and asks again
+            await self._fetch.wait()
+
+    def _open(self) -> bool:
+        # The partial, renamed while open, stays the same file: open whichever name it has now.
+        for name in self._fetch.names():
+            with contextlib.suppress(FileNotFoundError):
+                self._fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+                return True
+        return False
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
