@@ -7,10 +7,11 @@ import signal
 import sqlite3
 import time
 
-from tests.engine_fixtures import flaky, flaky_daemon  # noqa: F401 - fixtures
+from tests import engine_fixtures
 from tests.flaky_hub import FlakyHub
 from tests.harness import Daemon, ModelFile, sha256_of
 
+flaky, flaky_daemon = engine_fixtures.flaky, engine_fixtures.flaky_daemon  # fixtures
 A = "tiny-a"
 READ_BUFFER = 256 << 10  # what one drop may cost: bytes in flight, never a whole batch
 
