@@ -24,7 +24,7 @@ from tests.harness import free_port
 COMMIT = "c0ffee" * 6 + "abcd"
 KINDS = (
     "drop", "503", "429", "stall", "stall_long", "ignore_range", "wrong_range", "short_206",
-    "cdn_404", "corrupt",
+    "cdn_404", "corrupt", "gzip_206",
 )  # fmt: skip
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 
@@ -150,6 +150,8 @@ class FlakyHub:
             claimed = start + 1000 if fault == "wrong_range" else start
             headers["Content-Range"] = f"bytes {claimed}-{end - 1}/{len(data)}"
             record.status = 206
+            if fault == "gzip_206":
+                headers["Content-Encoding"] = "gzip"
         else:
             record.status = 200
         body = data[start:end]
