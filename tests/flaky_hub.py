@@ -54,6 +54,8 @@ class Faults:
     stall_long_seconds: float = 2.0
     rate: int | None = None  # bytes/s per response
     max_corrupt: int = 1  # corrupt responses at most (each costs a whole download)
+    span: int = 2 << 20  # drops and stalls strike within this many bytes of a response
+    cap: int | None = None  # every answer without another fault drops within this many bytes
     injected: Counter = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
@@ -166,8 +168,16 @@ class FlakyHub:
 
     async def _send(self, request, response, body: bytes, record: Request, fault) -> None:
         cut = len(body)
-        if fault in ("drop", "short_206") and body:
-            cut = self.faults.rng.randrange(len(body))
+        spot = self.faults.rng.randrange(self.faults.span)
+        if fault in ("drop", "short_206"):
+            cut = min(spot, max(0, len(body) - 1))
+        if self.faults.cap and fault is None:
+            # The storm's background: answers drop at a random point within `cap` bytes.
+            limit = self.faults.rng.randrange(self.faults.cap)
+            if limit < len(body):
+                cut = limit
+                self.faults.injected["drop"] += 1
+                record.fault = "drop"
         if self.faults.drop_after is not None:
             cut = min(cut, self.faults.drop_after)
         stall_at = (

@@ -52,7 +52,7 @@ class Link:
     hub: HubClient
     url: URL | None = None  # None: resolve again before the next request
     etag: str | None = None  # the CDN's own strong ETag for the bytes on disk (If-Range)
-    refusals: int = 0  # 200s to ranged requests for the same file, so far
+    refusals: int = 0  # 200s in a row to ranged requests for the same file
     single_stream: bool = False  # the server keeps refusing ranges: one stream, skip the prefix
 
 
@@ -162,6 +162,7 @@ class Fetcher:
             )
         if self._link.etag is None and strong:
             self._link.etag = strong  # If-Range must carry the CDN's own ETag, never the sha256
+        self._link.refusals = 0  # only refusals in a row lead to one stream
         return 0
 
     def _whole_file(self, etag: str | None, part: Part, ranged: bool) -> int:
