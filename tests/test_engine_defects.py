@@ -211,3 +211,27 @@ async def test_cleanup_removes_partials_of_variants_no_longer_in_the_catalog(fla
     status, reply = await daemon.request("DELETE", "/models/cleanup")
     assert status == 200 and reply["files_cleaned"] == 1
     assert not stale.exists()
+
+
+# ---- 4: kill -9 loses at most a fraction of a second of transfer ---------------------------
+
+
+async def test_sigkill_loses_at_most_a_third_of_a_second_of_transfer(flaky, flaky_daemon, models):
+    rate = 20_000_000
+    first = await flaky_daemon().start()
+    flaky.faults.rate = rate
+    await download(first, "big")
+    await first.wait_progress(lambda p: p["downloaded_size"] >= 12_000_000)
+    await asyncio.sleep(0.37)  # between two of the old checkpoints
+    first.kill(signal.SIGKILL)
+    sent = flaky.bytes_served
+    kept = persisted(first)
+    print(f"kill -9 lost {sent - kept} bytes ({(sent - kept) / rate:.3f} s)")
+    assert (sent - kept) / rate <= 0.3, f"lost {sent - kept} bytes"
+
+    flaky.faults.rate = None
+    await quiet(flaky)
+    second = await flaky_daemon().start()
+    assert (await second.wait_done())["status"] == "completed"
+    assert flaky.bytes_served == models["big"].size - kept
+    assert sha256_of(final_file(second, models["big"])) == models["big"].sha256
