@@ -255,7 +255,7 @@ class DownloadManager:
                 continue
             else:
                 row.status, row.phase = Status.CANCELLED, None
-            await self._store.save(row)
+            await self._store.save(row, [] if row.status == Status.COMPLETED else None)
 
     def _published_before_death(self, spec: ModelSpec, row: DownloadRow) -> bool:
         # A forced download is a download until its new file has the final name: an old

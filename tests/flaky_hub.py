@@ -26,6 +26,12 @@ KINDS = (
     "drop", "503", "429", "stall", "stall_long", "ignore_range", "wrong_range", "short_206",
     "cdn_404", "corrupt", "gzip_206",
 )  # fmt: skip
+# A storm's chances per CDN request, drawn in this order; with `Faults.cap` set, every other
+# answer drops at a random point within `cap` bytes.
+STORM = {
+    "503": 0.05, "429": 0.03, "stall": 0.04, "stall_long": 0.02, "ignore_range": 0.04,
+    "wrong_range": 0.04, "short_206": 0.05, "cdn_404": 0.04, "gzip_206": 0.03, "corrupt": 0.02,
+}  # fmt: skip
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 
 
@@ -83,6 +89,9 @@ class FlakyHub:
     faults: Faults
     requests: list[Request] = field(default_factory=list)
     resolves: int = 0
+    served: int = 0  # bytes written to clients, all requests
+    timeline: list[tuple[float, int]] = field(default_factory=list)  # (when, served) if `trace`
+    trace: bool = False
     runners: list[web.AppRunner] = field(default_factory=list)
 
     @property
@@ -197,6 +206,9 @@ class FlakyHub:
             except ConnectionError:  # the client went away (a cancel, a refused answer)
                 raise asyncio.CancelledError from None
             record.sent += len(piece)
+            self.served += len(piece)
+            if self.trace:
+                self.timeline.append((time.monotonic(), self.served))
             if self.faults.rate:
                 await asyncio.sleep(len(piece) / self.faults.rate)
         if cut < len(body):

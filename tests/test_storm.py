@@ -7,17 +7,10 @@ import time
 import pytest
 
 from tests import engine_fixtures
-from tests.flaky_hub import FlakyHub
+from tests.flaky_hub import STORM, FlakyHub
 from tests.harness import Daemon, ModelFile, sha256_of
 
 flaky, flaky_daemon = engine_fixtures.flaky, engine_fixtures.flaky_daemon  # fixtures
-
-# Chances per CDN request, drawn in this order; every other answer drops within 2 MB (cap).
-STORM = {
-    "503": 0.05, "429": 0.03, "stall": 0.04, "stall_long": 0.02, "ignore_range": 0.04,
-    "wrong_range": 0.04, "short_206": 0.05, "cdn_404": 0.04, "gzip_206": 0.03,
-    "corrupt": 0.02,
-}  # fmt: skip
 
 
 async def ride_out(daemon: Daemon, hub: FlakyHub, model: ModelFile, attempts: int = 6) -> dict:

@@ -34,7 +34,7 @@ from lawchatd.hub import HubClient, HubError, TransientHubError, is_transient
 from lawchatd.store import Part
 
 WRITE_SIZE = 2 << 20  # bytes gathered before one write: few thread hops, little memory
-FLUSH_SECONDS = 0.1  # a slow line still writes (and reports) about ten times a second
+FLUSH_SECONDS = 0.05  # a slow line still writes often: a kill loses little, progress moves
 MAX_WAIT = 600.0  # the longest Retry-After honoured as given
 RETRYABLE = (aiohttp.ClientError, TimeoutError, ConnectionError, Transient, TransientHubError)
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")

@@ -321,7 +321,7 @@ class Download:
     async def _verify_and_publish(self) -> None:
         assert self._hasher is not None and self._journal is not None
         self.set_phase(Phase.VERIFYING)
-        self.row.cdn_etag = self.link.etag
+        await self._journal.record()  # at once: the fdatasync below may take seconds
         await self._journal.sync()
         digest = self._hasher.hexdigest()
         size = await self.partial.size()
