@@ -73,3 +73,10 @@ def test_after_a_reboot_only_synced_bytes_are_trusted():
     assert trusted(here, boot_id())[0].done == 8  # a killed process: the page cache has them
     other = [Part(0, 10, 8, 3)]
     assert trusted(other, "another-boot")[0].done == 3  # a reboot: only what was fsynced
+
+
+def test_one_stream_keeps_the_finished_prefix_and_what_is_durable():
+    plan = PartPlan(30, [Part(0, 10, 10, 10), Part(10, 20, 7, 4), Part(20, 30, 10, 10)])
+    single = plan.one_stream()
+    assert single.parts == [Part(0, 30, 17, 14)]
+    assert single.frontier() == 17

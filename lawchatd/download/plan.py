@@ -53,6 +53,16 @@ class PartPlan:
                 return part.offset
         return self.size
 
+    def one_stream(self) -> PartPlan:
+        """One part for the whole file, done up to the frontier (for a server without ranges)."""
+        synced = 0
+        for part in self.parts:  # the durable prefix carries over, for a power cut
+            synced = part.start + part.synced
+            if part.synced < part.end - part.start:
+                break
+        frontier = self.frontier()
+        return PartPlan(self.size, [Part(0, self.size, frontier, min(synced, frontier))])
+
     def snapshot(self) -> list[Part]:
         return [Part(p.start, p.end, p.done, p.synced) for p in self.parts]
 

@@ -27,7 +27,7 @@ from lawchatd.download.plan import PartPlan
 from lawchatd.download.status import Phase, Snapshot, SpeedMeter, Status
 from lawchatd.download.verify import check_bytes, record_of
 from lawchatd.hub import HubClient, HubError, Resolved
-from lawchatd.store import DownloadRow, Part, Store, Verified
+from lawchatd.store import DownloadRow, Store, Verified
 
 log = logging.getLogger(__name__)
 REPORT_SECONDS = 0.1  # the contract's "about 10 progress messages a second"
@@ -239,8 +239,7 @@ class Download:
                 log.warning("%s: %s", self.spec.variant, reason)
                 assert self.plan is not None
                 connections = 1
-                frontier = self.plan.frontier()
-                self._use(PartPlan(self.spec.size, [Part(0, self.spec.size, frontier)]))
+                self._use(self.plan.one_stream())
                 continue
             if not isinstance(reason, RestartFromZero):
                 raise reason
