@@ -171,7 +171,10 @@ class FlakyHub:
             body = body[:spot] + bytes([body[spot] ^ 0xFF]) + body[spot + 1 :]
         response = web.StreamResponse(status=record.status, headers=headers)
         response.content_length = len(body)
-        await response.prepare(request)
+        try:
+            await response.prepare(request)
+        except ConnectionError:  # the client already went away
+            raise asyncio.CancelledError from None
         await self._send(request, response, body, record, fault)
         return response
 

@@ -15,18 +15,19 @@ from lawchatd.download.errors import (
     DownloadFailed,
     OneStream,
     RestartFromZero,
-    describe,
     first_leaf,
     unexpected,
 )
-from lawchatd.download.fetcher import RETRYABLE, Counters, Fetcher, Limiter, Link
+from lawchatd.download.fetcher import Counters, Fetcher, Limiter, Link
 from lawchatd.download.hasher import FollowingHasher
 from lawchatd.download.journal import Journal, trusted
 from lawchatd.download.partial import PartialFile, final_path, part_path
 from lawchatd.download.plan import PartPlan
+from lawchatd.download.resolve import resolve_into
 from lawchatd.download.status import Phase, Snapshot, SpeedMeter, Status
 from lawchatd.download.verify import check_bytes, record_of
-from lawchatd.hub import HubClient, HubError, Resolved
+from lawchatd.download.waits import Waits
+from lawchatd.hub import HubClient, Resolved
 from lawchatd.store import DownloadRow, Store, Verified
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,7 @@ class Download:
         self._hasher: FollowingHasher | None = None
         self._journal: Journal | None = None
         self._meter = SpeedMeter()
-        self._sleepers = 0
-        self._phase_before_retry: str | None = None
-        self._note: str | None = None
+        self.waits = Waits(self.row, self.set_phase, self.counters, log_as=spec.variant)
 
     # ---- what the outside sees -------------------------------------------------------------
 
@@ -83,7 +82,7 @@ class Download:
             variant=self.spec.variant, status=self.row.status, phase=self.row.phase,
             error=self.row.error, total=self.spec.size, done=self.downloaded,
             speed=self._meter.speed() if running else 0.0, retries=self.retries,
-            note=self._note if self.row.phase == Phase.RETRYING else None,
+            note=self.waits.note if self.row.phase == Phase.RETRYING else None,
         )  # fmt: skip
 
     def set_phase(self, phase: str | None, status: str | None = None) -> None:
@@ -98,7 +97,9 @@ class Download:
         """Download, verify and rename. Raises CancelledError when cancelled."""
         try:
             await self._begin()
-            resolved = await self._with_retries(self._resolve)
+            resolved = await self.waits.retry(
+                self._resolve, self._settings.max_retries, self._settings.retry_backoff
+            )
             await self._prepare(resolved)
             await self._fetch_all()
             await self._verify_and_publish()
@@ -128,6 +129,7 @@ class Download:
         self.set_phase(Phase.RESOLVING)
         if row := await self._store.get(self.spec.variant):
             self.row = row
+            self.waits.follow(row)
         self.row.status, self.row.error, self.row.finished_at = Status.DOWNLOADING, None, None
         self.row.started_at, self.row.total_size = time.time(), self.spec.size
         self.set_phase(Phase.RESOLVING)
@@ -161,27 +163,7 @@ class Download:
     # ---- resolve and plan ----------------------------------------------------------------
 
     async def _resolve(self) -> Resolved:
-        hub = self.link.hub
-        try:
-            resolved = await hub.resolve(self.spec, self.spec.revision)
-        except HubError as exc:
-            raise DownloadFailed(str(exc)) from exc
-        name = self.spec.filename
-        if self.spec.sha256 and resolved.sha256 and resolved.sha256 != self.spec.sha256:
-            raise DownloadFailed(
-                f"the upstream file changed: the Hub reports sha256 {resolved.sha256} for "
-                f"{name}, the catalog expects {self.spec.sha256}; nothing was downloaded"
-            )
-        if resolved.size is not None and resolved.size != self.spec.size:
-            raise DownloadFailed(
-                f"the upstream file changed: the Hub reports {resolved.size} bytes for "
-                f"{name}, the catalog expects {self.spec.size}"
-            )
-        self.link.url = resolved.url
-        if resolved.url == hub.resolve_url(self.spec, self.spec.revision) and resolved.commit:
-            # Served by the Hub itself: pin the commit so a push cannot splice two versions.
-            self.link.url = hub.resolve_url(self.spec, resolved.commit)
-        return resolved
+        return await resolve_into(self.link, self.spec)
 
     async def _resolve_again(self) -> None:
         started_with = self.row.upstream_sha256
@@ -272,7 +254,7 @@ class Download:
         fetcher = Fetcher(
             self.link, self.partial, plan,
             counters=self.counters, max_retries=self._settings.max_retries,
-            backoff_base=self._settings.retry_backoff, backoff=self._back_off,
+            backoff_base=self._settings.retry_backoff, backoff=self.waits.wait,
             resolve=self._resolve_again, on_written=hasher.poke, limiter=self._limiter,
         )  # fmt: skip
         while (part := plan.claim()) is not None:
@@ -280,34 +262,6 @@ class Download:
                 await fetcher.fill(part)
             finally:
                 plan.release(part)
-
-    async def _back_off(self, delay: float, exc: BaseException, note: str | None) -> None:
-        log.warning("%s: %s; retry in %.1fs", self.spec.variant, describe(exc), delay)
-        if not self._sleepers:
-            self._phase_before_retry = self.row.phase
-        self._sleepers += 1
-        self._note = note or f"{describe(exc)}; retrying in {delay:.3g} s"
-        self.set_phase(Phase.RETRYING)
-        try:
-            await asyncio.sleep(delay)
-        finally:
-            self._sleepers -= 1
-            if not self._sleepers and self.row.status == Status.DOWNLOADING:
-                self.set_phase(self._phase_before_retry)
-
-    async def _with_retries(self, attempt):
-        failures = 0
-        while True:
-            try:
-                return await attempt()
-            except RETRYABLE as exc:
-                failures += 1
-                if failures > self._settings.max_retries:
-                    raise DownloadFailed(f"cannot reach the Hub: {describe(exc)}") from exc
-                self.counters.retries += 1
-                wait = getattr(exc, "wait", None)
-                delay = wait if wait is not None else self._settings.retry_backoff * 2**failures
-                await self._back_off(min(delay, 600.0), exc, getattr(exc, "note", None))
 
     async def _report_loop(self) -> None:
         while True:
