@@ -98,8 +98,12 @@ class FlakyHub:
     def bytes_served(self) -> int:
         return sum(r.sent for r in self.requests)
 
+    def __post_init__(self) -> None:
+        # Hashed once: hashing a big file per request would stall this server's event loop.
+        self.sha256 = {name: hashlib.sha256(data).hexdigest() for name, data in self.files.items()}
+
     def cdn_etag(self, name: str) -> str:
-        return '"cdn-' + hashlib.md5(self.files[name]).hexdigest() + '"'
+        return f'"cdn-{self.sha256[name][:32]}"'  # the CDN's own validator, not the sha256
 
     async def close(self) -> None:
         for runner in self.runners:
@@ -118,7 +122,7 @@ class FlakyHub:
             headers={
                 "Location": f"{self.cdn_url}/blob/{name}?X-Amz-Signature=s{self.resolves}",
                 "X-Repo-Commit": COMMIT,
-                "X-Linked-Etag": f'"{hashlib.sha256(data).hexdigest()}"',
+                "X-Linked-Etag": f'"{self.sha256[name]}"',
                 "X-Linked-Size": str(len(data)),
             },
         )
@@ -165,10 +169,10 @@ class FlakyHub:
                 headers["Content-Encoding"] = "gzip"
         else:
             record.status = 200
-        body = data[start:end]
+        body: bytes | memoryview = memoryview(data)[start:end]  # no copy of a big file
         if fault == "corrupt" and body:
             spot = self.faults.rng.randrange(len(body))
-            body = body[:spot] + bytes([body[spot] ^ 0xFF]) + body[spot + 1 :]
+            body = bytes(body[:spot]) + bytes([body[spot] ^ 0xFF]) + bytes(body[spot + 1 :])
         response = web.StreamResponse(status=record.status, headers=headers)
         response.content_length = len(body)
         try:
@@ -178,7 +182,7 @@ class FlakyHub:
         await self._send(request, response, body, record, fault)
         return response
 
-    async def _send(self, request, response, body: bytes, record: Request, fault) -> None:
+    async def _send(self, request, response, body, record: Request, fault) -> None:
         cut = len(body)
         spot = self.faults.rng.randrange(self.faults.span)
         if fault in ("drop", "short_206"):
