@@ -131,6 +131,17 @@ async def test_one_refused_range_retries_the_range_and_keeps_the_partial(
     assert sha256_of(final_file(daemon, models[A])) == models[A].sha256
 
 
+async def test_a_server_without_ranges_or_etag_is_read_as_one_stream(flaky, flaky_daemon, models):
+    daemon = await flaky_daemon(LAWCHATD_CONNECTIONS="4").start()
+    flaky.faults.ignore_range_always = True
+    flaky.faults.no_etag = True
+    await download(daemon, "big")
+    done = await daemon.wait_done()
+    assert done["status"] == "completed", done
+    assert sha256_of(final_file(daemon, models["big"])) == models["big"].sha256
+    assert flaky.bytes_served <= 2 * models["big"].size
+
+
 # ---- 2: an interrupted forced re-download resumes -----------------------------------------
 
 
