@@ -131,7 +131,8 @@ async def reach(daemon: Daemon, moment: str, size: int, rng: random.Random) -> d
         lambda p: p["downloaded_size"] >= goal or p["status"] != "downloading", 600
     )
     if moment == "cancel":
-        asyncio.ensure_future(daemon.post("/models/cancel-download"))
+        cancel = asyncio.ensure_future(daemon.post("/models/cancel-download"))
+        cancel.add_done_callback(lambda t: t.cancelled() or t.exception())  # killed mid-reply
         await asyncio.sleep(rng.uniform(0, 0.03))
     return progress
 

@@ -267,14 +267,11 @@ class DownloadManager:
 
     async def close(self) -> None:
         """Stop the running download for a shutdown; its partial file and parts are kept."""
-        if not self.running or self._task is None:
+        if not self.running or self._task is None or self.current is None:
             return
+        self.current.shutting_down = True  # its last record says "downloading": resumed at start
         self._task.cancel()
         await asyncio.wait({self._task}, timeout=5)
         if not self._task.done():
+            # Nothing is written from here: the task's own last record must not be raced.
             log.warning("the download did not stop within 5 s; its last record stays")
-            return  # rewriting the row now would race the task's own last writes
-        # A stop by the daemon is not the user's cancel: the next start resumes it.
-        if self.current is not None and self.current.row.status == Status.CANCELLED:
-            self.current.row.status = Status.DOWNLOADING
-            await self._store.save(self.current.row)

@@ -57,6 +57,7 @@ class Download:
         self.link = Link(hub)
         self.counters = Counters()
         self.published: Verified | None = None  # the verified file under its final name
+        self.shutting_down = False  # set before the daemon's stop cancels the run
         self._hasher: FollowingHasher | None = None
         self._journal: Journal | None = None
         self._meter = SpeedMeter()
@@ -104,7 +105,8 @@ class Download:
             await self._fetch_all()
             await self._verify_and_publish()
         except asyncio.CancelledError:
-            await self._stop(Status.CANCELLED, None)
+            # A stop of the daemon is not the user's cancel: the next start resumes it.
+            await self._stop(Status.DOWNLOADING if self.shutting_down else Status.CANCELLED, None)
             raise
         except DownloadFailed as exc:
             await self._stop(Status.ERROR, str(exc))
