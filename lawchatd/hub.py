@@ -108,8 +108,12 @@ class HubClient:
     def get_range(
         self, url: URL, start: int, end: int | None, if_range: str | None
     ) -> aiohttp.client._RequestContextManager:
-        """GET bytes [start, end) (to the end of file when `end` is None)."""
-        headers = self.headers_for(url)
+        """GET bytes [start, end) (to the end of file when `end` is None).
+
+        `Accept-Encoding: identity`: a CDN that may compress ignores `Range` and sends the
+        whole object (CloudFront; huggingface_hub PR #3778), and offsets must be raw bytes.
+        """
+        headers = {**self.headers_for(url), "Accept-Encoding": "identity"}
         if start > 0 or end is not None:
             last = "" if end is None else str(end - 1)
             headers["Range"] = f"bytes={start}-{last}"

@@ -1,4 +1,8 @@
-"""The running download as an asyncio Task: start, cancel, resume at start, clean up."""
+"""The running download as an asyncio Task: start, cancel, resume at start, clean up.
+
+One download runs at a time; `_launch` is the single place a Download starts, so a queue
+can later decide what `_launch` gets next.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,10 @@ from pathlib import Path
 
 from lawchatd.catalog import Catalog, ModelSpec
 from lawchatd.config import Settings
-from lawchatd.download import Download, final_path, part_path, progress_fields
+from lawchatd.download import Download, Phase, Snapshot, Status, final_path, part_path
+from lawchatd.download.fetcher import Limiter
+from lawchatd.download.finals import FinalFiles
 from lawchatd.hub import HubClient
-from lawchatd.modelhost import ModelLoadError
-from lawchatd.progress import ProgressHub
 from lawchatd.store import DownloadRow, Store
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,15 @@ class NotEnoughSpace(OSError):
 OnVerified = Callable[[ModelSpec, Path], Awaitable[None]]
 
 
+def snapshot_of(row: DownloadRow | None) -> Snapshot:
+    if row is None:
+        return Snapshot()
+    return Snapshot(
+        variant=row.variant, status=row.status, phase=row.phase, error=row.error,
+        total=row.total_size, done=row.downloaded_size,
+    )  # fmt: skip
+
+
 class DownloadManager:
     def __init__(
         self,
@@ -53,15 +66,18 @@ class DownloadManager:
         catalog: Catalog,
         store: Store,
         hub: HubClient,
-        progress: ProgressHub,
+        on_progress: Callable[[Snapshot], None],
         on_verified: OnVerified | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self._settings = settings
         self.catalog = catalog
         self._store = store
         self._hub = hub
-        self._progress = progress
+        self._on_progress = on_progress
         self._on_verified = on_verified
+        self._limiter = limiter
+        self.finals = FinalFiles(settings.models_dir, store)
         self._start_lock = asyncio.Lock()
         self.current: Download | None = None
         self._task: asyncio.Task | None = None
@@ -78,19 +94,26 @@ class DownloadManager:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    def progress(self) -> dict:
+    def snapshot(self) -> Snapshot:
         if self.current is not None:
-            return self.current.progress()
-        return progress_fields(self._last_row)
+            return self.current.snapshot()
+        return snapshot_of(self._last_row)
 
     def final_path(self, spec: ModelSpec) -> Path:
         return final_path(self._settings.models_dir, spec)
 
     def is_downloaded(self, spec: ModelSpec) -> bool:
-        try:
-            return self.final_path(spec).stat().st_size == spec.size
-        except FileNotFoundError:
-            return False
+        """The final file is the one that was verified (a changed one is checked again)."""
+        return self.finals.is_verified(spec)
+
+    async def downloaded_files(self) -> dict[str, tuple[ModelSpec, Path]]:
+        """Every verified final file, after checking again those that changed."""
+        await self.finals.check_all(self.catalog)
+        return {
+            spec.variant: (spec, self.final_path(spec))
+            for spec in self.catalog
+            if self.is_downloaded(spec)
+        }
 
     async def partial_bytes(self) -> dict[str, int]:
         """Bytes kept in partial files, by variant: what a Download would resume from."""
@@ -100,7 +123,7 @@ class DownloadManager:
             row = rows.get(spec.variant)
             if (
                 row
-                and row.status != "completed"
+                and row.status != Status.COMPLETED
                 and part_path(self._settings.models_dir, spec).exists()
             ):
                 kept[spec.variant] = row.downloaded_size
@@ -142,7 +165,7 @@ class DownloadManager:
             store=self._store,
             hub=self._hub,
             on_change=self._publish,
-            after_verified=self._after_verified if self._on_verified else None,
+            limiter=self._limiter,
         )
         self._task = asyncio.create_task(self._run(self.current), name=f"download {spec.variant}")
 
@@ -151,6 +174,10 @@ class DownloadManager:
         started = time.monotonic()
         try:
             await download.run()
+            if download.published:
+                self.finals.remember(download.published)
+                await self._hand_over(download)
+                await download.complete()
         except asyncio.CancelledError:
             pass  # the row already says "cancelled"; nobody awaits this task's result
         except BaseException:
@@ -163,77 +190,88 @@ class DownloadManager:
             self.finished_seconds += time.monotonic() - started
             self._last_row = download.row
 
-    async def _after_verified(self, spec: ModelSpec, path: Path) -> None:
-        assert self._on_verified is not None
+    async def _hand_over(self, download: Download) -> None:
+        """The on-verified hook (load the model); its failure does not undo the download."""
+        if self._on_verified is None:
+            return
+        download.set_phase(Phase.LOADING)
         try:
-            await self._on_verified(spec, path)
-        except ModelLoadError as exc:  # a model that fails to load is still a finished download
-            log.error("loading %s after its download failed: %s", spec.variant, exc)
-        except Exception:
-            log.exception("loading %s after its download failed", spec.variant)
+            # The swap runs to its end even if this task is cancelled meanwhile.
+            await asyncio.shield(self._on_verified(download.spec, download.final_path))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("loading %s after its download failed: %s", download.spec.variant, exc)
 
     def _publish(self, download: Download) -> None:
-        self._progress.publish({"type": "progress", **download.progress()})
+        self._on_progress(download.snapshot())
 
     async def cancel(self) -> tuple[bool, str]:
         if not self.running or self.current is None:
             return False, "No download is running"
         download, task = self.current, self._task
         assert task is not None
-        if download.row.phase in ("verifying", "loading"):
+        if download.row.phase in (Phase.VERIFYING, Phase.LOADING):
             # Past the last byte: the file is being checked, renamed and swapped in.
-            doing = "verified" if download.row.phase == "verifying" else "loaded"
+            doing = "verified" if download.row.phase == Phase.VERIFYING else "loaded"
             return False, f"{download.spec.variant} is fully downloaded and is being {doing}"
         if not task.cancelling():  # a second click must not interrupt the first one's cleanup
             task.cancel()
         # The task stops at its next await; waiting here lets the reply tell the truth.
         await asyncio.wait({task}, timeout=CANCEL_WAIT)
+        if download.row.status != Status.CANCELLED:
+            return False, f"{download.spec.variant} could not be stopped in time; try again"
         return True, f"Download of {download.spec.variant} cancelled; the partial file is kept"
 
     async def cleanup(self) -> int:
-        """Delete partial files that no running download owns."""
+        """Delete partial files that no running download owns (catalog variant or not)."""
         async with self._start_lock:  # no download may start on a file being deleted
-            return await self._cleanup()
-
-    async def _cleanup(self) -> int:
-        cleaned = 0
-        for spec in self.catalog:
-            path = part_path(self._settings.models_dir, spec)
-            owned = self.running and self.current is not None and self.current.spec is spec
-            if owned or not path.exists():
-                continue
-            await asyncio.to_thread(path.unlink, missing_ok=True)
-            cleaned += 1
-            row = await self._store.get(spec.variant)
-            if row and row.status != "completed":
-                row.downloaded_size, row.cdn_etag = 0, None
-                await self._store.save(row, [])
-        return cleaned
+            owned = None
+            if self.running and self.current is not None:
+                owned = self.current.partial.path
+            removed = await self.finals.remove_partials(keep=owned)
+            by_file = {row.filename: row for row in await self._store.all()}
+            for name in removed:
+                row = by_file.get(name.removesuffix(".part"))
+                if row and row.status != Status.COMPLETED:
+                    row.downloaded_size, row.cdn_etag = 0, None
+                    await self._store.save(row, [])
+            return len(removed)
 
     async def resume_interrupted(self) -> None:
         """Called at start: finish the story of downloads the last process left running."""
+        await self.finals.load()
         rows = await self._store.all()
         if rows:
             self._last_row = rows[-1]
-        interrupted = [r for r in rows if r.status == "downloading"]
+        interrupted = [r for r in rows if r.status == Status.DOWNLOADING]
         for row in interrupted:
             spec = self.catalog.get(row.variant)
-            if spec and self.is_downloaded(spec):
-                row.status, row.phase = "completed", None  # died while loading the model
+            if spec and self._published_before_death(spec, row):
+                row.status, row.phase = Status.COMPLETED, None  # died while loading the model
             elif spec and self._settings.resume_on_start and row is interrupted[-1]:
                 log.info("resuming the download of %s left running at the last stop", spec.variant)
                 self._launch(spec)
                 continue
             else:
-                row.status, row.phase = "cancelled", None
-            await self._store.save(row)
+                row.status, row.phase = Status.CANCELLED, None
+            await self._store.save(row, [] if row.status == Status.COMPLETED else None)
+
+    def _published_before_death(self, spec: ModelSpec, row: DownloadRow) -> bool:
+        # A forced download is a download until its new file has the final name: an old
+        # final file beside a `.part` (or before any byte) says nothing about this run.
+        if part_path(self._settings.models_dir, spec).exists():
+            return False
+        # The rename happened (the `.part` is gone); the file is checked again in the background.
+        return row.phase in (Phase.VERIFYING, Phase.LOADING) and self.finals.has_size(spec)
 
     async def close(self) -> None:
         """Stop the running download for a shutdown; its partial file and parts are kept."""
-        if self.running and self._task is not None:
-            self._task.cancel()
-            await asyncio.wait({self._task}, timeout=5)
-            # A stop by the daemon is not the user's cancel: the next start resumes it.
-            if self.current is not None and self.current.row.status == "cancelled":
-                self.current.row.status = "downloading"
-                await self._store.save(self.current.row)
+        if not self.running or self._task is None or self.current is None:
+            return
+        self.current.shutting_down = True  # its last record says "downloading": resumed at start
+        self._task.cancel()
+        await asyncio.wait({self._task}, timeout=5)
+        if not self._task.done():
+            # Nothing is written from here: the task's own last record must not be raced.
+            log.warning("the download did not stop within 5 s; its last record stays")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -35,6 +36,20 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
     """,
+    # Progress is recorded often without fsync (tagged with the boot id) and, less often,
+    # after one: `synced` is what survives a power cut. Old rows were only written after one.
+    """
+    ALTER TABLE downloads ADD COLUMN boot_id TEXT;
+    ALTER TABLE parts ADD COLUMN synced INTEGER NOT NULL DEFAULT 0;
+    UPDATE parts SET synced = done;
+    CREATE TABLE verified (
+        filename  TEXT PRIMARY KEY,
+        size      INTEGER NOT NULL,
+        mtime_ns  INTEGER NOT NULL,
+        inode     INTEGER NOT NULL,
+        sha256    TEXT NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -54,6 +69,18 @@ class DownloadRow:
     started_at: float | None = None
     updated_at: float | None = None
     finished_at: float | None = None
+    boot_id: str | None = None  # the kernel boot whose page cache holds the unsynced bytes
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A final file as it was when its sha256 was checked: changed means check again."""
+
+    filename: str
+    size: int
+    mtime_ns: int
+    inode: int
+    sha256: str
 
 
 @dataclass
@@ -63,6 +90,7 @@ class Part:
     start: int
     end: int
     done: int = 0
+    synced: int = 0  # of `done`, bytes an fdatasync has made durable (a power cut keeps them)
 
     @property
     def offset(self) -> int:
@@ -86,6 +114,9 @@ _UPSERT_ROW = (
 class Store:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
+        # One connection is shared by every coroutine: without this lock another coroutine's
+        # commit (or read) could land between the statements of one save.
+        self._lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -123,44 +154,85 @@ class Store:
         async with self._db.execute("PRAGMA user_version") as cur:
             return (await cur.fetchone())[0]
 
+    async def _fetch(self, sql: str, args: tuple = ()) -> list[aiosqlite.Row]:
+        async with self._lock, self._db.execute(sql, args) as cur:
+            return list(await cur.fetchall())
+
+    async def _write(self, statements: list[tuple[str, list | tuple]]) -> None:
+        """Run the statements as one transaction, alone on the connection."""
+        async with self._lock:
+            try:
+                await self._db.execute("BEGIN IMMEDIATE")
+                for sql, args in statements:
+                    if args and isinstance(args[0], (list, tuple)):
+                        await self._db.executemany(sql, args)
+                    else:
+                        await self._db.execute(sql, args)
+                await self._db.commit()
+            except BaseException:
+                await asyncio.shield(self._db.rollback())
+                raise
+
     async def get(self, variant: str) -> DownloadRow | None:
-        async with self._db.execute("SELECT * FROM downloads WHERE variant = ?", (variant,)) as cur:
-            row = await cur.fetchone()
-        return DownloadRow(**dict(row)) if row else None
+        rows = await self._fetch("SELECT * FROM downloads WHERE variant = ?", (variant,))
+        return DownloadRow(**dict(rows[0])) if rows else None
 
     async def all(self) -> list[DownloadRow]:
-        async with self._db.execute("SELECT * FROM downloads ORDER BY updated_at") as cur:
-            return [DownloadRow(**dict(r)) for r in await cur.fetchall()]
+        rows = await self._fetch("SELECT * FROM downloads ORDER BY updated_at")
+        return [DownloadRow(**dict(r)) for r in rows]
 
     async def save(self, row: DownloadRow, parts: list[Part] | None = None) -> None:
-        """Write the row (and, when given, its parts) in one transaction."""
+        """Write the row (and, when given, its parts) in one atomic transaction."""
         row.updated_at = time.time()
         values = asdict(row)
-        await self._db.execute(_UPSERT_ROW, [values[c] for c in _ROW_COLUMNS])
+        statements: list[tuple[str, list | tuple]] = [
+            (_UPSERT_ROW, [values[c] for c in _ROW_COLUMNS])
+        ]
         if parts is not None:
-            await self._db.execute("DELETE FROM parts WHERE variant = ?", (row.variant,))
-            await self._db.executemany(
-                "INSERT INTO parts (variant, start, end, done) VALUES (?, ?, ?, ?)",
-                [(row.variant, p.start, p.end, p.done) for p in parts],
-            )
-        await self._db.commit()
+            statements.append(("DELETE FROM parts WHERE variant = ?", (row.variant,)))
+            if parts:
+                statements.append(
+                    (
+                        "INSERT INTO parts (variant, start, end, done, synced) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        [(row.variant, p.start, p.end, p.done, p.synced) for p in parts],
+                    )
+                )
+        await self._write(statements)
 
     async def parts(self, variant: str) -> list[Part]:
-        async with self._db.execute(
-            "SELECT start, end, done FROM parts WHERE variant = ? ORDER BY start", (variant,)
-        ) as cur:
-            return [Part(r["start"], r["end"], r["done"]) for r in await cur.fetchall()]
+        rows = await self._fetch(
+            "SELECT start, end, done, synced FROM parts WHERE variant = ? ORDER BY start",
+            (variant,),
+        )
+        return [Part(r["start"], r["end"], r["done"], r["synced"]) for r in rows]
 
     async def get_meta(self, key: str) -> str | None:
-        async with self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
-            row = await cur.fetchone()
-        return row[0] if row else None
+        rows = await self._fetch("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
 
     async def set_meta(self, key: str, value: str | None) -> None:
         if value is None:
-            await self._db.execute("DELETE FROM meta WHERE key = ?", (key,))
+            await self._write([("DELETE FROM meta WHERE key = ?", (key,))])
         else:
-            await self._db.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value)
+            await self._write(
+                [("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))]
             )
-        await self._db.commit()
+
+    async def verified(self) -> dict[str, Verified]:
+        rows = await self._fetch("SELECT * FROM verified")
+        return {r["filename"]: Verified(**dict(r)) for r in rows}
+
+    async def set_verified(self, filename: str, record: Verified | None) -> None:
+        statements: list[tuple[str, list | tuple]] = [
+            ("DELETE FROM verified WHERE filename = ?", (filename,))
+        ]
+        if record is not None:
+            statements.append(
+                (
+                    "INSERT INTO verified (filename, size, mtime_ns, inode, sha256) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (record.filename, record.size, record.mtime_ns, record.inode, record.sha256),
+                )
+            )
+        await self._write(statements)

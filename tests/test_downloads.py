@@ -40,7 +40,7 @@ async def test_download_completes_with_the_right_sha256(daemon, mirror, models):
     assert done["status"] == "completed", done
     assert done["progress"] == 100
     assert done["downloaded_size"] == done["total_size"] == models[A].size
-    assert done["speed"] is None and done["eta"] is None
+    assert done["speed"] == 0.0 and done["eta"] is None
     assert sha256_of(final_file(daemon, models[A])) == models[A].sha256
     assert not part_file(daemon, models[A]).exists()
     available = await daemon.get("/models/available")

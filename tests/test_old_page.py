@@ -213,7 +213,6 @@ async def test_old_routes_with_a_key_and_a_failed_load(make_daemon, mirror: Mirr
     assert (await OldPage(daemon, API_KEY).loaded())["loaded_models"] == []
 
 
-@pytest.mark.xfail(reason="speed 0.0 when idle comes with the engine branch (issue 8)")
 async def test_speed_is_a_float_when_idle_as_the_old_response_model_declared(
     make_daemon, mirror: Mirror
 ) -> None:

@@ -2,54 +2,81 @@
 
 from __future__ import annotations
 
-from lawchatd.catalog import ModelSpec
-from lawchatd.config import Settings
-from lawchatd.download import MIN_PART, Download, split_parts
+from lawchatd.download.plan import MIN_PART, PartPlan, tiles
 from lawchatd.store import Part
 
 MiB = 1 << 20
 
 
-def tile(parts: list[Part], size: int) -> bool:
-    return (
-        parts[0].start == 0
-        and parts[-1].end == size
-        and all(a.end == b.start for a, b in zip(parts, parts[1:], strict=False))
-    )
-
-
 def test_split_tiles_the_file_and_keeps_parts_worth_a_connection():
     size = 3825812864
-    parts = split_parts(size, 4)
-    assert len(parts) == 4 and tile(parts, size)
-    assert len(split_parts(MIN_PART * 2, 16)) == 2
-    assert split_parts(1000, 4) == [Part(0, 1000)]
-
-
-def download_with(parts: list[Part], busy: set[int]) -> Download:
-    spec = ModelSpec("v", "o/r", "f.gguf", parts[-1].end)
-    download = Download(
-        spec, settings=Settings(_env_file=None), store=None, hub=None, on_change=print
-    )  # type: ignore[arg-type]
-    download.parts = parts
-    download._busy = set(busy)
-    return download
+    parts = PartPlan.split(size, 4).parts
+    assert len(parts) == 4 and tiles(parts, size)
+    assert len(PartPlan.split(MIN_PART * 2, 16).parts) == 2
+    assert PartPlan.split(1000, 4).parts == [Part(0, 1000)]
 
 
 def test_an_idle_connection_takes_half_of_the_largest_running_part():
     parts = [Part(0, 100 * MiB, 100 * MiB), Part(100 * MiB, 200 * MiB, 10 * MiB),
              Part(200 * MiB, 300 * MiB, 80 * MiB)]  # fmt: skip
-    download = download_with(parts, busy={100 * MiB, 200 * MiB})
-    stolen = download._claim()
+    plan = PartPlan(300 * MiB, parts)
+    plan.busy = {100 * MiB, 200 * MiB}
+    stolen = plan.claim()
     # The largest remainder is the second part's 90 MiB: the new part takes its upper half.
     assert stolen == Part(155 * MiB, 200 * MiB)
-    assert download.parts[1].end == 155 * MiB
-    assert tile(download.parts, 300 * MiB)
-    assert stolen.start in download._busy
+    assert plan.parts[1].end == 155 * MiB
+    assert tiles(plan.parts, 300 * MiB)
+    assert stolen.start in plan.busy
 
 
 def test_unclaimed_parts_come_first_and_small_remainders_are_left_alone():
     parts = [Part(0, 10 * MiB, 2 * MiB), Part(10 * MiB, 16 * MiB)]
-    download = download_with(parts, busy={0})
-    assert download._claim() is parts[1]
-    assert download._claim() is None  # 8 and 6 MiB left: not worth splitting
+    plan = PartPlan(16 * MiB, parts)
+    plan.busy = {0}
+    assert plan.claim() is parts[1]
+    assert plan.claim() is None  # 8 and 6 MiB left: not worth splitting
+
+
+def test_a_steal_never_counts_bytes_twice():
+    plan = PartPlan(20 * MiB, [Part(0, 20 * MiB, 2 * MiB)])
+    plan.busy = {0}
+    stolen = plan.claim()
+    assert stolen == Part(11 * MiB, 20 * MiB)
+    # The first connection had 12 MiB in flight past its old offset: only 9 MiB are its own.
+    assert plan.record(plan.parts[0], 12 * MiB) == 9 * MiB
+    assert plan.parts[0].remaining == 0 and plan.done == 11 * MiB
+    assert plan.frontier() == 11 * MiB
+
+
+def test_the_frontier_is_the_end_of_the_finished_prefix():
+    plan = PartPlan(30, [Part(0, 10, 10), Part(10, 20, 4), Part(20, 30, 10)])
+    assert plan.frontier() == 14 and not plan.complete
+    plan.record(plan.parts[1], 6)
+    assert plan.frontier() == 30 and plan.complete
+
+
+def test_resume_trusts_the_store_only_as_far_as_the_disk_holds():
+    stored = [Part(0, 10, 10, 10), Part(10, 20, 8, 5), Part(20, 30, 9, 0)]
+    plan = PartPlan.resume(30, stored, on_disk=16)
+    assert plan is not None
+    assert [p.done for p in plan.parts] == [10, 6, 0]
+    assert [p.synced for p in plan.parts] == [10, 5, 0]
+    assert PartPlan.resume(30, stored, on_disk=None) is None  # the file is gone
+    assert PartPlan.resume(30, [Part(0, 10), Part(12, 30)], on_disk=30) is None  # a gap
+    assert PartPlan.resume(40, stored, on_disk=30) is None  # another size
+
+
+def test_after_a_reboot_only_synced_bytes_are_trusted():
+    from lawchatd.download.journal import boot_id, trusted
+
+    here = [Part(0, 10, 8, 3)]
+    assert trusted(here, boot_id())[0].done == 8  # a killed process: the page cache has them
+    other = [Part(0, 10, 8, 3)]
+    assert trusted(other, "another-boot")[0].done == 3  # a reboot: only what was fsynced
+
+
+def test_one_stream_keeps_the_finished_prefix_and_what_is_durable():
+    plan = PartPlan(30, [Part(0, 10, 10, 10), Part(10, 20, 7, 4), Part(20, 30, 10, 10)])
+    single = plan.one_stream()
+    assert single.parts == [Part(0, 30, 17, 14)]
+    assert single.frontier() == 17

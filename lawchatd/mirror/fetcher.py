@@ -92,7 +92,7 @@ class EngineFetch:
 
     @property
     def part_file(self) -> Path:
-        return self._download.path
+        return self._download.partial.path
 
     @property
     def verified_file(self) -> Path:
@@ -104,14 +104,15 @@ class EngineFetch:
     def available(self, offset: int) -> int:
         """The end of the bytes on disk that run without a gap from `offset`."""
         end = offset
-        for part in sorted(self._download.parts, key=lambda p: p.start):
+        plan = self._download.plan
+        for part in sorted(plan.parts if plan else [], key=lambda p: p.start):
             if part.start <= end < part.start + part.done:
                 end = part.start + part.done
         return end
 
     async def run(self) -> Path:
         await self._download.run()
-        row = self._download.row
-        if row.status != "completed":
+        if self._download.published is None:
+            row = self._download.row
             raise FetchFailed(row.error or f"the download ended {row.status}")
         return self.verified_file

@@ -34,6 +34,7 @@ from lawchatd.web.keys import (
     WEBSOCKETS,
 )
 from lawchatd.web.openai_errors import openai_errors
+from lawchatd.web.routes_compat import progress_message
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent.parent.parent / "static"
@@ -118,17 +119,16 @@ async def _downloads(app: web.Application) -> AsyncIterator[None]:
         app[CATALOG],
         app[STORE],
         HubClient(session, settings.hf_endpoint, token),
-        app[PROGRESS],
+        lambda snap: app[PROGRESS].publish(progress_message(snap)),
         on_verified=activator.activate if settings.autoload else None,
     )
     app[MANAGER] = manager
     await manager.resume_interrupted()
-    downloaded = {
-        spec.variant: (spec, manager.final_path(spec))
-        for spec in app[CATALOG]
-        if manager.is_downloaded(spec)
-    }
-    restoring = asyncio.create_task(activator.restore(downloaded))
+
+    async def restore() -> None:  # after changed final files are checked again
+        await activator.restore(await manager.downloaded_files())
+
+    restoring = asyncio.create_task(restore())
     yield
     restoring.cancel()
     await manager.close()

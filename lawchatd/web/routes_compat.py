@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
 
+from lawchatd.download import Snapshot
 from lawchatd.manager import Busy, NotEnoughSpace, UnknownVariant
 from lawchatd.web.errors import error, read_json
 from lawchatd.web.keys import CATALOG, MANAGER
@@ -16,6 +17,31 @@ class DownloadRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model_variant: StrictStr
     force: StrictBool = False
+
+
+def progress_fields(snap: Snapshot) -> dict:
+    """The contract's PROGRESS object: `speed` a number (0.0 unless downloading), `eta` null
+    unless downloading."""
+    fields = {
+        "model_variant": snap.variant,
+        "progress": round(100 * snap.done / snap.total, 2) if snap.total else 0,
+        "status": str(snap.status),
+        "error": snap.error,
+        "total_size": snap.total,
+        "downloaded_size": snap.done,
+        "speed": round(snap.speed, 1),
+        "eta": snap.eta,
+        "phase": str(snap.phase) if snap.phase else None,
+        "retries": snap.retries,
+    }
+    if snap.note:
+        fields["message"] = snap.note
+    return fields
+
+
+def progress_message(snap: Snapshot) -> dict:
+    """The WebSocket's `progress` message."""
+    return {"type": "progress", **progress_fields(snap)}
 
 
 async def available_models(app: web.Application) -> dict:
@@ -41,10 +67,13 @@ async def get_available(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "available_models": await available_models(request.app),
-            "download_status": request.app[MANAGER].progress(),
+            "download_status": progress_fields(request.app[MANAGER].snapshot()),
         }
     )
 
+
+# The user errors of the download manager, and the status each gets.
+_HTTP_STATUS: dict[type[Exception], int] = {UnknownVariant: 400, Busy: 409, NotEnoughSpace: 507}
 
 _MESSAGES = {
     "download_started": "Download of {} started",
@@ -58,12 +87,8 @@ async def post_download(request: web.Request) -> web.Response:
     body = await read_json(request, DownloadRequest)
     try:
         status = await request.app[MANAGER].start(body.model_variant, force=body.force)
-    except UnknownVariant as exc:
-        raise error(400, str(exc)) from None
-    except Busy as exc:
-        raise error(409, str(exc)) from None
-    except NotEnoughSpace as exc:
-        raise error(507, str(exc)) from None
+    except tuple(_HTTP_STATUS) as exc:
+        raise error(_HTTP_STATUS[type(exc)], str(exc)) from None
     return web.json_response(
         {
             "message": _MESSAGES[status].format(body.model_variant),
@@ -76,7 +101,7 @@ async def post_download(request: web.Request) -> web.Response:
 
 @routes.get("/models/download-progress")
 async def get_progress(request: web.Request) -> web.Response:
-    return web.json_response(request.app[MANAGER].progress())
+    return web.json_response(progress_fields(request.app[MANAGER].snapshot()))
 
 
 @routes.post("/models/cancel-download")

@@ -9,7 +9,7 @@ import logging
 from aiohttp import WSCloseCode, web
 
 from lawchatd.web.keys import MANAGER, MODEL_HOST, PROGRESS, WEBSOCKETS
-from lawchatd.web.routes_compat import available_models
+from lawchatd.web.routes_compat import available_models, progress_fields
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -29,7 +29,7 @@ async def ws_progress(request: web.Request) -> web.WebSocketResponse:
         await ws.send_json(
             {
                 "type": "snapshot",
-                **app[MANAGER].progress(),
+                **progress_fields(app[MANAGER].snapshot()),
                 "available_models": await available_models(app),
                 "loaded_model": app[MODEL_HOST].status(),
             }

@@ -1,0 +1,256 @@
+"""One connection filling one part: the request, the checks on the answer, the byte loop.
+
+Every byte that arrives reaches the file, even when the connection then drops: the retry
+re-fetches at most what was in flight. A bandwidth limiter plugs in at one place (`_take`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Protocol
+
+import aiohttp
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from lawchatd.download.errors import (
+    ConnectionLost,
+    DownloadFailed,
+    OneStream,
+    RangeRefused,
+    RestartFromZero,
+    Transient,
+    describe,
+    disk_error,
+)
+from lawchatd.download.partial import PartialFile
+from lawchatd.download.plan import PartPlan
+from lawchatd.hub import HubClient, HubError, TransientHubError, is_transient
+from lawchatd.store import Part
+
+WRITE_SIZE = 2 << 20  # bytes gathered before one write: few thread hops, little memory
+FLUSH_SECONDS = 0.05  # a slow line still writes often: a kill loses little, progress moves
+MAX_WAIT = 600.0  # the longest Retry-After honoured as given
+RETRYABLE = (aiohttp.ClientError, TimeoutError, ConnectionError, Transient, TransientHubError)
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_RATELIMIT_T = re.compile(r"\bt=(\d+)")
+
+
+class Limiter(Protocol):
+    async def acquire(self, nbytes: int) -> None: ...
+
+
+@dataclass
+class Link:
+    """Where the bytes are, shared by every connection of one download."""
+
+    hub: HubClient
+    url: URL | None = None  # None: resolve again before the next request
+    etag: str | None = None  # the CDN's own strong ETag for the bytes on disk (If-Range)
+    refusals: int = 0  # 200s in a row to ranged requests for the same file
+    single_stream: bool = False  # the server keeps refusing ranges: one stream, skip the prefix
+
+
+@dataclass
+class Counters:
+    fetched: int = 0  # bytes taken from the network, skipped ones included
+    retries: int = 0
+    restarts: int = 0
+
+
+class Backoff(Protocol):
+    async def __call__(self, delay: float, exc: BaseException, note: str | None) -> None: ...
+
+
+class Fetcher:
+    def __init__(
+        self,
+        link: Link,
+        partial: PartialFile,
+        plan: PartPlan,
+        *,
+        counters: Counters,
+        max_retries: int,
+        backoff_base: float,
+        backoff: Backoff,
+        resolve: Callable[[], Awaitable[None]] | None = None,
+        on_written: Callable[[], None] = lambda: None,
+        limiter: Limiter | None = None,
+        range_tries: int = 3,
+    ) -> None:
+        self._link, self._partial, self._plan = link, partial, plan
+        self._counters = counters
+        self._max_retries, self._backoff_base = max_retries, backoff_base
+        self._backoff = backoff
+        self._resolve = resolve
+        self._on_written = on_written
+        self._limiter = limiter
+        self._range_tries = range_tries
+
+    async def fill(self, part: Part) -> None:
+        """Fetch the part to its (possibly moving) end, retrying what a retry may cure."""
+        failures = 0
+        while part.remaining > 0:
+            before = part.done
+            try:
+                await self._attempt(part)
+            except RETRYABLE as exc:
+                failures = 1 if part.done > before else failures + 1
+                if failures > self._max_retries:
+                    raise DownloadFailed(
+                        f"connection lost: {describe(exc)} (gave up after {self._max_retries} "
+                        "retries; the partial file is kept)"
+                    ) from exc
+                self._counters.retries += 1
+                await self._backoff(self._delay(failures, exc), exc, getattr(exc, "note", None))
+
+    def _delay(self, failures: int, exc: BaseException) -> float:
+        wait = getattr(exc, "wait", None)
+        if wait is not None:
+            return min(wait, MAX_WAIT)
+        return min(30.0, self._backoff_base * 2 ** (failures - 1))
+
+    async def _attempt(self, part: Part) -> None:
+        link = self._link
+        if link.url is None:
+            if self._resolve is None:
+                raise DownloadFailed("the file's address expired and cannot be renewed")
+            try:
+                await self._resolve()
+            except HubError as exc:
+                raise DownloadFailed(str(exc)) from exc
+        assert link.url is not None
+        end = None if part.end == self._plan.size else part.end
+        async with link.hub.get_range(link.url, part.offset, end, link.etag) as resp:
+            skip = self._check(resp, part, ranged=part.offset > 0 or end is not None)
+            await self._stream(resp, part, skip)
+        if part.remaining > 0:
+            raise ConnectionLost(f"the server closed the connection {part.remaining} bytes early")
+
+    def _check(self, resp: aiohttp.ClientResponse, part: Part, ranged: bool) -> int:
+        """Raise unless the answer continues the part; return the bytes to skip first."""
+        status, headers = resp.status, resp.headers
+        if is_transient(status):
+            wait = retry_after(headers)
+            note = None
+            if status == 429:
+                note = "rate limited by the Hub" + (f", retrying in {wait:g} s" if wait else "")
+            raise Transient(f"the server answered {status} {resp.reason}", wait=wait, note=note)
+        if status in (401, 403, 404, 410):
+            self._link.url = None  # a presigned URL may have expired: resolve again first
+            raise Transient(f"the file server answered {status} {resp.reason}")
+        if status == 416:
+            raise RestartFromZero("the server cannot satisfy the range of the partial file")
+        if status not in (200, 206):
+            raise DownloadFailed(f"the file server answered {status} {resp.reason}")
+        encoding = headers.get("Content-Encoding", "identity").lower()
+        if encoding != "identity":
+            raise Transient(f"the server compressed the bytes ({encoding}) despite identity")
+        etag = headers.get("ETag")
+        strong = etag if etag and not etag.startswith("W/") else None
+        if status == 200:
+            return self._whole_file(strong, part, ranged)
+        match = _CONTENT_RANGE.match(headers.get("Content-Range", ""))
+        if not match or int(match[1]) != part.offset:
+            raise Transient(
+                f"the server sent {headers.get('Content-Range')!r} for bytes from {part.offset}"
+            )
+        if self._link.etag is None and strong:
+            self._link.etag = strong  # If-Range must carry the CDN's own ETag, never the sha256
+        self._link.refusals = 0  # only refusals in a row lead to one stream
+        return 0
+
+    def _whole_file(self, etag: str | None, part: Part, ranged: bool) -> int:
+        link = self._link
+        if not ranged or part.offset == 0:  # the stream starts where the part does
+            link.etag = link.etag or etag
+            return 0
+        if link.etag is not None and etag is not None and etag != link.etag:
+            raise RestartFromZero("the server sent another version of the file to a range request")
+        # Without two validators to compare, the sha256 check at the end still guards.
+        # The same file, ranges ignored (a proxy, a CDN edge): ask again a few times, then
+        # read one stream and skip to where the part goes on.
+        if not link.single_stream:
+            link.refusals += 1
+            if link.refusals < self._range_tries:
+                raise RangeRefused("the server ignored the byte range; asking again")
+            link.single_stream = True
+            raise OneStream("the server keeps ignoring byte ranges: going on with one stream")
+        self._counters.restarts += 1
+        if self._counters.restarts > self._max_retries:
+            raise DownloadFailed(
+                "the server ignores byte ranges and the connection keeps dropping: gave up after "
+                f"{self._max_retries} restarts from the start of the file; the partial file is kept"
+            )
+        return part.offset
+
+    async def _stream(self, resp: aiohttp.ClientResponse, part: Part, skip: int) -> None:
+        # Chunks are kept as they arrive and written with one pwritev: no copy into a buffer.
+        chunks: list = []
+        buffered = 0
+        flush_at = time.monotonic() + FLUSH_SECONDS
+        try:
+            async for chunk in resp.content.iter_any():
+                await self._take(len(chunk))
+                if skip:
+                    if len(chunk) <= skip:
+                        skip -= len(chunk)
+                        continue
+                    chunk, skip = memoryview(chunk)[skip:], 0
+                chunks.append(chunk)
+                buffered += len(chunk)
+                if buffered >= part.remaining:  # another connection may own the rest now
+                    chunks = clip(chunks, part.remaining)
+                    break
+                if buffered >= WRITE_SIZE or time.monotonic() >= flush_at:
+                    pending, chunks, buffered = chunks, [], 0
+                    await self._write(part, pending)
+                    flush_at = time.monotonic() + FLUSH_SECONDS
+        finally:
+            # Whatever ends the loop (a drop, a stall, a cancel), what arrived is kept.
+            if chunks:
+                await self._write(part, chunks)
+
+    async def _take(self, nbytes: int) -> None:
+        self._counters.fetched += nbytes
+        if self._limiter is not None:
+            await self._limiter.acquire(nbytes)
+
+    async def _write(self, part: Part, chunks: list) -> None:
+        try:
+            written = await self._partial.write(chunks, part.offset)
+        except OSError as exc:
+            raise disk_error(exc, self._partial.path, self._plan.done, self._plan.size) from exc
+        self._plan.record(part, written)
+        self._on_written()
+
+
+def retry_after(headers: CIMultiDictProxy[str]) -> float | None:
+    """Seconds the server asks us to wait: Retry-After (seconds or a date) or RateLimit t=."""
+    waits = []
+    value = headers.get("Retry-After", "").strip()
+    if value.isdigit():
+        waits.append(float(value))
+    elif value:
+        with contextlib.suppress(TypeError, ValueError):
+            waits.append(max(0.0, parsedate_to_datetime(value).timestamp() - time.time()))
+    if match := _RATELIMIT_T.search(headers.get("RateLimit", "")):
+        waits.append(float(match[1]))
+    return max(waits) if waits else None
+
+
+def clip(chunks: list, limit: int) -> list:
+    """The first `limit` bytes of `chunks`."""
+    kept, total = [], 0
+    for chunk in chunks:
+        if total + len(chunk) >= limit:
+            kept.append(memoryview(chunk)[: limit - total])
+            return kept
+        kept.append(chunk)
+        total += len(chunk)
+    return kept

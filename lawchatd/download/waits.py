@@ -1,0 +1,66 @@
+"""Backoff waits, shown in the progress: phase `retrying` while any connection waits, and why."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from lawchatd.download.errors import DownloadFailed, describe
+from lawchatd.download.fetcher import MAX_WAIT, RETRYABLE, Counters
+from lawchatd.download.status import Phase, Status
+from lawchatd.store import DownloadRow
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Waits:
+    def __init__(
+        self,
+        row: DownloadRow,
+        set_phase: Callable[[str | None], None],
+        counters: Counters,
+        *,
+        log_as: str,
+    ) -> None:
+        self._row, self._set_phase, self._name = row, set_phase, log_as
+        self._counters = counters
+        self._sleepers = 0
+        self._phase_before: str | None = None
+        self.note: str | None = None  # why the download waits, in words
+
+    def follow(self, row: DownloadRow) -> None:
+        self._row = row  # the row read from the store replaced the fresh one
+
+    async def wait(self, delay: float, exc: BaseException, note: str | None) -> None:
+        log.warning("%s: %s; retry in %.1fs", self._name, describe(exc), delay)
+        if not self._sleepers:
+            self._phase_before = self._row.phase
+        self._sleepers += 1
+        self.note = note or f"{describe(exc)}; retrying in {delay:.3g} s"
+        self._set_phase(Phase.RETRYING)
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            self._sleepers -= 1
+            if not self._sleepers and self._row.status == Status.DOWNLOADING:
+                self._set_phase(self._phase_before)
+
+    async def retry(
+        self, attempt: Callable[[], Awaitable[T]], max_retries: int, backoff: float
+    ) -> T:
+        """`attempt()` until it succeeds, waiting between tries; DownloadFailed at the limit."""
+        failures = 0
+        while True:
+            try:
+                return await attempt()
+            except RETRYABLE as exc:
+                failures += 1
+                if failures > max_retries:
+                    raise DownloadFailed(f"cannot reach the Hub: {describe(exc)}") from exc
+                self._counters.retries += 1
+                wait = getattr(exc, "wait", None)
+                delay = wait if wait is not None else backoff * 2**failures
+                await self.wait(min(delay, MAX_WAIT), exc, getattr(exc, "note", None))

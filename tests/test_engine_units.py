@@ -1,0 +1,196 @@
+"""The engine's parts on their own: store transactions, the partial file, the fetcher, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import aiohttp
+import aiosqlite
+import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from lawchatd.catalog import Catalog, ModelSpec
+from lawchatd.config import Settings
+from lawchatd.download.errors import DownloadFailed, unexpected
+from lawchatd.download.fetcher import Counters, Fetcher, Link, retry_after
+from lawchatd.download.partial import PartialFile
+from lawchatd.download.plan import PartPlan
+from lawchatd.hub import HubClient
+from lawchatd.manager import DownloadManager
+from lawchatd.store import DownloadRow, Part, Store
+from tests.flaky_hub import Faults, FlakyHub, start_flaky_hub
+
+DATA = os.urandom(3 << 20)
+KEPT = 1000
+
+
+# ---- the store: one save is one transaction ------------------------------------------------
+
+
+async def test_a_save_is_one_transaction_even_with_other_writers(tmp_path: Path):
+    store = await Store.open(tmp_path / "db.sqlite3")
+    statements: list[str] = []
+    await store._db.set_trace_callback(statements.append)
+    row = DownloadRow("v", "f.gguf", "downloading", total_size=100)
+    parts = [Part(0, 50, 10), Part(50, 100, 5)]
+    await asyncio.gather(
+        *(store.save(row, parts) for _ in range(5)),
+        *(store.set_meta("k", str(i)) for i in range(5)),
+    )
+    await store._db.set_trace_callback(None)
+    # Between a save's DELETE of its parts and their INSERT, nobody commits.
+    for i, sql in enumerate(statements):
+        if sql.startswith("DELETE FROM parts"):
+            assert statements[i + 1].startswith("INSERT INTO parts"), statements[i : i + 3]
+    assert await store.parts("v") == parts
+    await store.close()
+
+
+async def test_a_failed_save_changes_nothing(tmp_path: Path):
+    store = await Store.open(tmp_path / "db.sqlite3")
+    row = DownloadRow("v", "f.gguf", "downloading", total_size=100)
+    await store.save(row, [Part(0, 100, 40)])
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.save(row, [Part(0, 50, 1), Part(0, 100, 2)])  # the same start twice
+    assert await store.parts("v") == [Part(0, 100, 40)]
+    await store.close()
+
+
+# ---- the partial file: closed only after its threads ---------------------------------------
+
+
+async def test_aclose_waits_for_a_thread_whose_await_was_cancelled(tmp_path: Path):
+    partial = PartialFile(tmp_path / "f.part")
+    await partial.open(truncate=True)
+    finished = []
+
+    def slow_write(fd: int) -> None:
+        time.sleep(0.3)
+        os.pwrite(fd, b"late bytes", 0)  # EBADF (or another file!) if fd were closed
+        finished.append(True)
+
+    task = asyncio.create_task(partial.run(slow_write))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await partial.aclose()
+    assert finished == [True]
+    assert (tmp_path / "f.part").read_bytes() == b"late bytes"
+
+
+# ---- the fetcher against a real server -----------------------------------------------------
+
+
+async def fetch_with(hub: FlakyHub, tmp_path: Path, **fetcher_args) -> tuple[bytes, Counters]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        link = Link(HubClient(session, hub.url, None), url=hub.cdn_url + "/blob/f.gguf")
+        partial = PartialFile(tmp_path / "f.part")
+        await partial.open(truncate=True)
+        await partial.write([DATA[:KEPT]], 0)  # a resume: every request is ranged
+        plan = PartPlan(len(DATA), [Part(0, len(DATA), KEPT)])
+        counters = Counters()
+        waits: list[float] = []
+
+        async def backoff(delay: float, exc: BaseException, note: str | None) -> None:
+            waits.append(delay)
+
+        fetcher = Fetcher(
+            link, partial, plan, counters=counters, max_retries=3, backoff_base=0.0,
+            backoff=backoff, **fetcher_args,
+        )  # fmt: skip
+        try:
+            await fetcher.fill(plan.claim())  # type: ignore[arg-type]
+        finally:
+            await partial.aclose()
+        counters.waits = waits  # type: ignore[attr-defined]
+        return (tmp_path / "f.part").read_bytes(), counters
+
+
+@pytest.fixture
+async def cdn():
+    hub = await start_flaky_hub({"f.gguf": DATA}, Faults(seed=3))
+    yield hub
+    await hub.close()
+
+
+async def test_the_fetcher_survives_drops_stalls_and_503_without_losing_bytes(cdn, tmp_path):
+    for kind in ("drop", "503", "short_206", "drop", "wrong_range", "429"):
+        cdn.faults.queue(kind)
+    cdn.faults.retry_after = 0
+    data, counters = await fetch_with(cdn, tmp_path)
+    assert hashlib.sha256(data).digest() == hashlib.sha256(DATA).digest()
+    assert counters.retries == 6
+    lost = cdn.bytes_served - (len(DATA) - KEPT)
+    assert lost <= 4 * (256 << 10), lost  # at most what was in flight at each drop
+
+
+async def test_ranged_requests_ask_for_identity_and_refuse_a_compressed_206(cdn, tmp_path):
+    cdn.faults.queue("gzip_206")
+    data, counters = await fetch_with(cdn, tmp_path)
+    assert data == DATA and counters.retries == 1
+    assert [r.accept_encoding for r in cdn.requests] == ["identity", "identity"]
+
+
+def headers(**values: str) -> CIMultiDictProxy[str]:
+    return CIMultiDictProxy(CIMultiDict({k.replace("_", "-"): v for k, v in values.items()}))
+
+
+def test_retry_after_reads_seconds_dates_and_the_hubs_ratelimit():
+    assert retry_after(headers(Retry_After="7")) == 7
+    assert retry_after(headers(RateLimit='"resolvers";r=0;t=23')) == 23
+    assert retry_after(headers(Retry_After="2", RateLimit='"api";r=0;t=5')) == 5
+    later = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 60))
+    assert 55 <= retry_after(headers(Retry_After=later)) <= 61  # type: ignore[operator]
+    assert retry_after(headers(Retry_After="soon")) is None
+    assert retry_after(headers()) is None
+
+
+# ---- errors in words -----------------------------------------------------------------------
+
+
+def test_unexpected_errors_are_sentences_not_taskgroup_texts():
+    group = ExceptionGroup(
+        "unhandled errors in a TaskGroup", [PermissionError(13, "Permission denied", "/m/f.part")]
+    )
+    text = unexpected(group)
+    assert "TaskGroup" not in text and "Permission denied (/m/f.part)" in text
+    db = unexpected(sqlite3.OperationalError("attempt to write a readonly database"))
+    assert "state database cannot be written" in db and "writable" in db
+    nested = ExceptionGroup(
+        "x", [ValueError("v"), ExceptionGroup("y", [DownloadFailed("disk full")])]
+    )
+    assert "disk full" in unexpected(nested)
+
+
+# ---- a store that cannot be written --------------------------------------------------------
+
+
+async def test_a_read_only_store_ends_the_download_in_an_error_not_downloading(tmp_path):
+    store = await Store.open(tmp_path / "db.sqlite3")
+    await store.close()
+    db = await aiosqlite.connect(f"file:{tmp_path / 'db.sqlite3'}?mode=ro", uri=True)
+    db.row_factory = aiosqlite.Row
+    read_only = Store(db)
+    spec = ModelSpec("v", "o/r", "f.gguf", len(DATA))
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data")  # type: ignore[call-arg]
+    seen = []
+    async with aiohttp.ClientSession() as session:
+        manager = DownloadManager(
+            settings, Catalog([spec]), read_only, HubClient(session, "http://127.0.0.1:9", None),
+            seen.append,
+        )  # fmt: skip
+        await manager.start("v")
+        assert manager._task is not None
+        await asyncio.wait({manager._task}, timeout=10)
+        snap = manager.snapshot()
+        assert snap.status == "error", snap
+        assert "state database cannot be written" in (snap.error or "")
+        assert await manager.cancel() == (False, "No download is running")
+        assert seen[-1].status == "error"
+    await db.close()
