@@ -6,14 +6,18 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
+from lawchatd.chat_types import Chunk, Completion, Sampling
 from lawchatd.modelhost import (
     ModelHostError,
+    ModelWaitTimeout,
     NoModelLoaded,
     PromptTooLong,
     QueueFull,
@@ -49,10 +53,28 @@ class ChatRequest(BaseModel):
     top_p: float = Field(default=0.95, gt=0, le=1)
     stop: StrictStr | list[StrictStr] | None = None
     seed: int | None = None
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    logit_bias: dict[int, float] = Field(default_factory=dict)
+    response_format: dict[str, Any] | None = None
     stream: StrictBool = False
 
-    def chat_args(self) -> dict[str, Any]:
-        return self.model_dump(include={"max_tokens", "temperature", "top_p", "stop", "seed"})
+    def sampling(self) -> Sampling:
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        kind = (self.response_format or {}).get("type", "text")
+        if kind not in ("text", "json_object"):
+            raise error(400, f"response_format.type {kind!r} is not supported (json_object is)")
+        return Sampling(
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            stop=stop,
+            seed=self.seed,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            logit_bias={int(k): max(-100.0, min(100.0, v)) for k, v in self.logit_bias.items()},
+            json_object=kind == "json_object",
+        )
 
     def message_dicts(self) -> list[dict[str, str]]:
         return [m.model_dump() for m in self.messages]
@@ -79,6 +101,7 @@ async def list_models(request: web.Request) -> web.Response:
                 "object": "model",
                 "created": host.loaded_timestamp,
                 "owned_by": "lawchatd",
+                "n_ctx": status["n_ctx"],
             }
         )
     return web.json_response({"object": "list", "data": data})
@@ -92,23 +115,85 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         llama2_turns(messages)  # order of roles; the types were checked above
     except ValueError as exc:
         raise error(422, str(exc)) from None
-    if host.context_length is None:
-        raise error(503, "No model is loaded")
-    if body.max_tokens is not None and body.max_tokens > host.context_length:
-        raise error(422, f"max_tokens: must be at most {host.context_length} (n_ctx)")
+    n_ctx = host.context_length  # None while a swap unloads first: the host waits then
+    if n_ctx is not None and body.max_tokens is not None and body.max_tokens > n_ctx:
+        raise error(422, f"max_tokens: must be at most {n_ctx} (n_ctx)")
+    sampling = body.sampling()
     try:
         if body.stream:
-            return await _sse(request, host.chat_stream(messages, **body.chat_args()))
-        return web.json_response(await host.chat(messages, **body.chat_args()))
+            return await _sse(request, _openai_chunks(host.chat_stream(messages, sampling)))
+        return web.json_response(_openai_completion(await host.chat(messages, sampling)))
     except ModelHostError as exc:
         raise _http_error(exc) from None
+    except ValueError as exc:  # e.g. a logit_bias token outside the vocabulary
+        raise error(400, str(exc)) from None
 
 
 def _http_error(exc: ModelHostError) -> web.HTTPException:
+    if isinstance(exc, ModelWaitTimeout):
+        http = error(503, str(exc))
+        http.headers["Retry-After"] = str(exc.retry_after)
+        return http
     for kind, status in _STATUS_OF:
         if isinstance(exc, kind):
             return error(status, str(exc))
     return error(500, str(exc))
+
+
+def _head(kind: str, variant: str) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": kind,
+        "created": int(time.time()),
+        "model": variant,
+    }
+
+
+def _usage(c: Completion | Chunk) -> dict[str, int]:
+    assert c.usage is not None
+    u = c.usage
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.total_tokens,
+    }
+
+
+def _openai_completion(c: Completion) -> dict[str, Any]:
+    return {
+        **_head("chat.completion", c.model_variant),
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": c.text},
+                "finish_reason": c.finish_reason,
+            }
+        ],
+        "usage": _usage(c),
+    }
+
+
+async def _openai_chunks(chunks: AsyncIterator[Chunk]) -> AsyncIterator[dict[str, Any]]:
+    """chat.completion.chunk objects: the role, content deltas, finish_reason (with usage).
+    Closing this closes ``chunks``, which cancels the request in the model host."""
+    async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+        head: dict[str, Any] | None = None
+        async for chunk in chunks:
+            if head is None:
+                head = _head("chat.completion.chunk", chunk.model_variant)
+                yield {**head, "choices": [_choice({"role": "assistant", "content": ""})]}
+            if chunk.text:
+                yield {**head, "choices": [_choice({"content": chunk.text})]}
+            if chunk.finish_reason is not None:
+                yield {
+                    **head,
+                    "choices": [_choice({}, chunk.finish_reason)],
+                    "usage": _usage(chunk),
+                }
+
+
+def _choice(delta: dict[str, str], finish_reason: str | None = None) -> dict[str, Any]:
+    return {"index": 0, "delta": delta, "finish_reason": finish_reason}
 
 
 async def _sse(request: web.Request, chunks: AsyncIterator[dict[str, Any]]) -> web.StreamResponse:

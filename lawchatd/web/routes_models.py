@@ -8,7 +8,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, StrictStr
 
 from lawchatd.manager import UnknownVariant
-from lawchatd.modelhost import LoadInProgress, ModelLoadError
+from lawchatd.modelhost import LoadInProgress, ModelLoadError, ModelTooLarge
 from lawchatd.web.errors import error, read_json
 from lawchatd.web.keys import ACTIVATOR, CATALOG, MANAGER, MODEL_HOST
 
@@ -37,6 +37,8 @@ async def post_load(request: web.Request) -> web.Response:
     try:
         # Shielded: a client that hangs up does not abort a swap half-way.
         await asyncio.shield(task)
+    except ModelTooLarge as exc:
+        raise error(507, f"Loading {spec.variant} refused: {exc}") from None
     except ModelLoadError as exc:
         raise error(500, f"Loading {spec.variant} failed: {exc}") from None
     return web.json_response(request.app[MODEL_HOST].status())
