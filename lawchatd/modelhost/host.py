@@ -203,6 +203,8 @@ class ModelHost:
         self._arm_idle()
 
     async def _load(self, variant: str, path: Path) -> _Model:
+        if not path.is_file():
+            raise ModelLoadError(f"model file not found: {path}")
         try:
             shape = await asyncio.to_thread(read_shape, path)
         except (OSError, GGUFMetaError) as exc:
@@ -385,7 +387,8 @@ class ModelHost:
         while True:
             model = await self._answering_model()
             engine = model.engine
-            if len(engine.waiting) + self._waiting_for_model >= self.queue_limit:
+            would_wait = engine.load >= self.parallel
+            if would_wait and len(engine.waiting) >= self.queue_limit:
                 self.chat_rejected += 1
                 raise QueueFull(f"Too many requests are waiting for the model ({self.queue_limit})")
             prompt = await engine.run_in_thread(self._encode, model, messages, s)
