@@ -203,10 +203,10 @@ class ModelHost:
         self._arm_idle()
 
     async def _load(self, variant: str, path: Path) -> _Model:
-        if not path.is_file():
-            raise ModelLoadError(f"model file not found: {path}")
         try:
             shape = await asyncio.to_thread(read_shape, path)
+        except FileNotFoundError:
+            raise ModelLoadError(f"model file not found: {path}") from None
         except (OSError, GGUFMetaError) as exc:
             raise ModelLoadError(f"could not load {path.name}: {exc}") from None
         old = self._current

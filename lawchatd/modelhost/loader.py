@@ -1,6 +1,6 @@
 """Open a GGUF as a llama.cpp model plus one context with a slot per parallel sequence.
 
-Runs in a worker thread. The weights are read into memory (``use_mmap=False``): llama.cpp
+Runs in a worker thread. The weights are read into memory (``load_mode NONE, not mmap``): llama.cpp
 repacks Q4_0 weights for the CPU kernels into a buffer of its own, and with mmap the file's
 pages stay resident beside that copy (measured on the 7B shape: 2x the weights in RSS). The
 KV cache is unified: every sequence may use the whole context, they share its cells.
@@ -21,6 +21,7 @@ from lawchatd.modelhost import llamalog
 from lawchatd.modelhost.errors import ModelLoadError
 
 N_BATCH = 512  # tokens per llama_decode: llama-cpp-python's default
+LOAD_MODE = llama_cpp.LLAMA_LOAD_MODE_NONE  # read, not mmap: see the module doc
 
 
 @dataclass(eq=False)
@@ -53,7 +54,7 @@ def open_model(
     errors = llamalog.collect_errors()
     try:
         mparams = llama_cpp.llama_model_default_params()
-        mparams.use_mmap = False
+        mparams.load_mode = LOAD_MODE
         if n_gpu_layers is not None:
             mparams.n_gpu_layers = n_gpu_layers
         model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
