@@ -92,6 +92,7 @@ class Engine:
         self.closed = asyncio.Event()
         self.last_used = time.monotonic()
         self.tokens_generated = 0
+        self.steps = 0  # llama_decode calls
         self._task = asyncio.ensure_future(self._run())
 
     # --- loop side API ---
@@ -146,6 +147,7 @@ class Engine:
                     log.exception("llama_decode failed; the requests in this step fail")
                     self._fail_all(ModelHostError(f"the model failed: {exc}"))
                     continue
+                self.steps += 1
                 if result is _KV_FULL:
                     self._preempt()
                 else:
