@@ -95,3 +95,22 @@ def test_text_out_holds_back_a_possible_stop_and_whole_characters() -> None:
     assert t.feed(b"D tail") == ("", True)
     cut = TextOut(())
     assert cut.feed("€".encode()[:2]) == ("", False) and cut.flush() == "\ufffd"
+
+
+async def test_a_follow_up_reuses_the_cached_conversation(host: ModelHost) -> None:
+    engine = host._current.engine  # type: ignore[union-attr]
+    first = await host.chat(USER, Sampling(max_tokens=20, temperature=0))
+    follow_up = [*USER, {"role": "assistant", "content": first.text}, *USER]
+    fed = engine.prompt_tokens_fed
+    again = await host.chat(follow_up, Sampling(max_tokens=5, temperature=0))
+    # The first prompt's cells are reused; the answer is re-tokenized from text (" " + it),
+    # so the cache may part from there.
+    assert engine.prompt_tokens_fed - fed <= again.usage.prompt_tokens - first.usage.prompt_tokens
+    cold = ModelHost(n_ctx=1024, parallel=1)  # the same answer without any cache
+    await cold.load("a", host._current.path)  # type: ignore[union-attr]
+    try:
+        assert (
+            await cold.chat(follow_up, Sampling(max_tokens=5, temperature=0))
+        ).text == again.text
+    finally:
+        await cold.close()

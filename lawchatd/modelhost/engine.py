@@ -11,9 +11,11 @@ Threads: state lives on the event loop; only ``_step`` runs in the engine's own 
 touches llama.cpp (KV removals, decode, sampling). The loop plans a step, awaits it and
 applies its result, so the two never touch the same sequence at once.
 
-When the shared KV cache is full (decode returns 1) the youngest sequence is preempted: its
-cells are dropped and it goes back to the head of the queue with its prompt and answer so
-far, to be fed again later; its sampler chain keeps its state, so the answer goes on.
+A finished request's cells stay cached in its slot for a follow-up that shares the prefix
+(see slots.py). When the shared KV cache is full (decode returns 1), cached prefixes go
+first; then the youngest sequence is preempted: its cells are dropped and it goes back to
+the head of the queue with its prompt and answer so far, to be fed again later; its sampler
+chain keeps its state, so the answer goes on.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from lawchatd.chat_types import FinishReason, Sampling, Usage
 from lawchatd.modelhost.errors import ModelHostError
 from lawchatd.modelhost.loader import Loaded, free_model
 from lawchatd.modelhost.sampling import TextOut, build_chain, token_piece
+from lawchatd.modelhost.slots import Slots
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +86,8 @@ class Engine:
         self.n_ctx = loaded.n_ctx
         self.waiting: deque[Seq] = deque()
         self.active: list[Seq] = []
-        self._free_ids = list(range(loaded.n_seq))
-        self._to_free: list[tuple[int, Any]] = []  # (seq_id, chain or None) for the thread
+        self._slots = Slots(loaded.n_seq)
+        self._chains_to_free: list[Any] = []  # freed on the engine thread
         self._wake = asyncio.Event()
         self._retiring = False
         self._aborted: Exception | None = None
@@ -93,6 +96,7 @@ class Engine:
         self.last_used = time.monotonic()
         self.tokens_generated = 0
         self.steps = 0  # llama_decode calls
+        self.prompt_tokens_fed = 0  # prompt tokens decoded (a reused prefix is not fed)
         self._task = asyncio.ensure_future(self._run())
 
     # --- loop side API ---
@@ -133,23 +137,25 @@ class Engine:
                     self._fail_all(self._aborted)
                 self._drop_cancelled()
                 self._admit()
-                if not self.active and not self._to_free:
+                if not self.active and not self._chains_to_free:
                     if self._retiring and not self.waiting:
                         break
                     self._wake.clear()
                     await self._wake.wait()
                     continue
                 plan = self._plan()
-                removals, self._to_free = self._to_free, []
+                chains, self._chains_to_free = self._chains_to_free, []
+                trims = self._slots.pop_trims()
                 try:
-                    result = await self.run_in_thread(self._step, plan, removals)
+                    result = await self.run_in_thread(self._step, plan, trims, chains)
                 except Exception as exc:
                     log.exception("llama_decode failed; the requests in this step fail")
                     self._fail_all(ModelHostError(f"the model failed: {exc}"))
                     continue
                 self.steps += 1
                 if result is _KV_FULL:
-                    self._preempt()
+                    if not self._slots.evict():
+                        self._preempt()
                 else:
                     self._apply(plan, result)
         finally:
@@ -165,14 +171,18 @@ class Engine:
 
     def _admit(self) -> None:
         used = sum(s.n_past + len(s.pending) for s in self.active)
-        while self.waiting and self._free_ids:
+        while self.waiting and self._slots:
             head = self.waiting[0]
-            if self.active and used + len(head.pending) + 1 > self.n_ctx:
+            room = self.n_ctx - used - self._slots.cached_cells
+            if room < len(head.pending) + 1 and self._slots.evict():
+                continue
+            if self.active and room < len(head.pending) + 1:
                 break  # wait for cells: first come, first served
             self.waiting.popleft()
-            head.seq_id = self._free_ids.pop(0)
+            head.seq_id, reused = self._slots.take(head.tokens)
+            head.n_past, head.pending = reused, head.tokens[reused:]
             self.active.append(head)
-            used += len(head.pending)
+            used += len(head.tokens)
 
     def _plan(self) -> list[_Slice]:
         budget = llama_cpp.llama_n_batch(self.loaded.ctx)
@@ -192,6 +202,7 @@ class Engine:
     def _apply(self, plan: list[_Slice], sampled: list[tuple[int, bytes, bool] | None]) -> None:
         for part, result in zip(plan, sampled, strict=True):
             seq = part.seq
+            self.prompt_tokens_fed += max(0, min(len(seq.prompt) - seq.n_past, len(part.tokens)))
             seq.n_past += len(part.tokens)
             del seq.pending[: len(part.tokens)]
             if result is None or seq.cancelled:
@@ -220,9 +231,10 @@ class Engine:
 
     def _release(self, seq: Seq) -> None:
         self.active.remove(seq)
-        self._to_free.append((seq.seq_id, seq.chain))
-        self._free_ids.append(seq.seq_id)
-        seq.chain = None
+        if seq.chain is not None:
+            self._chains_to_free.append(seq.chain)
+            seq.chain = None
+        self._slots.give_back(seq.seq_id, seq.tokens[: seq.n_past])
 
     def _preempt(self) -> None:
         victim = self.active[-1]
@@ -231,8 +243,7 @@ class Engine:
             return
         log.info("KV cache full: request %d waits to be fed again", victim.seq_id)
         self.active.remove(victim)
-        self._to_free.append((victim.seq_id, None))  # keep the chain: the answer goes on
-        self._free_ids.append(victim.seq_id)
+        self._slots.drop(victim.seq_id)  # the chain stays: the answer goes on
         victim.pending, victim.n_past = list(victim.tokens), 0
         self.waiting.appendleft(victim)
 
@@ -249,13 +260,13 @@ class Engine:
     # --- engine thread ---
 
     def _step(
-        self, plan: list[_Slice], removals: list[tuple[int, Any]]
+        self, plan: list[_Slice], trims: list[tuple[int, int]], chains: list[Any]
     ) -> list[tuple[int, bytes, bool] | None] | object:
         lo = self.loaded
-        for seq_id, chain in removals:
-            llama_cpp.llama_memory_seq_rm(lo.memory, seq_id, -1, -1)
-            if chain is not None:
-                llama_cpp.llama_sampler_free(chain)
+        for seq_id, p0 in trims:
+            llama_cpp.llama_memory_seq_rm(lo.memory, seq_id, p0, -1)
+        for chain in chains:
+            llama_cpp.llama_sampler_free(chain)
         if not plan:
             return []
         batch, n, outputs = lo.batch, 0, []
