@@ -121,17 +121,28 @@ async def users_at_once(model: Path, args: argparse.Namespace, work: Path) -> di
             rec["failed"] += sum(r["failed"] for r in runs)
     for rec in out.values():
         ttft = sorted(rec.pop("ttft"))
-        rec["p95_ttft_s"] = ttft[min(len(ttft) - 1, round(0.95 * (len(ttft) - 1)))] if ttft else None
+        rec["p95_ttft_s"] = (
+            ttft[min(len(ttft) - 1, round(0.95 * (len(ttft) - 1)))] if ttft else None
+        )
         rec["agg_tok_s"] = statistics.median(rec["agg_tok_s"])
     out["aggregate_ratio_4_vs_1"] = out["parallel_4"]["agg_tok_s"] / out["parallel_1"]["agg_tok_s"]
     return out
 
 
-async def traffic(daemon: Daemon, stop: asyncio.Event, log: list[dict]) -> None:
+async def traffic(
+    daemon: Daemon, stop: asyncio.Event, log: list[dict], answered: asyncio.Event
+) -> None:
     while not stop.is_set():
         started = time.monotonic()
         r = await stream_once(daemon.url, daemon.headers, 4)
         log.append({**r, "took": time.monotonic() - started})
+        answered.set()
+
+
+async def answers(log: list[dict], answered: asyncio.Event, n: int) -> None:
+    while len(log) < n:
+        answered.clear()
+        await answered.wait()
 
 
 async def swap(
@@ -140,10 +151,9 @@ async def swap(
     daemon = Daemon(work, models, threads=args.threads, cgroup_limit=limit)
     async with daemon:
         one_model_rss = kib_status(daemon.pid, "VmRSS") * 1024
-        stop, log = asyncio.Event(), []
-        users = [asyncio.create_task(traffic(daemon, stop, log)) for _ in range(4)]
-        while len(log) < 4:
-            await asyncio.sleep(0.2)
+        stop, answered, log = asyncio.Event(), asyncio.Event(), []
+        users = [asyncio.create_task(traffic(daemon, stop, log, answered)) for _ in range(4)]
+        await answers(log, answered, 4)
         before = len(log)
         seen_none = False
         swap_task = asyncio.create_task(daemon.load("b"))
@@ -152,8 +162,7 @@ async def swap(
             seen_none |= status["model_variant"] is None
             await asyncio.sleep(0.05)
         loaded = await swap_task
-        while len(log) < before + 8:
-            await asyncio.sleep(0.2)
+        await answers(log, answered, before + 8)
         stop.set()
         await asyncio.gather(*users)
         peak = kib_status(daemon.pid, "VmHWM") * 1024

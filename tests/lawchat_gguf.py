@@ -41,12 +41,48 @@ class LawChatShape:
 LAW_CHAT = LawChatShape()
 
 
-def vocabulary(n_vocab: int) -> tuple[list[str], list[int]]:
-    """Llama-2's layout (<unk>, <s>, </s>, 256 byte tokens), then word pieces "▁w<n>"."""
-    extra = n_vocab - len(TOKENS)
-    tokens = TOKENS + [f"\u2581w{i}" for i in range(extra)]
-    types = TOKEN_TYPES + [int(gguf.TokenType.NORMAL)] * extra
-    return tokens, types
+# Enough of English and of the law for prompts to take about as many tokens as with Llama-2's
+# own vocabulary (a question of 80 characters: ~20 tokens, not 80 byte tokens).
+_WORD_TEXT = """the of and to a in is that for it as was with be by on not he this are or his from at
+which but have an they you were her she there can all their has been if more when will would
+who so no what must may any such under court law legal contract agreement party parties claim
+claims damages breach tort liability negligence duty care plaintiff defendant evidence prove
+proof oral written sell sale land property buyer seller enforceable statute frauds act case
+cases judge jury appeal right rights obligation obligations notice term terms clause lease
+tenant landlord employer employee owner trust estate will wills consent fraud act void
+valid how why does did do should could between against about over after before also only
+other into than then them these those some its our your we us one two three first may i my
+is an oral agreement"""
+WORDS = _WORD_TEXT.split()
+
+
+def vocabulary(n_vocab: int) -> tuple[list[str], list[int], list[float]]:
+    """Llama-2's layout (<unk>, <s>, </s>, 256 byte tokens), then the printable characters,
+    every "▁"-prefix of a few hundred common words (SentencePiece merges need each step),
+    then filler pieces "▁w<n>". Longer pieces score higher, so merges prefer them."""
+    chars = ["\u2581" if c == " " else c for c in map(chr, range(0x20, 0x7F))]
+    pieces = {f"\u2581{w[:k]}" for w in WORDS for k in range(1, len(w) + 1)}
+    pieces |= {f"{p}{c}" for p in ("[", "[/", "<<", "<</") for c in "ISN"}
+    pieces |= {
+        "[/",
+        "[I",
+        "[IN",
+        "[INS",
+        "[INST",
+        "[INST]",
+        "[/I",
+        "[/IN",
+        "[/INS",
+        "[/INST",
+        "[/INST]",
+    }
+    words = [p for p in sorted(pieces, key=lambda t: (len(t), t)) if p not in chars]
+    extra = n_vocab - len(TOKENS) - len(chars) - len(words)
+    tokens = TOKENS + chars + words + [f"\u2581w{i}" for i in range(extra)]
+    types = TOKEN_TYPES + [int(gguf.TokenType.NORMAL)] * (n_vocab - len(TOKENS))
+    scores = [0.0] * (len(TOKENS) + len(chars)) + [float(len(w)) for w in words]
+    scores += [-float(i) for i in range(extra)]
+    return tokens, types, scores
 
 
 def _q4_0(rng: np.random.Generator, rows: int, cols: int, scale: float) -> np.ndarray:
@@ -123,7 +159,7 @@ def _infos(s: LawChatShape) -> Iterator[tuple[str, tuple[int, int] | tuple[int],
 def make_lawchat_gguf(path: Path, shape: LawChatShape = LAW_CHAT, *, seed: int = 0) -> Path:
     """Write the model to ``path`` (streamed: memory stays at one tensor)."""
     path = Path(path)
-    tokens, types = vocabulary(shape.n_vocab)
+    tokens, types, scores = vocabulary(shape.n_vocab)
     w = gguf.GGUFWriter(path, arch="llama")
     w.add_name(f"law-chat-shaped-{shape.n_layer}l-{seed}")
     w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0)
@@ -138,7 +174,7 @@ def make_lawchat_gguf(path: Path, shape: LawChatShape = LAW_CHAT, *, seed: int =
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
     w.add_token_types(types)
-    w.add_token_scores([0.0] * len(TOKENS) + [-float(i) for i in range(len(tokens) - len(TOKENS))])
+    w.add_token_scores(scores)
     w.add_bos_token_id(BOS_ID)
     w.add_eos_token_id(EOS_ID)
     w.add_unk_token_id(UNK_ID)
@@ -147,7 +183,9 @@ def make_lawchat_gguf(path: Path, shape: LawChatShape = LAW_CHAT, *, seed: int =
         if quantised:
             rows, cols = rows_cols
             nbytes = rows * cols // BLOCK * BLOCK_BYTES
-            w.add_tensor_info(name, (rows, cols // BLOCK * BLOCK_BYTES), np.dtype(np.uint8), nbytes, Q4_0)
+            w.add_tensor_info(
+                name, (rows, cols // BLOCK * BLOCK_BYTES), np.dtype(np.uint8), nbytes, Q4_0
+            )
         else:
             w.add_tensor_info(name, rows_cols, np.dtype(np.float32), rows_cols[0] * 4)
     w.write_header_to_file()

@@ -69,7 +69,6 @@ class PeakRSS:
         self._thread.join()
 
 
-
 @pytest.fixture
 async def hosts() -> AsyncIterator[list[ModelHost]]:
     made: list[ModelHost] = []
