@@ -32,12 +32,18 @@ from bench.serve_peers import Daemon, LlamaServer, direct_run, kib_status  # noq
 from tests.lawchat_gguf import LawChatShape, make_lawchat_gguf  # noqa: E402
 
 QUESTION = "Is an oral agreement to sell land enforceable, and what must the buyer prove?"
-MESSAGES = [{"role": "user", "content": QUESTION}]
+_asked = iter(range(1, 1 << 30))
+
+
+def messages() -> list[dict[str, str]]:
+    """A new question each time (its first word differs): every peer feeds the whole
+    prompt, none answers from a cached prefix, so time to first token is the cold one."""
+    return [{"role": "user", "content": f"Case {next(_asked)}. {QUESTION}"}]
 
 
 async def stream_once(url: str, headers: dict[str, str], tokens: int) -> dict[str, float]:
     """One streamed chat: time to first content, decode tokens/s after it, failure flag."""
-    body = {"messages": MESSAGES, "max_tokens": tokens, "stream": True, "temperature": 0.8}
+    body = {"messages": messages(), "max_tokens": tokens, "stream": True, "temperature": 0.8}
     started = time.monotonic()
     first = last = None
     count = 0
@@ -85,7 +91,7 @@ async def single_user(model: Path, args: argparse.Namespace, work: Path) -> dict
     runs: dict[str, list[dict]] = {"direct": [], "lawchatd": [], "llama_cpp.server": []}
     for _ in range(args.rounds):
         runs["direct"] += await asyncio.to_thread(
-            direct_run, model, MESSAGES, args.tokens, args.repeats, args.threads
+            direct_run, model, messages, args.tokens, args.repeats, args.threads
         )
         runs["lawchatd"] += await http_peer(
             Daemon(work, {"a": model}, threads=args.threads), args.tokens, args.repeats

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -185,26 +186,28 @@ class LlamaServer:
 _DIRECT = r"""
 import json, sys, time
 from llama_cpp import Llama
-model, messages, tokens, repeats, threads = json.loads(sys.argv[1])
+model, questions, tokens, repeats, threads = json.loads(sys.argv[1])
 llm = Llama(model_path=model, n_ctx=4096, n_threads=threads, n_threads_batch=threads,
             chat_format="llama-2", verbose=False)
-def once(n):
+def once(n, messages):
     started = time.monotonic(); first = last = None; count = 0
     for chunk in llm.create_chat_completion(messages, max_tokens=n, stream=True, temperature=0.8):
         if chunk["choices"][0]["delta"].get("content"):
             last = time.monotonic(); first = first or last; count += 1
     return {"failed": 0, "ttft": first - started, "tokens": count,
             "tok_s": (count - 1) / (last - first) if count > 1 else 0.0}
-once(4)
-print(json.dumps([once(tokens) for _ in range(repeats)]))
+once(4, questions[0])
+print(json.dumps([once(tokens, q) for q in questions[1:]]))
 """
 
 
 def direct_run(
-    model: Path, messages: list[dict], tokens: int, repeats: int, threads: int
+    model: Path, messages: Callable[[], list[dict]], tokens: int, repeats: int, threads: int
 ) -> list[dict]:
-    """llama-cpp-python's Llama in a fresh process: load, warm up, stream ``repeats`` chats."""
-    arg = json.dumps([str(model), messages, tokens, repeats, threads])
+    """llama-cpp-python's Llama in a fresh process: load, warm up, stream ``repeats`` chats
+    (each with a new question from ``messages()``)."""
+    questions = [messages() for _ in range(repeats + 1)]
+    arg = json.dumps([str(model), questions, tokens, repeats, threads])
     out = subprocess.run(
         [sys.executable, "-c", _DIRECT, arg], capture_output=True, text=True, check=True
     )
