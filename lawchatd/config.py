@@ -73,7 +73,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
-    @field_validator("keep_alive", "memory_max", "parallel", mode="before")
+    @field_validator("n_ctx", "keep_alive", "memory_max", "parallel", mode="before")
     @classmethod
     def _unset_words(cls, value: object) -> object:
         return None if value in ("", "max", "none", "never") else value
