@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from lawchatd.chat_types import Sampling
-from lawchatd.modelhost import ModelHost, ModelTooLarge, ModelWaitTimeout
+from lawchatd.modelhost import ModelHost, ModelLoadError, ModelTooLarge, ModelWaitTimeout
 from lawchatd.modelhost.ggufmeta import read_shape
 from lawchatd.modelhost.memory import model_cost, process_rss
 from lawchatd.web.chat import add_chat_routes
@@ -263,3 +263,23 @@ async def test_keep_alive_unloads_when_idle_and_the_next_request_loads_again(
     out = await host.chat(USER, Sampling(max_tokens=3))  # waits for the reload
     assert out.model_variant == "a" and out.usage.completion_tokens == 3
     assert host.loads_total == 2 and not host.status()["idle"]
+
+
+async def test_a_failed_load_after_unloading_first_brings_the_old_model_back(
+    models: dict[str, Path], hosts: list[ModelHost], tmp_path: Path
+) -> None:
+    truncated = tmp_path / "truncated.gguf"  # the header reads fine; the tensors are cut short
+    with open(models["b"], "rb") as src, open(truncated, "wb") as dst:
+        dst.write(src.read(models["b"].stat().st_size - (1 << 20)))
+    base = process_rss()
+    host = ModelHost(parallel=4, memory_max=base + int(1.5 * cost_of(models["a"])))
+    hosts.append(host)
+    await host.load("a", models["a"])
+    swap = asyncio.create_task(host.load("broken", truncated))
+    await until(lambda: host._current is None)  # a was unloaded for it
+    waiting = asyncio.create_task(host.chat(USER, Sampling(max_tokens=2)))
+    with pytest.raises(ModelLoadError):
+        await swap
+    assert (await waiting).model_variant == "a"  # the request waited and a answered it
+    status = host.status()
+    assert (status["model_variant"], status["status"]) == ("a", "ready") and status["error"]

@@ -158,6 +158,10 @@ class Engine:
                         self._preempt()
                 else:
                     self._apply(plan, result)
+        except Exception:
+            log.exception("the engine failed; its requests fail")
+            self._fail_all(ModelHostError("the model host failed; see its log"))
+            raise
         finally:
             await self.run_in_thread(free_model, self.loaded)
             self._pool.shutdown(wait=False)
@@ -255,7 +259,11 @@ class Engine:
         for seq in list(self.active):
             self._fail(seq, error)
         while self.waiting:
-            self.waiting.popleft().out.put_nowait(error)
+            seq = self.waiting.popleft()
+            seq.out.put_nowait(error)
+            if seq.chain is not None:  # a preempted request already had one
+                self._chains_to_free.append(seq.chain)
+                seq.chain = None
 
     # --- engine thread ---
 

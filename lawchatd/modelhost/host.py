@@ -19,33 +19,27 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lawchatd.chat_types import Chunk, Completion, Message, Sampling
 from lawchatd.modelhost import memory
-from lawchatd.modelhost.engine import Engine, Finish, Seq
+from lawchatd.modelhost.chat import ChatMixin
+from lawchatd.modelhost.engine import Engine
 from lawchatd.modelhost.errors import (
     LoadInProgress,
     ModelHostError,
     ModelLoadError,
     ModelTooLarge,
-    ModelWaitTimeout,
     NoModelLoaded,
-    PromptTooLong,
-    QueueFull,
 )
 from lawchatd.modelhost.ggufmeta import GGUFMetaError, ModelShape, read_shape
 from lawchatd.modelhost.loader import default_threads, open_model
-from lawchatd.modelhost.sampling import tokenize
-from lawchatd.prompt import encode_llama2, llama2_turns
 
 log = logging.getLogger(__name__)
 Event = dict[str, Any]
-RETRY_AFTER = 10  # seconds a client is told to wait after ModelWaitTimeout
 
 
 def default_parallel() -> int:
@@ -71,7 +65,7 @@ class _Asleep:
     n_ctx: int
 
 
-class ModelHost:
+class ModelHost(ChatMixin):
     def __init__(
         self,
         *,
@@ -213,23 +207,39 @@ class ModelHost:
         held = sum(m.cost.total for m in self._retiring) + (old.cost.total if old else 0)
         room = memory.room(self.memory_max)
         n_ctx, cost = self._plan_context(variant, shape, room.available + held)
-        if cost.total > room.available and (old or self._retiring):
+        unload_first = cost.total > room.available and bool(old or self._retiring)
+        if unload_first:
             log.warning(
                 "%s needs %s but only %s is free beside the loaded model: unloading first; "
                 "chat requests wait for the new model",
                 variant, memory.gib(cost.total), memory.gib(room.available),
             )  # fmt: skip
             await self._unload_all()
-        loaded = await self._open(path, n_ctx)
+        try:
+            loaded = await self._open(path, n_ctx)
+        except ModelLoadError:
+            if unload_first and old is not None:
+                await self._restore(old)
+            raise
         if loaded is None:
             raise ModelLoadError("the model host was closed while the model loaded")
         new = _Model(variant, path, Engine(loaded), loaded.n_ctx, cost)
         self._current = new
-        if old is not None and old in self._retiring:
-            pass  # already unloaded above
-        elif old is not None:
+        if old is not None and not unload_first:
             self._retire(old)
         return new
+
+    async def _restore(self, old: _Model) -> None:
+        """The new model failed after the old one was unloaded: bring the old one back
+        (the requests waiting for a model get it)."""
+        try:
+            loaded = await self._open(old.path, old.n_ctx)
+        except ModelLoadError as exc:
+            log.error("could not load %s back after the failed swap: %s", old.variant, exc)
+            return
+        if loaded is not None:
+            self._current = _Model(old.variant, old.path, Engine(loaded), loaded.n_ctx, old.cost)
+            log.warning("model %s loaded back after the failed swap", old.variant)
 
     def _plan_context(self, variant: str, shape: ModelShape, room: int) -> tuple[int, memory.Cost]:
         """The context to load with and its cost; ModelTooLarge when nothing fits."""
@@ -339,109 +349,6 @@ class ModelHost:
     async def _wake(self, asleep: _Asleep) -> None:
         with contextlib.suppress(ModelHostError):  # logged by load(); waiters see error
             await self.load(asleep.variant, asleep.path)
-
-    # --- chat ---
-
-    async def chat(self, messages: Sequence[Message], sampling: Sampling) -> Completion:
-        text: list[str] = []
-        async with contextlib.aclosing(self.chat_stream(messages, sampling)) as chunks:
-            async for chunk in chunks:
-                text.append(chunk.text)
-                last = chunk
-        assert last.finish_reason is not None and last.usage is not None
-        return Completion(last.model_variant, "".join(text), last.finish_reason, last.usage)
-
-    async def chat_stream(
-        self, messages: Sequence[Message], sampling: Sampling
-    ) -> AsyncIterator[Chunk]:
-        """Text pieces, the last with finish_reason and usage. Errors before the first
-        token (NoModelLoaded, QueueFull, ModelWaitTimeout, PromptTooLong, ValueError) are
-        raised at the first ``__anext__``; closing the iterator cancels this request only."""
-        llama2_turns(messages)  # a bad conversation fails now
-        model, seq = await self._enqueue(messages, sampling)
-        started, finished = time.monotonic(), False
-        try:
-            while True:
-                item = await seq.out.get()
-                if isinstance(item, Exception):
-                    raise item
-                if isinstance(item, Finish):
-                    finished = True
-                    self.completion_tokens += item.usage.completion_tokens
-                    yield Chunk(model.variant, item.text, item.reason, item.usage)
-                    return
-                yield Chunk(model.variant, item)
-        except (asyncio.CancelledError, GeneratorExit):
-            self.chat_cancelled += 1
-            raise
-        except Exception:
-            self.chat_failures += 1
-            raise
-        finally:
-            if not finished:
-                model.engine.cancel(seq)
-            self.chat_seconds += time.monotonic() - started
-            self._arm_idle()
-
-    async def _enqueue(self, messages: Sequence[Message], s: Sampling) -> tuple[_Model, Seq]:
-        while True:
-            model = await self._answering_model()
-            engine = model.engine
-            would_wait = engine.load >= self.parallel
-            if would_wait and len(engine.waiting) >= self.queue_limit:
-                self.chat_rejected += 1
-                raise QueueFull(f"Too many requests are waiting for the model ({self.queue_limit})")
-            prompt = await engine.run_in_thread(self._encode, model, messages, s)
-            if model is not self._current:
-                continue  # swapped while we tokenized: the new model may cut words otherwise
-            if len(prompt) >= model.n_ctx:
-                raise PromptTooLong(
-                    f"the prompt has {len(prompt)} tokens; the context window holds {model.n_ctx}"
-                )
-            room = model.n_ctx - len(prompt)
-            seq = Seq(prompt, s, min(room, s.max_tokens) if s.max_tokens else room)
-            engine.submit(seq)
-            self.chat_requests += 1
-            return model, seq
-
-    @staticmethod
-    def _encode(model: _Model, messages: Sequence[Message], s: Sampling) -> list[int]:
-        lo = model.engine.loaded
-        bad = [t for t in s.logit_bias if not 0 <= int(t) < lo.n_vocab]
-        if bad:
-            raise ValueError(f"logit_bias: token {bad[0]} is not in the vocabulary ({lo.n_vocab})")
-        return encode_llama2(messages, lambda t: tokenize(lo.vocab, t), lo.bos, lo.eos)
-
-    async def _answering_model(self) -> _Model:
-        if self._current is not None:
-            return self._current
-        if self._loading is None and self._asleep is not None:
-            self._spawn(self._wake(self._asleep))
-            await asyncio.sleep(0)  # let the load start (and mark itself loading)
-        if self._loading is None and self._current is None:
-            self.chat_rejected += 1
-            raise NoModelLoaded("No model is loaded")
-        if self._waiting_for_model >= self.queue_limit:
-            self.chat_rejected += 1
-            raise QueueFull(f"Too many requests are waiting for the model ({self.queue_limit})")
-        self._waiting_for_model += 1
-        try:
-            async with asyncio.timeout(self.load_wait):
-                while self._current is None and self._loading is not None:
-                    await self._settled.wait()
-                    await asyncio.sleep(0)
-        except TimeoutError:
-            self.chat_rejected += 1
-            raise ModelWaitTimeout(
-                f"the model is still loading after {self.load_wait:.0f} s; try again shortly",
-                retry_after=RETRY_AFTER,
-            ) from None
-        finally:
-            self._waiting_for_model -= 1
-        if self._current is None:
-            self.chat_rejected += 1
-            raise NoModelLoaded(f"No model is loaded ({self.error or 'the load did not finish'})")
-        return self._current
 
     # --- helpers ---
 
