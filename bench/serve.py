@@ -28,7 +28,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.serve_peers import Daemon, LlamaServer, direct_run, kib_status  # noqa: E402
+from bench.serve_peers import Daemon, Direct, LlamaServer, kib_status  # noqa: E402
 from tests.lawchat_gguf import LawChatShape, make_lawchat_gguf  # noqa: E402
 
 QUESTION = "Is an oral agreement to sell land enforceable, and what must the buyer prove?"
@@ -71,10 +71,22 @@ async def stream_once(url: str, headers: dict[str, str], tokens: int) -> dict[st
     return {"failed": 0, "ttft": first - started, "tok_s": decode, "tokens": count}
 
 
-async def http_peer(peer: Any, tokens: int, repeats: int) -> list[dict]:
-    async with peer:
-        await stream_once(peer.url, peer.headers, 4)  # warm-up
-        return [await stream_once(peer.url, peer.headers, tokens) for _ in range(repeats)]
+async def ask(peer: Any, tokens: int) -> dict:
+    if isinstance(peer, Direct):
+        return await peer.ask(messages(), tokens)
+    return await stream_once(peer.url, peer.headers, tokens)
+
+
+async def side_by_side(a: Any, b: Any, tokens: int, n: int) -> tuple[list[dict], list[dict]]:
+    """Both loaded at once, one request to each in turn (order swapped every round), so a
+    busy neighbour on the machine slows both alike."""
+    runs: dict[int, list[dict]] = {id(a): [], id(b): []}
+    async with a, b:
+        await ask(a, 4), await ask(b, 4)  # warm-up
+        for i in range(n):
+            for peer in (a, b) if i % 2 == 0 else (b, a):
+                runs[id(peer)].append(await ask(peer, tokens))
+    return runs[id(a)], runs[id(b)]
 
 
 def summary(runs: list[dict]) -> dict[str, float]:
@@ -88,44 +100,53 @@ def summary(runs: list[dict]) -> dict[str, float]:
 
 
 async def single_user(model: Path, args: argparse.Namespace, work: Path) -> dict:
-    runs: dict[str, list[dict]] = {"direct": [], "lawchatd": [], "llama_cpp.server": []}
-    for _ in range(args.rounds):
-        runs["direct"] += await asyncio.to_thread(
-            direct_run, model, messages, args.tokens, args.repeats, args.threads
+    n = args.rounds * args.repeats
+    res: dict[str, Any] = {}
+    peers = {
+        "direct": lambda: Direct(model, args.threads),
+        "llama_cpp.server": lambda: LlamaServer(model, args.threads),
+    }
+    for name, make in peers.items():
+        law, other = await side_by_side(
+            Daemon(work, {"a": model}, threads=args.threads), make(), args.tokens, n
         )
-        runs["lawchatd"] += await http_peer(
-            Daemon(work, {"a": model}, threads=args.threads), args.tokens, args.repeats
-        )
-        runs["llama_cpp.server"] += await http_peer(
-            LlamaServer(model, args.threads), args.tokens, args.repeats
-        )
-    res = {name: summary(r) for name, r in runs.items()}
-    law = res["lawchatd"]
-    for peer in ("direct", "llama_cpp.server"):
-        res[f"lawchatd_vs_{peer}"] = {
-            "tok_s_ratio": law["tok_s"] / res[peer]["tok_s"],
-            "ttft_ratio_lower_is_better": law["ttft_s"] / res[peer]["ttft_s"],
+        law_s, other_s = summary(law), summary(other)
+        res[f"vs_{name}"] = {
+            "lawchatd": law_s,
+            name: other_s,
+            "tok_s_ratio": law_s["tok_s"] / other_s["tok_s"],
+            "ttft_ratio_lower_is_better": law_s["ttft_s"] / other_s["ttft_s"],
         }
     return res
 
 
+async def four_users(daemon: Daemon, tokens: int) -> dict:
+    started = time.monotonic()
+    runs = await asyncio.gather(
+        *(stream_once(daemon.url, daemon.headers, tokens) for _ in range(4))
+    )
+    wall = time.monotonic() - started
+    return {"runs": runs, "agg_tok_s": sum(r.get("tokens", 0) for r in runs) / wall}
+
+
 async def users_at_once(model: Path, args: argparse.Namespace, work: Path) -> dict:
-    out: dict[str, dict] = {}
-    for _ in range(args.rounds):
-        for parallel in (4, 1):
-            daemon = Daemon(work, {"a": model}, threads=args.threads, parallel=parallel)
-            async with daemon:
-                await stream_once(daemon.url, daemon.headers, 2)
-                started = time.monotonic()
-                runs = await asyncio.gather(
-                    *(stream_once(daemon.url, daemon.headers, args.tokens) for _ in range(4))
-                )
-                wall = time.monotonic() - started
-            rec = out.setdefault(f"parallel_{parallel}", {"agg_tok_s": [], "ttft": [], "failed": 0})
-            rec["agg_tok_s"].append(sum(r.get("tokens", 0) for r in runs) / wall)
-            rec["ttft"] += [r["ttft"] for r in runs if not r["failed"]]
-            rec["failed"] += sum(r["failed"] for r in runs)
-    for rec in out.values():
+    """Four users at once against LAWCHATD_PARALLEL=4 and =1, both daemons loaded, in turns."""
+    slots = {p: Daemon(work, {"a": model}, threads=args.threads, parallel=p) for p in (4, 1)}
+    out: dict[str, Any] = {
+        f"parallel_{p}": {"agg_tok_s": [], "ttft": [], "failed": 0} for p in slots
+    }
+    async with slots[4], slots[1]:
+        for d in slots.values():
+            await stream_once(d.url, d.headers, 2)
+        for i in range(args.rounds):
+            for p in (4, 1) if i % 2 == 0 else (1, 4):
+                got = await four_users(slots[p], args.tokens)
+                rec = out[f"parallel_{p}"]
+                rec["agg_tok_s"].append(got["agg_tok_s"])
+                rec["ttft"] += [r["ttft"] for r in got["runs"] if not r["failed"]]
+                rec["failed"] += sum(r["failed"] for r in got["runs"])
+    for p in slots:
+        rec = out[f"parallel_{p}"]
         ttft = sorted(rec.pop("ttft"))
         rec["p95_ttft_s"] = (
             ttft[min(len(ttft) - 1, round(0.95 * (len(ttft) - 1)))] if ttft else None

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -186,29 +185,44 @@ class LlamaServer:
 _DIRECT = r"""
 import json, sys, time
 from llama_cpp import Llama
-model, questions, tokens, repeats, threads = json.loads(sys.argv[1])
+model, threads = sys.argv[1], int(sys.argv[2])
 llm = Llama(model_path=model, n_ctx=4096, n_threads=threads, n_threads_batch=threads,
             chat_format="llama-2", verbose=False)
-def once(n, messages):
+print("ready", flush=True)
+for line in sys.stdin:
+    messages, n = json.loads(line)
     started = time.monotonic(); first = last = None; count = 0
     for chunk in llm.create_chat_completion(messages, max_tokens=n, stream=True, temperature=0.8):
         if chunk["choices"][0]["delta"].get("content"):
             last = time.monotonic(); first = first or last; count += 1
-    return {"failed": 0, "ttft": first - started, "tokens": count,
-            "tok_s": (count - 1) / (last - first) if count > 1 else 0.0}
-once(4, questions[0])
-print(json.dumps([once(tokens, q) for q in questions[1:]]))
+    print(json.dumps({"failed": 0, "ttft": first - started, "tokens": count,
+                      "tok_s": (count - 1) / (last - first) if count > 1 else 0.0}), flush=True)
 """
 
 
-def direct_run(
-    model: Path, messages: Callable[[], list[dict]], tokens: int, repeats: int, threads: int
-) -> list[dict]:
-    """llama-cpp-python's Llama in a fresh process: load, warm up, stream ``repeats`` chats
-    (each with a new question from ``messages()``)."""
-    questions = [messages() for _ in range(repeats + 1)]
-    arg = json.dumps([str(model), questions, tokens, repeats, threads])
-    out = subprocess.run(
-        [sys.executable, "-c", _DIRECT, arg], capture_output=True, text=True, check=True
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+class Direct:
+    """llama-cpp-python's Llama called directly, in a process of its own that stays loaded
+    and answers one chat per line on stdin."""
+
+    def __init__(self, model: Path, threads: int) -> None:
+        self.args = [sys.executable, "-c", _DIRECT, str(model), str(threads)]
+
+    async def __aenter__(self) -> Direct:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+        assert self.proc.stdout is not None
+        if (await self.proc.stdout.readline()).strip() != b"ready":
+            raise RuntimeError("llama-cpp-python did not load the model")
+        return self
+
+    async def ask(self, messages: list[dict], tokens: int) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps([messages, tokens]).encode() + b"\n")
+        await self.proc.stdin.drain()
+        return json.loads(await self.proc.stdout.readline())
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        await self.proc.wait()
