@@ -22,6 +22,7 @@ from lawchatd.modelhost.errors import ModelLoadError
 
 N_BATCH = 512  # tokens per llama_decode: llama-cpp-python's default
 LOAD_MODE = llama_cpp.LLAMA_LOAD_MODE_NONE  # read, not mmap: see the module doc
+FLASH_ATTN = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO  # llama.cpp decides (on for CPU here)
 
 
 @dataclass(eq=False)
@@ -70,6 +71,7 @@ def open_model(
         cparams.kv_unified = True
         cparams.n_threads = cparams.n_threads_batch = threads
         cparams.no_perf = True
+        cparams.flash_attn_type = FLASH_ATTN
         ctx = llama_cpp.llama_init_from_model(model, cparams)
         if not ctx:
             llama_cpp.llama_model_free(model)
