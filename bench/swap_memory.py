@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lawchatd.chat_types import Sampling  # noqa: E402
 from lawchatd.modelhost import ModelHost  # noqa: E402
 from tests.ggufgen import Shape, make_tiny_llama  # noqa: E402
 
@@ -40,7 +41,7 @@ async def measure(swaps: int, folder: Path) -> dict:
         make_tiny_llama(folder / f"m{seed}.gguf", seed=seed, shape=BENCH_SHAPE) for seed in (1, 2)
     ]
     model_mb = models[0].stat().st_size / 1e6
-    host = ModelHost(n_ctx=256, n_threads=2, n_gpu_layers=None)
+    host = ModelHost(n_ctx=256, n_threads=2)
     baseline = rss_mb()
     samples = []
     for swap in range(swaps + 1):
@@ -48,7 +49,7 @@ async def measure(swaps: int, folder: Path) -> dict:
         started = time.monotonic()
         await host.load(path.stem, path)
         load_s = time.monotonic() - started
-        await host.chat(PROMPT, max_tokens=4)
+        await host.chat(PROMPT, Sampling(max_tokens=4))
         await asyncio.sleep(0.2)  # the old model is closed in a thread after its last request
         samples.append({"swap": swap, "model": path.stem, "rss_mb": round(rss_mb(), 1),
                         "load_s": round(load_s, 3)})  # fmt: skip

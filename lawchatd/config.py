@@ -60,6 +60,14 @@ class Settings(BaseSettings):
     n_ctx: int | None = Field(None, ge=0)
     n_threads: int | None = Field(None, ge=1)
     n_gpu_layers: int | None = None
+    # Serving at real size (see lawchatd/modelhost): slots decoding at once (None: from the
+    # cores), seconds without chat before the model is unloaded (None: never), and how long
+    # a request waits for a model being (re)loaded before a 503 with Retry-After.
+    parallel: int | None = Field(None, ge=1, le=64)
+    keep_alive: float | None = Field(None, gt=0)
+    load_wait: float = Field(120.0, gt=0)
+    # Test and benchmark only: a memory limit in bytes read like the cgroup's memory.max.
+    memory_max: int | None = Field(None, gt=0)
 
     # Beyond the contract: tuning knobs with sensible defaults.
     max_retries: int = Field(8, ge=0)
@@ -124,6 +132,11 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("n_ctx", "keep_alive", "memory_max", "parallel", mode="before")
+    @classmethod
+    def _unset_words(cls, value: object) -> object:
+        return None if value in ("", "max", "none", "never") else value
 
     @field_validator("api_key", "hf_token", mode="before")
     @classmethod

@@ -156,3 +156,28 @@ async def test_load_route_swaps_and_a_restart_loads_the_active_model_again(
     assert loaded["model_variant"] == "tiny-b"
     status, answer = await chat(second)
     assert status == 200 and answer["model"] == "tiny-b"
+
+
+async def test_serving_settings_reach_the_daemon_and_keep_alive_unloads_and_reloads(
+    make_daemon, mirror: Mirror
+):
+    daemon = await autoload_daemon(
+        make_daemon, LAWCHATD_N_CTX="", LAWCHATD_PARALLEL="3", LAWCHATD_KEEP_ALIVE="0.5"
+    ).start()
+    await download_and_wait(daemon, "tiny-small")
+    while (await daemon.get("/models/loaded"))["status"] != "ready":
+        await asyncio.sleep(0.05)
+    loaded = await daemon.get("/models/loaded")
+    assert loaded["n_ctx"] == 2048  # the GGUF's context_length: LAWCHATD_N_CTX is unset
+    assert loaded["parallel"] == 3 and loaded["memory_usage"] > 0 and not loaded["idle"]
+    assert (await daemon.get("/v1/models"))["data"][0]["n_ctx"] == 2048
+    for _ in range(200):  # no chat for 0.5 s: unloaded, its name kept
+        loaded = await daemon.get("/models/loaded")
+        if loaded["idle"]:
+            break
+        await asyncio.sleep(0.05)
+    assert loaded["idle"] and loaded["memory_usage"] == 0
+    assert (loaded["status"], loaded["model_variant"]) == ("ready", "tiny-small")
+    status, answer = await chat(daemon)  # loads it again and waits for it
+    assert status == 200 and answer["model"] == "tiny-small"
+    assert "unloaded after" in daemon.log()

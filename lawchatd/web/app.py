@@ -100,6 +100,10 @@ async def _model_host(app: web.Application) -> AsyncIterator[None]:
         n_ctx=settings.n_ctx,
         n_threads=settings.n_threads,
         n_gpu_layers=settings.n_gpu_layers,
+        parallel=settings.parallel,
+        keep_alive=settings.keep_alive,
+        load_wait=settings.load_wait,
+        memory_max=settings.memory_max,
         queue_limit=settings.chat_queue_limit,
         on_event=app[PROGRESS].publish,
     )

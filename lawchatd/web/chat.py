@@ -47,7 +47,8 @@ def add_chat_routes(app: web.Application) -> None:
 
 def _model_object(request: web.Request) -> dict[str, Any] | None:
     host = request.app[MODEL_HOST]
-    variant = host.status()["model_variant"]  # also a model asleep (keep-alive): it answers
+    status = host.status()
+    variant = status["model_variant"]  # also a model asleep (keep-alive): it answers
     if variant is None:
         return None
     return {
@@ -55,6 +56,7 @@ def _model_object(request: web.Request) -> dict[str, Any] | None:
         "object": "model",
         "created": host.loaded_timestamp or 0,
         "owned_by": "lawchatd",
+        "n_ctx": status.get("n_ctx"),  # the context window, as llama.cpp's server reports it
     }
 
 

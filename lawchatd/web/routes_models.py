@@ -14,7 +14,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
 
 from lawchatd.manager import UnknownVariant
-from lawchatd.modelhost import LoadInProgress, ModelLoadError
+from lawchatd.modelhost import LoadInProgress, ModelLoadError, ModelTooLarge
 from lawchatd.web.errors import error, read_json
 from lawchatd.web.keys import ACTIVATOR, CATALOG, MANAGER, MODEL_HOST
 from lawchatd.web.routes_old import loaded_body
@@ -58,6 +58,8 @@ async def post_load(request: web.Request) -> web.Response:
     try:
         # Shielded: a client that hangs up does not abort a swap half-way.
         await asyncio.shield(task)
+    except ModelTooLarge as exc:
+        raise error(507, f"Loading {spec.variant} refused: {exc}") from None
     except ModelLoadError as exc:
         message = f"Loading {spec.variant} failed: {exc}"
         failed = {"detail": message, **_answer(request, spec.variant, message, 500)}

@@ -1,0 +1,228 @@
+"""The processes bench/serve.py measures: lawchatd, `python -m llama_cpp.server`, and
+llama-cpp-python called directly. Each runs in its own process, one at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+PROJECT = Path(__file__).resolve().parent.parent
+API_KEY = "bench-key-0123456789"
+LISTENING = re.compile(r"listening on (http://[\d.]+:\d+)")
+CGROUP_V1 = Path("/sys/fs/cgroup/memory")
+CGROUP_V2 = Path("/sys/fs/cgroup")
+
+
+def kib_status(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_cgroup(limit: int) -> tuple[Path | None, str]:
+    """A memory cgroup with ``limit`` bytes (v2 memory.max or v1 limit_in_bytes), if root
+    may make one here; else (None, why)."""
+    for root, knob in ((CGROUP_V2, "memory.max"), (CGROUP_V1, "memory.limit_in_bytes")):
+        if root == CGROUP_V2 and not (root / "cgroup.controllers").exists():
+            continue
+        group = root / f"lawchatd-bench-{os.getpid()}"
+        try:
+            group.mkdir(exist_ok=True)
+            (group / knob).write_text(str(limit))
+            return group, f"cgroup {group}/{knob}"
+        except OSError as exc:
+            why = f"{root}: {exc}"
+            with contextlib.suppress(OSError):
+                group.rmdir()
+    return None, f"no cgroup ({why}); LAWCHATD_MEMORY_MAX instead"
+
+
+class Daemon:
+    """lawchatd serve with the given models already "downloaded", the first one loaded."""
+
+    def __init__(
+        self,
+        work: Path,
+        models: dict[str, Path],
+        *,
+        threads: int,
+        parallel: int | None = None,
+        cgroup_limit: int | None = None,
+    ) -> None:
+        self.data = Path(tempfile.mkdtemp(dir=work, prefix="daemon-"))
+        (self.data / "models").mkdir()
+        entries = []
+        for variant, path in models.items():
+            os.link(path, self.data / "models" / path.name)
+            entries.append(
+                f'[[models]]\nvariant = "{variant}"\nrepo = "bench/law-chat-shaped"\n'
+                f'filename = "{path.name}"\nsize = {path.stat().st_size}\n'
+            )
+        (self.data / "catalog.toml").write_text("\n".join(entries))
+        self.first = next(iter(models))
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("LAWCHATD_")}
+        self.env.update(
+            LAWCHATD_DATA_DIR=str(self.data),
+            LAWCHATD_PORT="0",
+            LAWCHATD_CATALOG=str(self.data / "catalog.toml"),
+            LAWCHATD_API_KEY=API_KEY,
+            LAWCHATD_AUTOLOAD="false",
+            LAWCHATD_RESUME_ON_START="false",
+            LAWCHATD_N_THREADS=str(threads),
+            LAWCHATD_ENV_FILE="/nonexistent",
+            PYTHONPATH=str(PROJECT),
+        )
+        if parallel:
+            self.env["LAWCHATD_PARALLEL"] = str(parallel)
+        self.cgroup: Path | None = None
+        self.limit_mode = "none"
+        if cgroup_limit:
+            self.cgroup, self.limit_mode = make_cgroup(cgroup_limit)
+            if self.cgroup is None:
+                self.env["LAWCHATD_MEMORY_MAX"] = str(cgroup_limit)
+        self.headers = {"Authorization": f"Bearer {API_KEY}"}
+        self.url = ""
+        self.pid = 0
+
+    async def __aenter__(self) -> Daemon:
+        log = open(self.data / "daemon.log", "wb")  # noqa: SIM115 - closed with the process
+        cmd = [sys.executable, "-m", "lawchatd", "serve"]
+        if self.cgroup is not None:  # join the cgroup before exec: every byte is counted
+            cmd = ["sh", "-c", f'echo $$ > {self.cgroup}/cgroup.procs && exec "$@"', "sh", *cmd]
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=log)
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + 60
+        while not self.url:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"daemon did not start: {self.log()[-2000:]}")
+            found = LISTENING.search(self.log())
+            self.url = found.group(1) if found else ""
+            await asyncio.sleep(0.1)
+        status = await self.load(self.first)
+        if status.get("status") != "ready":
+            raise RuntimeError(f"load failed: {status}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(self.proc.wait, 30)
+        for f in (self.data / "models").iterdir():
+            f.unlink()
+        if self.cgroup is not None:
+            with contextlib.suppress(OSError):
+                self.cgroup.rmdir()
+
+    def log(self) -> str:
+        return (self.data / "daemon.log").read_text(errors="replace")
+
+    async def get(self, path: str) -> dict[str, Any]:
+        async with aiohttp.ClientSession() as s, s.get(self.url + path, headers=self.headers) as r:
+            return await r.json()
+
+    async def load(self, variant: str) -> dict[str, Any]:
+        timeout = aiohttp.ClientTimeout(total=1800)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as s,
+            s.post(
+                self.url + "/models/load", json={"model_variant": variant}, headers=self.headers
+            ) as r,
+        ):
+            return await r.json()
+
+
+class LlamaServer:
+    """llama-cpp-python's own OpenAI server on the same file."""
+
+    headers: dict[str, str] = {}
+
+    def __init__(self, model: Path, threads: int) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.cmd = [
+            sys.executable, "-m", "llama_cpp.server", "--model", str(model),
+            "--n_ctx", "4096", "--n_threads", str(threads), "--n_threads_batch", str(threads),
+            "--chat_format", "llama-2", "--host", "127.0.0.1", "--port", str(self.port),
+        ]  # fmt: skip
+
+    async def __aenter__(self) -> LlamaServer:
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        async with aiohttp.ClientSession() as s:
+            while True:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with s.get(self.url + "/v1/models") as r:
+                        if r.status == 200:
+                            return self
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("llama_cpp.server did not start")
+                await asyncio.sleep(0.2)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        await asyncio.to_thread(self.proc.wait, 30)
+
+
+_DIRECT = r"""
+import json, sys, time
+from llama_cpp import Llama
+model, threads = sys.argv[1], int(sys.argv[2])
+llm = Llama(model_path=model, n_ctx=4096, n_threads=threads, n_threads_batch=threads,
+            chat_format="llama-2", verbose=False)
+print("ready", flush=True)
+for line in sys.stdin:
+    messages, n = json.loads(line)
+    started = time.monotonic(); first = last = None; count = 0
+    for chunk in llm.create_chat_completion(messages, max_tokens=n, stream=True, temperature=0.8):
+        if chunk["choices"][0]["delta"].get("content"):
+            last = time.monotonic(); first = first or last; count += 1
+    print(json.dumps({"failed": 0, "ttft": first - started, "tokens": count,
+                      "tok_s": (count - 1) / (last - first) if count > 1 else 0.0}), flush=True)
+"""
+
+
+class Direct:
+    """llama-cpp-python's Llama called directly, in a process of its own that stays loaded
+    and answers one chat per line on stdin."""
+
+    def __init__(self, model: Path, threads: int) -> None:
+        self.args = [sys.executable, "-c", _DIRECT, str(model), str(threads)]
+
+    async def __aenter__(self) -> Direct:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+        assert self.proc.stdout is not None
+        if (await self.proc.stdout.readline()).strip() != b"ready":
+            raise RuntimeError("llama-cpp-python did not load the model")
+        return self
+
+    async def ask(self, messages: list[dict], tokens: int) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps([messages, tokens]).encode() + b"\n")
+        await self.proc.stdin.drain()
+        return json.loads(await self.proc.stdout.readline())
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        await self.proc.wait()
