@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     retry_backoff: float = Field(0.5, ge=0)
     chat_queue_limit: int = Field(16, ge=1)
     log_level: str = "INFO"
+    # Security knobs (README "Security"): extra names the Host header may carry (a reverse
+    # proxy's), comma-separated; `*` turns the Host check off.
+    allowed_hosts: str = ""
+    header_timeout: float = Field(15.0, gt=0)  # to send a request's head (and idle keep-alive)
+    body_timeout: float = Field(30.0, gt=0)  # to send a JSON body
+    max_connections: int = Field(256, ge=8)  # open client connections; idle ones make room
+    session_idle: float = Field(12 * 3600.0, gt=0)  # a browser session ends after this idle
     # Where `lawchatd pull` and `lawchatd status` find the daemon.
     url: str | None = None
 
@@ -69,6 +76,12 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @property
+    def extra_hosts(self) -> frozenset[str]:
+        """LAWCHATD_ALLOWED_HOSTS as lower-case names, without ports or brackets."""
+        names = (name.strip().lower().rstrip(".") for name in self.allowed_hosts.split(","))
+        return frozenset(name.strip("[]") for name in names if name)
 
     @property
     def models_dir(self) -> Path:
