@@ -10,31 +10,48 @@ from aiohttp import web
 
 from lawchatd import __version__
 from lawchatd.config import Settings
+from lawchatd.connlimit import cap_connections
 from lawchatd.logs import MaskingAccessLogger
 from lawchatd.sdnotify import Notifier, keep_watchdog_fed, relay_status, watchdog_interval
+from lawchatd.startup import classify
 from lawchatd.web.app import create_app
 from lawchatd.web.keys import PROGRESS
 
 log = logging.getLogger("lawchatd")
 SHUTDOWN_TIMEOUT = 5.0  # SIGTERM must end in an exit well within systemd's 10 s
+CLEANUP_TIMEOUT = 5.0  # a failed start still releases the database within this
 
 
 async def serve(settings: Settings) -> None:
-    settings.refuse_unsafe_bind()
-    app = create_app(settings)
+    """Run until SIGTERM/SIGINT; a known start-up failure is raised as a StartupError."""
+    try:
+        app = create_app(settings)
+    except Exception as exc:
+        raise _named(exc, settings) from None
     runner = web.AppRunner(
         app,
         access_log_class=MaskingAccessLogger,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
         # A client that hangs up cancels its handler, so a queued chat request leaves the queue.
         handler_cancellation=True,
+        # aiohttp closes a connection that has not sent a whole request head within this of
+        # connecting or of its last answer: the slowloris defence (with the connection cap).
+        keepalive_timeout=settings.header_timeout,
     )
     notifier = Notifier()
     helpers: list[asyncio.Task] = []
-    await runner.setup()
+    failed = False
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
-        await site.start()
+        try:
+            # Inside the try: a database that fails to open must still close what did open.
+            await runner.setup()
+            assert runner.server is not None
+            cap_connections(runner.server, settings.max_connections)
+            site = web.TCPSite(runner, settings.host, settings.port)
+            await site.start()
+        except Exception as exc:
+            failed = True
+            raise _named(exc, settings) from None
         for host, port, *_ in (addr for addr in runner.addresses if isinstance(addr, tuple)):
             log.info("lawchatd %s listening on http://%s:%d", __version__, host, port)
         # READY only once the socket accepts: systemd starts dependants right after.
@@ -48,9 +65,20 @@ async def serve(settings: Settings) -> None:
     finally:
         for task in helpers:
             task.cancel()
-        await runner.cleanup()
-        notifier.close()
+        try:
+            await asyncio.wait_for(runner.cleanup(), CLEANUP_TIMEOUT + SHUTDOWN_TIMEOUT)
+        except Exception:
+            if not failed:
+                raise
+            log.exception("cleaning up after the failed start failed too")
+        finally:
+            notifier.close()
     log.info("stopped")
+
+
+def _named(exc: Exception, settings: Settings) -> Exception:
+    """The StartupError naming `exc`'s kind, or `exc` itself when it is a bug."""
+    return classify(exc, settings) or exc
 
 
 async def _wait_for_stop_signal() -> None:
