@@ -15,6 +15,7 @@ the open routes, and a session cookie rides along with same-site requests.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 from urllib.parse import urlsplit
 
@@ -25,6 +26,7 @@ from lawchatd.web.body import content_type_problem
 from lawchatd.web.errors import error
 from lawchatd.web.keys import SETTINGS
 
+log = logging.getLogger(__name__)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 HOSTS = web.AppKey("own_host_names", frozenset)
@@ -91,7 +93,13 @@ def _is_websocket(request: web.Request) -> bool:
 @web.middleware
 async def guard(request: web.Request, handler):
     if not host_allowed(request):
-        raise error(421, "This daemon does not answer for that Host name")
+        name = split_host(request.headers.get(hdrs.HOST, ""))[0]
+        log.warning("refused Host %a from %s (not in LAWCHATD_ALLOWED_HOSTS)", name, request.remote)
+        raise error(
+            421,
+            f"This daemon does not answer to the name {name!r} (Host); "
+            "its administrator can add the name to LAWCHATD_ALLOWED_HOSTS",
+        )
     state_changing = request.method not in SAFE_METHODS
     if (state_changing or _is_websocket(request)) and not origin_allowed(request):
         raise error(403, "Requests from another site's page are refused")

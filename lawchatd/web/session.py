@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import time
@@ -25,6 +26,7 @@ from lawchatd.web.errors import error, read_json
 from lawchatd.web.keys import SETTINGS
 from lawchatd.web.ratelimit import FailureLimiter
 
+log = logging.getLogger(__name__)
 COOKIE = "lawchatd_session"
 LIFETIME = 7 * 24 * 3600.0
 TOUCH_EVERY = 300.0  # write last use to disk at most this often per session
@@ -167,6 +169,7 @@ async def post_session(request: web.Request) -> web.Response:
     expected = request.app[SETTINGS].api_key
     if expected is not None and not keys_match(login.api_key, expected):
         limiter.failed(client)
+        log.warning("wrong API key on POST /session from %s", client)
         raise error(401, "Invalid or missing API key")
     limiter.succeeded(client)
     token = await request.app[SESSIONS].create()
