@@ -10,10 +10,10 @@ from aiohttp import web
 
 from lawchatd import __version__
 from lawchatd.config import Settings
-from lawchatd.connlimit import cap_connections
+from lawchatd.httpserver import harden
 from lawchatd.logs import MaskingAccessLogger
 from lawchatd.sdnotify import Notifier, keep_watchdog_fed, relay_status, watchdog_interval
-from lawchatd.startup import classify
+from lawchatd.startup import classify, listen_error
 from lawchatd.web.app import create_app
 from lawchatd.web.keys import PROGRESS
 
@@ -46,9 +46,12 @@ async def serve(settings: Settings) -> None:
             # Inside the try: a database that fails to open must still close what did open.
             await runner.setup()
             assert runner.server is not None
-            cap_connections(runner.server, settings.max_connections)
+            harden(runner.server, settings.max_connections)
             site = web.TCPSite(runner, settings.host, settings.port)
-            await site.start()
+            try:
+                await site.start()
+            except OSError as exc:
+                raise listen_error(exc, settings) from None
         except Exception as exc:
             failed = True
             raise _named(exc, settings) from None

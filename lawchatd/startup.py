@@ -39,8 +39,9 @@ class StartupError(Exception):
 def preflight(settings: Settings) -> None:
     """Refuse to start, in words, when the daemon could not keep its state."""
     _data_dir(settings.data_dir)
-    _writable(settings.data_dir)
-    _writable(settings.models_dir)
+    _writable(settings.data_dir, PROBE_BYTES)  # the database must be able to grow
+    # Only writable: a full models disk still serves chat, and a download says 507.
+    _writable(settings.models_dir, 0)
     from lawchatd.store import SCHEMA_VERSION
 
     _database(settings.db_path, SCHEMA_VERSION)
@@ -62,15 +63,16 @@ def _data_dir(path: Path) -> None:
         ) from None
 
 
-def _writable(folder: Path) -> None:
-    """Create `folder` and write (and sync) a small file in it: read-only and full disks show."""
+def _writable(folder: Path, size: int) -> None:
+    """Create `folder` and write (and sync) `size` bytes in it: read-only and full disks show."""
     probe = folder / f".lawchatd-probe-{os.getpid()}"
     try:
         folder.mkdir(exist_ok=True)
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, b"\0" * PROBE_BYTES)
-            os.fsync(fd)
+            if size:
+                os.write(fd, b"\0" * size)
+                os.fsync(fd)
         finally:
             os.close(fd)
     except OSError as exc:
@@ -115,6 +117,13 @@ def _database_error(exc: sqlite3.DatabaseError, path: Path) -> StartupError:
     return StartupError(EX_DATAERR, f"{path} is not a usable SQLite database ({exc})")
 
 
+def listen_error(exc: OSError, settings: Settings) -> StartupError:
+    where = f"{settings.host}:{settings.port}"
+    if exc.errno == errno.EADDRINUSE:
+        return StartupError(EX_UNAVAILABLE, f"{where} is already in use by another program")
+    return StartupError(EX_UNAVAILABLE, f"cannot listen on {where}: {exc.strerror or exc}")
+
+
 def classify(exc: BaseException, settings: Settings) -> StartupError | None:
     """A StartupError for a failure during start-up that has a known kind, else None."""
     if isinstance(exc, StartupError):
@@ -123,14 +132,6 @@ def classify(exc: BaseException, settings: Settings) -> StartupError | None:
         return StartupError(EX_CONFIG, str(exc))
     if isinstance(exc, sqlite3.DatabaseError):
         return _database_error(exc, settings.db_path)
-    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
-        return StartupError(
-            EX_UNAVAILABLE, f"{settings.host}:{settings.port} is already in use by another program"
-        )
-    if isinstance(exc, OSError) and exc.errno in (errno.EADDRNOTAVAIL, errno.EACCES):
-        return StartupError(
-            EX_UNAVAILABLE, f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
-        )
     if isinstance(exc, OSError) and exc.errno in FULL + READ_ONLY:
         return _os_error(exc, settings.data_dir)
     if isinstance(exc, RuntimeError) and "newer lawchatd" in str(exc):

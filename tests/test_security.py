@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import sqlite3
 from collections.abc import Callable
@@ -228,3 +229,31 @@ async def test_a_bogus_charset_is_415(daemon: Daemon, mirror):
 async def test_non_utf8_bytes_in_the_key_headers_are_401(daemon: Daemon, header):
     status, reply = await raw_request(daemon, head("GET", "/models/available") + header + b"\r\n")
     assert status == 401 and reply == {"detail": "Invalid or missing API key"}
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [b"GET /\xff\xfe HTTP/1.1", b"BREW /models/available HTTP/1.1", b"GET / HTTP/9.9"],
+)
+async def test_what_the_http_parser_refuses_is_a_json_400(daemon: Daemon, request_line):
+    status, reply = await raw_request(daemon, request_line + b"\r\nHost: 127.0.0.1\r\n")
+    assert status == 400 and reply["detail"].startswith("Bad request: "), reply
+    assert "Traceback" not in daemon.log()
+
+
+async def test_a_compressed_body_is_415(daemon: Daemon, mirror):
+    payload = gzip.compress(DOWNLOAD)
+    status, reply = await raw_request(
+        daemon,
+        head(
+            "POST",
+            "/models/download",
+            f"Authorization: Bearer {API_KEY}",
+            "Content-Type: application/json",
+            "Content-Encoding: gzip",
+            length=len(payload),
+        ),
+        payload,
+    )
+    assert status == 415 and "Content-Encoding" in reply["detail"]
+    await nothing_changed(daemon, mirror)

@@ -129,3 +129,9 @@ async def test_a_malformed_login_is_422(daemon: Daemon, body) -> None:
         session.post(daemon.url + "/session", json=body) as resp,
     ):
         assert resp.status == 422 and "detail" in await resp.json()
+
+
+async def test_without_a_key_a_login_needs_no_session(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = await make_daemon(LAWCHATD_API_KEY="").start()
+    resp = await login(daemon, "anything")
+    assert resp.status == 204 and "Set-Cookie" not in resp.headers

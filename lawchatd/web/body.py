@@ -98,4 +98,6 @@ def content_type_problem(request: web.BaseRequest) -> str | None:
         return "The request body must be JSON sent with Content-Type: application/json"
     if request.charset and request.charset.lower() not in UTF8_NAMES:
         return "JSON must be sent as UTF-8 (charset=utf-8)"
+    if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        return "Compressed request bodies are not accepted (Content-Encoding)"
     return None

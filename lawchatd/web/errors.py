@@ -8,6 +8,8 @@ import logging
 from typing import TypeVar
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel, ValidationError
 
 from lawchatd.web import body
@@ -16,6 +18,7 @@ log = logging.getLogger(__name__)
 Body = TypeVar("Body", bound=BaseModel)
 BODY_TIMEOUT = web.AppKey("body_timeout", float)
 DEFAULT_BODY_TIMEOUT = 30.0
+THREAD_PARSE_BYTES = 64 * 1024
 
 
 def error(status: int, detail: str) -> web.HTTPException:
@@ -53,12 +56,16 @@ async def read_json(request: web.Request, model: type[Body]) -> Body:
     try:
         async with asyncio.timeout(request.app.get(BODY_TIMEOUT, DEFAULT_BODY_TIMEOUT)):
             raw = await request.read()
+    except (RequestPayloadError, HttpProcessingError):  # a broken chunk, a bad encoding
+        raise error(400, "The request body could not be read") from None
     except TimeoutError:
         late = error(408, "The request body did not arrive in time")
         late.force_close()  # the rest of the body may still be on its way: no keep-alive
         raise late from None
     try:
-        data = body.parse(raw)
+        # A big body is parsed and checked off the event loop (a 1 MiB array: ~0.1 s of CPU).
+        big = len(raw) > THREAD_PARSE_BYTES
+        data = await asyncio.to_thread(body.parse, raw) if big else body.parse(raw)
     except body.BadBody as exc:
         raise error(exc.status, exc.detail) from None
     if not isinstance(data, dict):
