@@ -79,9 +79,17 @@ class Settings(BaseSettings):
 
     @property
     def extra_hosts(self) -> frozenset[str]:
-        """LAWCHATD_ALLOWED_HOSTS as lower-case names, without ports or brackets."""
-        names = (name.strip().lower().rstrip(".") for name in self.allowed_hosts.split(","))
-        return frozenset(name.strip("[]") for name in names if name)
+        """LAWCHATD_ALLOWED_HOSTS as lower-case names, without ports, brackets or final dot."""
+        names = set()
+        for entry in self.allowed_hosts.lower().split(","):
+            entry = entry.strip()
+            if entry.startswith("["):  # [v6] or [v6]:port
+                entry = entry[1:].partition("]")[0]
+            elif entry.count(":") == 1:  # name:port
+                entry = entry.partition(":")[0]
+            if entry := entry.rstrip("."):
+                names.add(entry)
+        return frozenset(names)
 
     @property
     def models_dir(self) -> Path:

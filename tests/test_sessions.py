@@ -135,3 +135,9 @@ async def test_without_a_key_a_login_needs_no_session(make_daemon: Callable[...,
     daemon = await make_daemon(LAWCHATD_API_KEY="").start()
     resp = await login(daemon, "anything")
     assert resp.status == 204 and "Set-Cookie" not in resp.headers
+
+
+async def test_parallel_guesses_are_counted_too(daemon: Daemon) -> None:
+    replies = await asyncio.gather(*(login(daemon, f"guess-{n}") for n in range(20)))
+    statuses = sorted(resp.status for resp in replies)
+    assert statuses == [401] * 5 + [429] * 15, statuses

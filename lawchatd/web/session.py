@@ -159,16 +159,17 @@ def _served_over_tls(request: web.Request) -> bool:
 
 @routes.post("/session")
 async def post_session(request: web.Request) -> web.Response:
+    login = await read_json(request, Login)
+    expected = request.app[SETTINGS].api_key
+    if expected is None:  # every route is open: no session to keep (and no rows to grow)
+        return web.Response(status=204, headers={"Cache-Control": "no-store"})
+    # Checked and counted with no await in between, so parallel guesses are counted too.
     limiter = request.app[LOGIN_LIMITER]
     client = request.remote or "unknown"
     if wait := limiter.retry_after(client):
         refused = error(429, f"Too many wrong API keys; try again in {wait} s")
         refused.headers["Retry-After"] = str(wait)
         raise refused
-    login = await read_json(request, Login)
-    expected = request.app[SETTINGS].api_key
-    if expected is None:  # every route is open: no session to keep (and no rows to grow)
-        return web.Response(status=204, headers={"Cache-Control": "no-store"})
     if not keys_match(login.api_key, expected):
         limiter.failed(client)
         log.warning("wrong API key on POST /session from %s", client)
