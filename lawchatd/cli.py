@@ -14,7 +14,6 @@ from pydantic import ValidationError
 
 from lawchatd import __version__
 from lawchatd.config import Settings
-from lawchatd.logs import setup_logging
 from lawchatd.sdnotify import Notifier
 from lawchatd.startup import EX_CONFIG, StartupError, preflight
 
@@ -40,14 +39,15 @@ def _settings() -> Settings:
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         settings = _load_settings()
-        setup_logging(settings.log_level)
         try:
             settings.refuse_unsafe_bind()
         except SystemExit as exc:
             raise StartupError(EX_CONFIG, str(exc.code).removeprefix("lawchatd: ")) from None
-        preflight(settings)  # before the heavy imports: a broken start is told within a second
+        preflight(settings)  # before the heavy imports: a broken start is told at once
+        from lawchatd.logs import setup_logging
         from lawchatd.server import serve
 
+        setup_logging(settings.log_level)
         asyncio.run(serve(settings))
     except StartupError as exc:
         _exit_at_once(exc)
@@ -65,6 +65,7 @@ def _exit_at_once(exc: StartupError) -> None:
 
 
 def _cmd_mirror(args: argparse.Namespace) -> int:
+    from lawchatd.logs import setup_logging
     from lawchatd.mirror import run_mirror
 
     setup_logging("INFO")

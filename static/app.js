@@ -627,6 +627,7 @@ function main() {
   window.addEventListener("offline", () => {
     if (state.socket) state.socket.close(); // its close schedules nothing while offline
   });
+  sessionStorage.removeItem("lawchatd.apiKey"); // where an older version kept the key
   checkAccess();
 }
 
