@@ -143,7 +143,9 @@ async def slowloris(code: Path, root: Path, attackers: int) -> None:
                 while await asyncio.wait_for(reader.read(4096), 65 - (time.monotonic() - began)):
                     pass
                 closed += 1
-            except (TimeoutError, ConnectionError):
+            except ConnectionError:  # a reset: closed with unread bytes
+                closed += 1
+            except TimeoutError:
                 pass
         print(
             f"- closed by the daemon: {closed}/{attackers} within "

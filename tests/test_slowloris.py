@@ -45,7 +45,9 @@ async def closed_by_server(reader: asyncio.StreamReader, timeout: float) -> bool
     try:
         while await asyncio.wait_for(reader.read(4096), timeout):
             pass  # a 503 for a refused newcomer is fine too; what matters is the close
-    except (TimeoutError, ConnectionError):
+    except ConnectionError:
+        return True  # closed with its half request unread: the kernel says so with a reset
+    except TimeoutError:
         return False
     return True
 
