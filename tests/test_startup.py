@@ -142,3 +142,18 @@ def test_a_failure_inside_the_running_loop_releases_everything(env, tmp_path):
     )
     assert result.returncode == EX_DATAERR, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_systemd_hears_the_reason_too(env, tmp_path):
+    """With Type=notify, STATUS= carries the line `systemctl status` shows beside the journal."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "lawchatd.sqlite3").write_bytes(os.urandom(8192))
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(path))
+        notify.settimeout(5)
+        env["NOTIFY_SOCKET"] = str(path)
+        code, _, _ = start(env)
+        message = notify.recv(4096).decode()
+    assert code == EX_DATAERR
+    assert message.startswith("STATUS=lawchatd: cannot start: ") and "SQLite" in message
