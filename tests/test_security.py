@@ -259,3 +259,11 @@ async def test_a_compressed_body_is_415(daemon: Daemon, mirror):
     )
     assert status == 415 and "Content-Encoding" in reply["detail"]
     await nothing_changed(daemon, mirror)
+
+
+async def test_the_dashboard_cannot_be_framed(daemon: Daemon):
+    async with aiohttp.ClientSession() as session, session.get(daemon.url + "/") as resp:
+        assert resp.status == 200
+        assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
+        assert resp.headers["X-Frame-Options"] == "DENY"
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"

@@ -23,7 +23,7 @@ from lawchatd.web import metrics, routes_compat, routes_models, session, ws
 from lawchatd.web.auth import require_api_key
 from lawchatd.web.chat import add_chat_routes
 from lawchatd.web.errors import BODY_TIMEOUT, json_errors
-from lawchatd.web.guard import HOSTS, guard, own_host_names
+from lawchatd.web.guard import HOSTS, guard, own_host_names, security_headers
 from lawchatd.web.keys import (
     ACTIVATOR,
     CATALOG,
@@ -57,6 +57,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> web.Applic
     app.cleanup_ctx.append(_model_host)
     app.cleanup_ctx.append(_downloads)
     app.on_shutdown.append(_close_websockets)
+    app.on_response_prepare.append(security_headers)
 
     app.router.add_get("/healthz", healthz)
     app.add_routes(routes_compat.routes)

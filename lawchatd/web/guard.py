@@ -106,3 +106,19 @@ async def guard(request: web.Request, handler):
     if state_changing and (problem := content_type_problem(request)):
         raise error(415, problem)
     return await handler(request)
+
+
+# The dashboard's page: its own scripts, styles and socket only, and never inside a frame (a
+# page on another port of this host could frame it, cookie and all, and steer the clicks).
+DASHBOARD_CSP = (
+    "default-src 'self'; img-src 'self' data:; connect-src 'self'; object-src 'none'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    if request.path == "/":
+        response.headers.setdefault("Content-Security-Policy", DASHBOARD_CSP)
