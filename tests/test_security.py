@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gzip
 import json
+import socket
 import sqlite3
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -267,3 +268,25 @@ async def test_the_dashboard_cannot_be_framed(daemon: Daemon):
         assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
         assert resp.headers["X-Frame-Options"] == "DENY"
         assert resp.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def _outside_address() -> str | None:
+    """This machine's address on a network interface (what an office's browsers would use)."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the route
+        address = probe.getsockname()[0]
+        return None if address.startswith("127.") else address
+    return None
+
+
+async def test_an_office_server_answers_to_the_address_it_was_reached_at(make_daemon):
+    address = _outside_address()
+    if address is None:
+        pytest.skip("no network interface besides loopback")
+    daemon = await make_daemon(LAWCHATD_HOST="0.0.0.0").start()  # with a key, as required
+    daemon.url = daemon.url.replace("127.0.0.1", address).replace("0.0.0.0", address)
+    port = urlsplit(daemon.url).port
+    status, _ = await raw_request(daemon, head("GET", "/healthz", host=f"{address}:{port}"))
+    assert status == 200
+    status, _ = await raw_request(daemon, head("GET", "/healthz", host=f"10.255.255.254:{port}"))
+    assert status == 421  # an address that is not this machine's names nothing here

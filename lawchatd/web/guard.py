@@ -55,13 +55,19 @@ def split_host(value: str) -> tuple[str, str]:
 def _is_own_address(name: str, request: web.Request) -> bool:
     """An IP literal the client connected to: it names this daemon, not a rebound domain."""
     try:
-        address = ipaddress.ip_address(name)
+        address = _plain(ipaddress.ip_address(name))
     except ValueError:
         return False
     if address.is_loopback:
         return True
     sockname = request.transport.get_extra_info("sockname") if request.transport else None
-    return bool(sockname) and address == ipaddress.ip_address(sockname[0].split("%")[0])
+    return bool(sockname) and address == _plain(ipaddress.ip_address(sockname[0].split("%")[0]))
+
+
+def _plain(address: ipaddress.IPv4Address | ipaddress.IPv6Address):
+    """An IPv4 client of a dual-stack socket shows as ::ffff:a.b.c.d: compare the IPv4."""
+    mapped = getattr(address, "ipv4_mapped", None)
+    return mapped or address
 
 
 def host_allowed(request: web.Request) -> bool:
