@@ -102,7 +102,8 @@ async def test_a_rebound_host_name_reads_nothing(keyless: Daemon, mirror):
 
 async def test_the_daemons_own_names_and_same_origin_pages_work(keyless: Daemon):
     port = urlsplit(keyless.url).port
-    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST.", "[::1]"):
+    names = (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST.", "[::1]", socket.gethostname())
+    for host in names:
         status, reply = await raw_request(keyless, head("GET", "/healthz", host=host))
         assert status == 200 and reply["status"] == "ok", host
     status, reply = await raw_request(

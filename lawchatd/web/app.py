@@ -23,7 +23,13 @@ from lawchatd.web import metrics, routes_compat, routes_models, session, ws
 from lawchatd.web.auth import require_api_key
 from lawchatd.web.chat import add_chat_routes
 from lawchatd.web.errors import BODY_TIMEOUT, json_errors
-from lawchatd.web.guard import HOSTS, guard, own_host_names, security_headers
+from lawchatd.web.guard import (
+    HOSTS,
+    guard,
+    learn_machine_names,
+    own_host_names,
+    security_headers,
+)
 from lawchatd.web.keys import (
     ACTIVATOR,
     CATALOG,
@@ -58,6 +64,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> web.Applic
     app.cleanup_ctx.append(_downloads)
     app.on_shutdown.append(_close_websockets)
     app.on_response_prepare.append(security_headers)
+    app.on_startup.append(learn_machine_names)
 
     app.router.add_get("/healthz", healthz)
     app.add_routes(routes_compat.routes)

@@ -14,9 +14,12 @@ the open routes, and a session cookie rides along with same-site requests.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
+import threading
 from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
@@ -29,17 +32,38 @@ from lawchatd.web.keys import SETTINGS
 log = logging.getLogger(__name__)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-HOSTS = web.AppKey("own_host_names", frozenset)
+HOSTS = web.AppKey("own_host_names", set)
 
 
-def own_host_names(settings: Settings) -> frozenset[str]:
+def own_host_names(settings: Settings) -> set[str]:
     """Names the Host header may carry: loopback, the bind address, this machine's name."""
     names = set(LOOPBACK_NAMES) | settings.extra_hosts
     if settings.host not in ("", "0.0.0.0", "::"):
         names.add(settings.host.lower().strip("[]"))
     hostname = socket.gethostname().lower()
     names.update({hostname, hostname.split(".")[0]})
-    return frozenset(names)
+    return names
+
+
+async def learn_machine_names(app: web.Application) -> None:
+    """Add the machine's full name and aliases (lawserver.firm.local) once the resolver
+    answers: in a daemon thread, so a slow DNS delays neither the start nor the stop."""
+    loop = asyncio.get_running_loop()
+    names = app[HOSTS]
+
+    def look_up() -> None:
+        try:
+            hostname = socket.gethostname()
+            found = {socket.getfqdn(hostname)}
+            name, aliases, _ = socket.gethostbyname_ex(hostname)
+            found.update([name, *aliases])
+        except OSError:
+            return
+        cleaned = {n.lower().rstrip(".") for n in found if n}
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(names.update, cleaned)
+
+    threading.Thread(target=look_up, name="lawchatd-host-names", daemon=True).start()
 
 
 def split_host(value: str) -> tuple[str, str]:
