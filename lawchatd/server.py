@@ -43,18 +43,10 @@ async def serve(settings: Settings) -> None:
     failed = False
     try:
         try:
-            # Inside the try: a database that fails to open must still close what did open.
-            await runner.setup()
-            assert runner.server is not None
-            harden(runner.server, settings.max_connections)
-            site = web.TCPSite(runner, settings.host, settings.port)
-            try:
-                await site.start()
-            except OSError as exc:
-                raise listen_error(exc, settings) from None
-        except Exception as exc:
+            await _listen(runner, settings)
+        except Exception:
             failed = True
-            raise _named(exc, settings) from None
+            raise
         for host, port, *_ in (addr for addr in runner.addresses if isinstance(addr, tuple)):
             log.info("lawchatd %s listening on http://%s:%d", __version__, host, port)
         # READY only once the socket accepts: systemd starts dependants right after.
@@ -77,6 +69,22 @@ async def serve(settings: Settings) -> None:
         finally:
             notifier.close()
     log.info("stopped")
+
+
+async def _listen(runner: web.AppRunner, settings: Settings) -> None:
+    """Open what the app holds and bind; a known failure is raised as a StartupError. Called
+    inside serve's try, so a database that fails to open still closes what did open."""
+    try:
+        await runner.setup()
+        assert runner.server is not None
+        harden(runner.server, settings.max_connections)
+        site = web.TCPSite(runner, settings.host, settings.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise listen_error(exc, settings) from None
+    except Exception as exc:
+        raise _named(exc, settings) from None
 
 
 def _named(exc: Exception, settings: Settings) -> Exception:
