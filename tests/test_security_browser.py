@@ -80,8 +80,13 @@ async def hostile_site() -> AsyncIterator[HostileSite]:
         html = HOSTILE_PAGE.replace("DAEMON", site.target)
         return web.Response(text=html, content_type="text/html")
 
+    async def framing(request: web.Request) -> web.Response:
+        html = f'<!doctype html><iframe id="dashboard" src="{site.target}/"></iframe>'
+        return web.Response(text=html, content_type="text/html")
+
     app = web.Application()
     app.router.add_get("/", page)
+    app.router.add_get("/frame", framing)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", site.port).start()
@@ -136,3 +141,19 @@ async def test_a_rebound_name_reads_nothing(browser: Browser, make_daemon) -> No
         response = await page.goto(f"http://{EVIL}:{port}{path}")
         assert response is not None and response.status == 421, path
         assert "available_models" not in await response.text()
+
+
+async def test_the_logged_in_dashboard_cannot_be_framed(
+    browser: Browser, daemon: Daemon, hostile_site: HostileSite
+) -> None:
+    """Clickjacking: a same-site page frames the dashboard (the cookie would go along) to steer
+    a lawyer's clicks; the browser refuses to show it."""
+    context = await browser.new_context()
+    await open_dashboard(await context.new_page(), daemon)
+    hostile_site.target = daemon.url
+    page = await context.new_page()
+    await page.goto(f"http://127.0.0.1:{hostile_site.port}/frame")
+    await page.wait_for_timeout(1000)
+    (frame,) = [f for f in page.frames if f != page.main_frame]
+    shown = await frame.evaluate("document.querySelector('#key-form, #dashboard') !== null")
+    assert shown is False, frame.url
