@@ -183,6 +183,7 @@ async function onKeySubmit(event) {
 }
 
 async function logOut() {
+  stopSocket(); // before the daemon closes it: no reconnect attempt in between
   try {
     await request("DELETE", "/session");
   } catch {

@@ -141,3 +141,17 @@ async def test_parallel_guesses_are_counted_too(daemon: Daemon) -> None:
     replies = await asyncio.gather(*(login(daemon, f"guess-{n}") for n in range(20)))
     statuses = sorted(resp.status for resp in replies)
     assert statuses == [401] * 5 + [429] * 15, statuses
+
+
+async def test_logging_out_closes_the_sessions_websocket(daemon: Daemon) -> None:
+    cookie = {"Cookie": f"lawchatd_session={session_cookie(await login(daemon))}"}
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(daemon.url + "/ws/progress", headers=cookie) as ws:
+            assert (await ws.receive_json())["type"] == "snapshot"
+            async with session.delete(daemon.url + "/session", headers=cookie) as resp:
+                assert resp.status == 204
+            message = await asyncio.wait_for(ws.receive(), 5)
+            assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        # A socket opened with the key itself is not the session's, and stays.
+        async with session.ws_connect(daemon.url + "/ws/progress", headers=daemon.headers()) as ws:
+            assert (await ws.receive_json())["type"] == "snapshot"

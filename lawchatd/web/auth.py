@@ -35,11 +35,15 @@ async def require_api_key(request: web.Request, handler):
         return await handler(request)
     presented = _presented_key(request)
     if presented is not None:  # a key sent on purpose must be the right one
-        allowed = keys_match(presented, api_key)
+        if keys_match(presented, api_key):
+            return await handler(request)
     else:
-        allowed = request.app[SESSIONS].valid(request.cookies.get(COOKIE))
-    if not allowed:
-        exc = error(401, "Invalid or missing API key")
-        exc.headers["WWW-Authenticate"] = "Bearer"
-        raise exc
-    return await handler(request)
+        sessions = request.app[SESSIONS]
+        token = request.cookies.get(COOKIE)
+        if sessions.valid(token):
+            assert token is not None
+            with sessions.holding(token, request.transport):
+                return await handler(request)
+    exc = error(401, "Invalid or missing API key")
+    exc.headers["WWW-Authenticate"] = "Bearer"
+    raise exc

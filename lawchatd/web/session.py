@@ -9,13 +9,14 @@ Sessions end after `LAWCHATD_SESSION_IDLE` seconds unused (12 h) and 7 days afte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiosqlite
@@ -47,6 +48,7 @@ class SessionStore:
         self._idle = idle
         self._live: dict[str, list[float]] = {}  # digest -> [created, used, written]
         self._writes: set[asyncio.Task] = set()
+        self._held: dict[str, set[asyncio.BaseTransport]] = {}  # WebSockets a session opened
 
     @classmethod
     async def open(cls, path: Path, key: bytes, idle: float) -> SessionStore:
@@ -116,8 +118,27 @@ class SessionStore:
         await self._db.execute("UPDATE sessions SET used = ? WHERE digest = ?", (now, digest))
         await self._db.commit()
 
+    @contextlib.contextmanager
+    def holding(self, token: str, transport: asyncio.BaseTransport | None) -> Iterator[None]:
+        """While a long request (the WebSocket) runs on this session's say-so: a logout
+        closes its connection too, so no tab keeps listening after it."""
+        if transport is None:  # the client is already gone
+            yield
+            return
+        digest = self._digest(token)
+        self._held.setdefault(digest, set()).add(transport)
+        try:
+            yield
+        finally:
+            held = self._held.get(digest, set())
+            held.discard(transport)
+            if not held:
+                self._held.pop(digest, None)
+
     async def end(self, token: str) -> None:
         digest = self._digest(token)
+        for transport in self._held.pop(digest, set()):
+            transport.close()
         self._live.pop(digest, None)
         await self._db.execute("DELETE FROM sessions WHERE digest = ?", (digest,))
         await self._db.commit()
