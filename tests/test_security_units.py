@@ -14,7 +14,7 @@ from lawchatd.config import Settings
 from lawchatd.web.body import MAX_DEPTH, BadBody, parse
 from lawchatd.web.errors import json_errors
 from lawchatd.web.guard import split_host
-from lawchatd.web.ratelimit import FailureLimiter
+from lawchatd.web.loginlimit import FailureLimiter
 from tests.harness import free_port
 
 

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr, StrictStr
 
 from lawchatd.web.errors import error, read_json
 from lawchatd.web.keys import SETTINGS
-from lawchatd.web.ratelimit import FailureLimiter
+from lawchatd.web.loginlimit import FailureLimiter
 
 log = logging.getLogger(__name__)
 COOKIE = "lawchatd_session"
