@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import socket
 import sqlite3
 from pathlib import Path
 
@@ -46,6 +47,26 @@ def preflight(settings: Settings) -> None:
 
     _database(settings.db_path, SCHEMA_VERSION)
     _database(settings.data_dir / "sessions.sqlite3", None)
+    _can_listen(settings)
+
+
+def _can_listen(settings: Settings) -> None:
+    """Bind (and let go of) the address now, so a taken port is told before anything starts.
+    The real bind follows in a moment; losing a race there is still classified."""
+    if settings.port == 0:
+        return
+    try:
+        found = socket.getaddrinfo(
+            settings.host or None, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        for family, kind, proto, _, address in found:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio does
+                if family == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                probe.bind(address)
+    except OSError as exc:
+        raise listen_error(exc, settings) from None
 
 
 def _data_dir(path: Path) -> None:
