@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -12,12 +13,12 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from lawchatd import __version__
-from lawchatd.catalog import CatalogError
 from lawchatd.config import Settings
-from lawchatd.logs import setup_logging
+from lawchatd.sdnotify import Notifier
+from lawchatd.startup import EX_CONFIG, StartupError, preflight
 
 
-def _settings() -> Settings:
+def _load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
@@ -25,22 +26,46 @@ def _settings() -> Settings:
             f"LAWCHATD_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
             for e in exc.errors()
         )
-        raise SystemExit(f"lawchatd: invalid settings: {problems}") from None
+        raise StartupError(EX_CONFIG, f"invalid settings: {problems}") from None
+
+
+def _settings() -> Settings:
+    try:
+        return _load_settings()
+    except StartupError as exc:
+        raise SystemExit(f"lawchatd: {exc.message}") from None
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from lawchatd.server import serve
-
-    settings = _settings()
-    setup_logging(settings.log_level)
     try:
+        settings = _load_settings()
+        try:
+            settings.refuse_unsafe_bind()
+        except SystemExit as exc:
+            raise StartupError(EX_CONFIG, str(exc.code).removeprefix("lawchatd: ")) from None
+        preflight(settings)  # before the heavy imports: a broken start is told at once
+        from lawchatd.logs import setup_logging
+        from lawchatd.server import serve
+
+        setup_logging(settings.log_level)
         asyncio.run(serve(settings))
-    except CatalogError as exc:
-        raise SystemExit(f"lawchatd: {exc}") from None
+    except StartupError as exc:
+        _exit_at_once(exc)
     return 0
 
 
+def _exit_at_once(exc: StartupError) -> None:
+    """One line on stderr (the journal, so `systemctl status` shows it), then exit with its
+    code without waiting for any thread a half-started daemon may have left behind."""
+    line = f"lawchatd: cannot start: {exc.message}"
+    print(line, file=sys.stderr, flush=True)
+    Notifier().send(f"STATUS={line}")
+    logging.shutdown()
+    os._exit(exc.code)
+
+
 def _cmd_mirror(args: argparse.Namespace) -> int:
+    from lawchatd.logs import setup_logging
     from lawchatd.mirror import run_mirror
 
     setup_logging("INFO")

@@ -68,8 +68,13 @@ class DaemonClient:
         await self._session.close()
 
     async def call(self, method: str, path: str, body: dict | None = None) -> dict:
+        # Always declared JSON: the daemon refuses other bodies (415), and aiohttp would
+        # otherwise label an empty POST application/octet-stream.
+        headers = {"Content-Type": "application/json"}
         try:
-            async with self._session.request(method, self.base + path, json=body) as resp:
+            async with self._session.request(
+                method, self.base + path, json=body, headers=headers
+            ) as resp:
                 data = await resp.json(content_type=None)
         except aiohttp.ClientConnectionError as exc:
             raise ClientError(f"cannot reach lawchatd at {self.base}: {exc}", UNREACHABLE) from exc

@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     retry_backoff: float = Field(0.5, ge=0)
     chat_queue_limit: int = Field(16, ge=1)
     log_level: str = "INFO"
+    # Security knobs (README "Security"): extra names the Host header may carry (a reverse
+    # proxy's), comma-separated; `*` turns the Host check off.
+    allowed_hosts: str = ""
+    header_timeout: float = Field(15.0, gt=0)  # to send a request's head (and idle keep-alive)
+    body_timeout: float = Field(30.0, gt=0)  # to send a JSON body
+    max_connections: int = Field(256, ge=8)  # open client connections; idle ones make room
+    session_idle: float = Field(12 * 3600.0, gt=0)  # a browser session ends after this idle
     # Where `lawchatd pull` and `lawchatd status` find the daemon.
     url: str | None = None
 
@@ -142,6 +149,20 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @property
+    def extra_hosts(self) -> frozenset[str]:
+        """LAWCHATD_ALLOWED_HOSTS as lower-case names, without ports, brackets or final dot."""
+        names = set()
+        for entry in self.allowed_hosts.lower().split(","):
+            entry = entry.strip()
+            if entry.startswith("["):  # [v6] or [v6]:port
+                entry = entry[1:].partition("]")[0]
+            elif entry.count(":") == 1:  # name:port
+                entry = entry.partition(":")[0]
+            if entry := entry.rstrip("."):
+                names.add(entry)
+        return frozenset(names)
 
     @property
     def models_dir(self) -> Path:

@@ -10,31 +10,43 @@ from aiohttp import web
 
 from lawchatd import __version__
 from lawchatd.config import Settings
+from lawchatd.httpserver import harden
 from lawchatd.logs import MaskingAccessLogger
 from lawchatd.sdnotify import Notifier, keep_watchdog_fed, relay_status, watchdog_interval
+from lawchatd.startup import classify, listen_error
 from lawchatd.web.app import create_app
 from lawchatd.web.keys import PROGRESS
 
 log = logging.getLogger("lawchatd")
 SHUTDOWN_TIMEOUT = 5.0  # SIGTERM must end in an exit well within systemd's 10 s
+CLEANUP_TIMEOUT = 5.0  # a failed start still releases the database within this
 
 
 async def serve(settings: Settings) -> None:
-    settings.refuse_unsafe_bind()
-    app = create_app(settings)
+    """Run until SIGTERM/SIGINT; a known start-up failure is raised as a StartupError."""
+    try:
+        app = create_app(settings)
+    except Exception as exc:
+        raise _named(exc, settings) from None
     runner = web.AppRunner(
         app,
         access_log_class=MaskingAccessLogger,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
         # A client that hangs up cancels its handler, so a queued chat request leaves the queue.
         handler_cancellation=True,
+        # aiohttp closes a connection that has not sent a whole request head within this of
+        # connecting or of its last answer: the slowloris defence (with the connection cap).
+        keepalive_timeout=settings.header_timeout,
     )
     notifier = Notifier()
     helpers: list[asyncio.Task] = []
-    await runner.setup()
+    failed = False
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
-        await site.start()
+        try:
+            await _listen(runner, settings)
+        except Exception:
+            failed = True
+            raise
         for host, port, *_ in (addr for addr in runner.addresses if isinstance(addr, tuple)):
             log.info("lawchatd %s listening on http://%s:%d", __version__, host, port)
         # READY only once the socket accepts: systemd starts dependants right after.
@@ -48,9 +60,36 @@ async def serve(settings: Settings) -> None:
     finally:
         for task in helpers:
             task.cancel()
-        await runner.cleanup()
-        notifier.close()
+        try:
+            await asyncio.wait_for(runner.cleanup(), CLEANUP_TIMEOUT + SHUTDOWN_TIMEOUT)
+        except Exception:
+            if not failed:
+                raise
+            log.exception("cleaning up after the failed start failed too")
+        finally:
+            notifier.close()
     log.info("stopped")
+
+
+async def _listen(runner: web.AppRunner, settings: Settings) -> None:
+    """Open what the app holds and bind; a known failure is raised as a StartupError. Called
+    inside serve's try, so a database that fails to open still closes what did open."""
+    try:
+        await runner.setup()
+        assert runner.server is not None
+        harden(runner.server, settings.max_connections)
+        site = web.TCPSite(runner, settings.host, settings.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise listen_error(exc, settings) from None
+    except Exception as exc:
+        raise _named(exc, settings) from None
+
+
+def _named(exc: Exception, settings: Settings) -> Exception:
+    """The StartupError naming `exc`'s kind, or `exc` itself when it is a bug."""
+    return classify(exc, settings) or exc
 
 
 async def _wait_for_stop_signal() -> None:

@@ -3,8 +3,11 @@
 // Live state arrives only over the WebSocket /ws/progress (a snapshot, then changes); REST is
 // used for actions and to re-read the model list and the loaded model when an event says they
 // changed. Progress is never polled. Server text is always set with textContent.
+//
+// The API key is typed once and exchanged for a session cookie (POST /session): HttpOnly, so
+// no script on this page can read it, and sent by the browser on every request and on the
+// WebSocket. The key itself is kept nowhere.
 
-const KEY_STORAGE = "lawchatd.apiKey";
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 10_000;
 
@@ -35,7 +38,6 @@ const STATUS_WORDS = {
 };
 
 const state = {
-  key: null, // null: not asked yet; "" is a valid key for a daemon without one
   socket: null,
   retryTimer: null,
   backoff: BACKOFF_MIN_MS,
@@ -100,14 +102,10 @@ class ApiError extends Error {
   }
 }
 
-function authHeaders() {
-  return state.key ? { Authorization: `Bearer ${state.key}` } : {};
-}
-
 // Turns an HTTP error into a sentence: the daemon's `detail` is already one, else our words.
 async function httpError(response) {
   if (response.status === 401) {
-    return new ApiError(401, "The API key was not accepted. Enter it again.");
+    return new ApiError(401, "The session has ended. Enter the API key again.");
   }
   let detail = null;
   try {
@@ -125,7 +123,7 @@ async function httpError(response) {
 }
 
 async function request(method, path, body) {
-  const headers = authHeaders();
+  const headers = {};
   if (body !== undefined) headers["Content-Type"] = "application/json";
   let response;
   try {
@@ -154,11 +152,10 @@ function reportFailure(error, context) {
   }
 }
 
-// ---- the API key -------------------------------------------------------------------------------
+// ---- the API key and the session ----------------------------------------------------------------
 
 function askForKey(message) {
   stopSocket();
-  sessionStorage.removeItem(KEY_STORAGE); // a reload must not retry a refused key
   $("change-key").hidden = true;
   setConnection("disconnected", "Disconnected");
   $("dashboard").hidden = true;
@@ -168,13 +165,46 @@ function askForKey(message) {
   $("key-input").focus();
 }
 
-function onKeySubmit(event) {
+async function onKeySubmit(event) {
   event.preventDefault();
-  state.key = $("key-input").value.trim();
-  sessionStorage.setItem(KEY_STORAGE, state.key);
-  $("key-section").hidden = true;
+  const key = $("key-input").value.trim();
+  $("key-input").value = "";
   showError("");
+  try {
+    await request("POST", "/session", { api_key: key });
+  } catch (error) {
+    const words =
+      error.status === 401 ? "The API key was not accepted. Enter it again." : error.message;
+    askForKey(words);
+    return;
+  }
+  $("key-section").hidden = true;
   showNotice("Connecting…");
+  startDashboard();
+}
+
+async function logOut() {
+  stopSocket(); // before the daemon closes it: no reconnect attempt in between
+  try {
+    await request("DELETE", "/session");
+  } catch {
+    // the daemon is away: the cookie goes with the browser session anyway
+  }
+  showNotice("");
+  askForKey("");
+}
+
+// At start: is there a session (or no key at all)? One REST call answers.
+async function checkAccess() {
+  try {
+    await request("GET", "/models/download-progress");
+  } catch (error) {
+    if (error.status === 401) {
+      askForKey("");
+      return;
+    }
+    // Not reachable now: the WebSocket's reconnect loop says so and tries again.
+  }
   startDashboard();
 }
 
@@ -189,8 +219,7 @@ function setConnection(kind, text) {
 
 function socketUrl() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const token = state.key ? `?token=${encodeURIComponent(state.key)}` : "";
-  return `${scheme}://${location.host}/ws/progress${token}`;
+  return `${scheme}://${location.host}/ws/progress`; // the session cookie goes along
 }
 
 function openSocket() {
@@ -591,7 +620,7 @@ function startDashboard() {
 
 function main() {
   $("key-form").addEventListener("submit", onKeySubmit);
-  $("change-key").addEventListener("click", () => askForKey(""));
+  $("change-key").addEventListener("click", logOut);
   $("chat-form").addEventListener("submit", onChatSubmit);
   // Ctrl/Cmd+Enter sends, as in most chat boxes; Enter alone makes a new line.
   $("chat-input").addEventListener("keydown", (event) => {
@@ -601,9 +630,8 @@ function main() {
   window.addEventListener("offline", () => {
     if (state.socket) state.socket.close(); // its close schedules nothing while offline
   });
-  state.key = sessionStorage.getItem(KEY_STORAGE);
-  if (state.key === null) askForKey("");
-  else startDashboard();
+  sessionStorage.removeItem("lawchatd.apiKey"); // where an older version kept the key
+  checkAccess();
 }
 
 main();

@@ -291,13 +291,42 @@ async def test_wrong_key_asks_for_the_key_again(browser_page: Page, daemon: Daem
     await expect(page.get_by_label("API key")).to_be_hidden()
 
 
-async def test_empty_key_for_a_daemon_without_one(
+async def test_a_daemon_without_a_key_opens_without_asking(
     browser_page: Page, make_daemon: Callable[..., Daemon]
 ) -> None:
     daemon = await make_daemon(LAWCHATD_API_KEY="").start()
-    await open_dashboard(browser_page, daemon, key="")
+    await browser_page.goto(daemon.url + "/")
     await expect(connection(browser_page)).to_have_text("Connected")
     await expect(card(browser_page, "tiny-a")).to_contain_text("Not downloaded")
+    await expect(browser_page.get_by_label("API key")).to_be_hidden()
+
+
+async def test_the_key_becomes_an_httponly_session_cookie(
+    browser_page: Page, daemon: Daemon
+) -> None:
+    page = browser_page
+    urls: list[str] = []
+    page.on("request", lambda r: urls.append(r.url))
+    page.on("websocket", lambda ws: urls.append(ws.url))
+    await open_dashboard(page, daemon)
+    await expect(card(page, "tiny-a")).to_contain_text("Not downloaded")
+    # Nothing a script (or a proxy's log) could read: no key in storage, URLs or document.cookie.
+    assert not [url for url in urls if "token=" in url or API_KEY in url], urls
+    assert any(url.endswith("/ws/progress") for url in urls), urls
+    stored = await page.evaluate("JSON.stringify([sessionStorage, localStorage, document.cookie])")
+    assert stored == '[{},{},""]', stored
+    (cookie,) = await page.context.cookies()
+    assert cookie["name"] == "lawchatd_session" and cookie["httpOnly"], cookie
+    assert cookie["sameSite"] == "Strict" and cookie["path"] == "/", cookie
+
+    await page.get_by_role("button", name="Log out").click()
+    await expect(page.get_by_label("API key")).to_be_visible()
+    await expect(connection(page)).to_have_text("Disconnected")
+    # The session is over on the daemon too, not just forgotten by this page.
+    status = await page.evaluate("fetch('/models/available').then((r) => r.status)")
+    assert status == 401
+    await page.reload()
+    await expect(page.get_by_label("API key")).to_be_visible()
 
 
 async def test_server_text_is_shown_as_text_not_html(

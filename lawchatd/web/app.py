@@ -19,10 +19,25 @@ from lawchatd.manager import DownloadManager
 from lawchatd.modelhost import ModelHost
 from lawchatd.progress import ProgressHub
 from lawchatd.store import Store
-from lawchatd.web import metrics, routes_compat, routes_models, routes_network, routes_old, ws
+from lawchatd.web import (
+    metrics,
+    routes_compat,
+    routes_models,
+    routes_network,
+    routes_old,
+    session,
+    ws,
+)
 from lawchatd.web.auth import require_api_key
 from lawchatd.web.chat import add_chat_routes
-from lawchatd.web.errors import json_errors
+from lawchatd.web.errors import BODY_TIMEOUT, json_errors
+from lawchatd.web.guard import (
+    HOSTS,
+    guard,
+    learn_machine_names,
+    own_host_names,
+    security_headers,
+)
 from lawchatd.web.keys import (
     ACTIVATOR,
     CATALOG,
@@ -42,19 +57,26 @@ MAX_BODY = 1 << 20  # chat histories fit; anything larger is a mistake or an att
 
 
 def create_app(settings: Settings, catalog: Catalog | None = None) -> web.Application:
+    # Errors become JSON first (OpenAI's shape on /v1); hostile Host/Origin/Content-Type are
+    # refused before the key.
     app = web.Application(
-        middlewares=[openai_errors, json_errors, require_api_key], client_max_size=MAX_BODY
+        middlewares=[openai_errors, json_errors, guard, require_api_key], client_max_size=MAX_BODY
     )
     app[SETTINGS] = settings
+    app[HOSTS] = own_host_names(settings)
+    app[BODY_TIMEOUT] = settings.body_timeout
     app[CATALOG] = catalog or load_catalog(settings.catalog)
     app[PROGRESS] = ProgressHub()
     app[WEBSOCKETS] = set()
     routes_network.setup(app)  # the download cap (app[BANDWIDTH].limiter) and its routes
     # Registered in this order, cleaned up in reverse: the download stops before the store closes.
     app.cleanup_ctx.append(_store)
+    app.cleanup_ctx.append(session.sessions_ctx)
     app.cleanup_ctx.append(_model_host)
     app.cleanup_ctx.append(_downloads)
     app.on_shutdown.append(_close_websockets)
+    app.on_response_prepare.append(security_headers)
+    app.on_startup.append(learn_machine_names)
 
     app.router.add_get("/healthz", healthz)
     app.add_routes(routes_compat.routes)
@@ -62,6 +84,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> web.Applic
     app.add_routes(routes_old.routes)
     app.add_routes(ws.routes)
     app.add_routes(metrics.routes)
+    app.add_routes(session.routes)
     add_chat_routes(app)
     if STATIC_DIR.is_dir():
         app.router.add_get("/", _index)

@@ -1,16 +1,17 @@
-"""The old app's Bearer auth (and X-API-Key); `?token=` for browsers on the WebSocket only."""
+"""The old app's Bearer auth (and X-API-Key), a browser session's cookie, and `?token=` on the
+WebSocket (browsers cannot set headers there)."""
 
 from __future__ import annotations
-
-import hmac
 
 from aiohttp import web
 
 from lawchatd.web.errors import error
 from lawchatd.web.keys import SETTINGS
+from lawchatd.web.session import COOKIE, SESSIONS, keys_match
 
-# The health check, and the dashboard page itself (which holds no data and asks for the key).
-OPEN_PATHS = ("/healthz", "/", "/favicon.ico")
+# The health check, the dashboard page itself (it holds no data and asks for the key), and
+# the session route (POST is the login, DELETE only ends the session it is sent with).
+OPEN_PATHS = ("/healthz", "/", "/favicon.ico", "/session")
 OPEN_PREFIXES = ("/static/",)
 TOKEN_QUERY_PATHS = ("/ws/progress",)
 
@@ -33,9 +34,16 @@ async def require_api_key(request: web.Request, handler):
     if api_key is None or request.path in OPEN_PATHS or request.path.startswith(OPEN_PREFIXES):
         return await handler(request)
     presented = _presented_key(request)
-    expected = api_key.get_secret_value()
-    if presented is None or not hmac.compare_digest(presented.encode(), expected.encode()):
-        exc = error(401, "Invalid or missing API key")
-        exc.headers["WWW-Authenticate"] = "Bearer"
-        raise exc
-    return await handler(request)
+    if presented is not None:  # a key sent on purpose must be the right one
+        if keys_match(presented, api_key):
+            return await handler(request)
+    else:
+        sessions = request.app[SESSIONS]
+        token = request.cookies.get(COOKIE)
+        if sessions.valid(token):
+            assert token is not None
+            with sessions.holding(token, request.transport):
+                return await handler(request)
+    exc = error(401, "Invalid or missing API key")
+    exc.headers["WWW-Authenticate"] = "Bearer"
+    raise exc

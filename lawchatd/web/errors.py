@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import TypeVar
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel, ValidationError
+
+from lawchatd.web import body
 
 log = logging.getLogger(__name__)
 Body = TypeVar("Body", bound=BaseModel)
+BODY_TIMEOUT = web.AppKey("body_timeout", float)
+DEFAULT_BODY_TIMEOUT = 30.0
+THREAD_PARSE_BYTES = 64 * 1024
 
 
 def error(status: int, detail: str) -> web.HTTPException:
@@ -32,14 +40,34 @@ async def json_errors(request: web.Request, handler):
         if exc.status == 413:
             detail = "Request body too large"
         raise error(exc.status, detail) from None
+    except (ConnectionError, asyncio.CancelledError):
+        raise  # the client went away: nobody to answer
+    except Exception:
+        # A bug: the traceback goes to the log, never to the client.
+        log.exception("unexpected error in %s %s", request.method, request.path)
+        raise error(500, "Internal error; the daemon's log has the details") from None
 
 
 async def read_json(request: web.Request, model: type[Body]) -> Body:
-    """The body validated against `model`; 422 in words when it is not JSON or not well-typed."""
+    """The body validated against `model`: 415 for a non-JSON Content-Type, 408 when it
+    trickles in too slowly, 422 in words when it is not JSON or not well-typed."""
+    if problem := body.content_type_problem(request):
+        raise error(415, problem)
     try:
-        data = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise error(422, "The request body must be a JSON object") from None
+        async with asyncio.timeout(request.app.get(BODY_TIMEOUT, DEFAULT_BODY_TIMEOUT)):
+            raw = await request.read()
+    except (RequestPayloadError, HttpProcessingError):  # a broken chunk, a bad encoding
+        raise error(400, "The request body could not be read") from None
+    except TimeoutError:
+        late = error(408, "The request body did not arrive in time")
+        late.force_close()  # the rest of the body may still be on its way: no keep-alive
+        raise late from None
+    try:
+        # A big body is parsed and checked off the event loop (a 1 MiB array: ~0.1 s of CPU).
+        big = len(raw) > THREAD_PARSE_BYTES
+        data = await asyncio.to_thread(body.parse, raw) if big else body.parse(raw)
+    except body.BadBody as exc:
+        raise error(exc.status, exc.detail) from None
     if not isinstance(data, dict):
         raise error(422, "The request body must be a JSON object")
     try:

@@ -1,0 +1,102 @@
+"""aiohttp's low-level HTTP server, hardened: a cap on open connections, and JSON (one log
+line, no traceback) for the requests its parser refuses before they reach the application.
+
+aiohttp closes a connection that has not delivered a whole request head within
+`keepalive_timeout` of connecting or of its last response (the runner is given
+LAWCHATD_HEADER_TIMEOUT for it). That bounds how long a slow client lives; the cap bounds how
+many there are: past it, the oldest connection that is not running a request (an idle
+keep-alive, a half-sent head) is closed to make room, so a new client such as a `/healthz`
+probe still gets in. Only when every connection is busy is the newcomer refused (503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from http import HTTPStatus
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
+
+log = logging.getLogger(__name__)
+WARN_EVERY = 10.0
+_TOO_MANY = json.dumps({"detail": "Too many connections; try again"}).encode()
+REFUSED = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_TOO_MANY), _TOO_MANY)
+)
+
+
+class HardenedHandler(RequestHandler):
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # too late for an answer: aiohttp closes it
+            return super().handle_error(request, status, exc, message)
+        if status >= 500:
+            log.error("error handling a request from %s", request.remote, exc_info=exc)
+            detail = "Internal error; the daemon's log has the details"
+        else:  # a malformed request line, header or chunk: the client's, not worth a traceback
+            reason = (message or HTTPStatus(status).phrase).splitlines()[0].rstrip(": ")[:100]
+            log.info("bad request from %s: %s", request.remote, reason)
+            detail = f"Bad request: {reason}"
+        response = web.json_response({"detail": detail}, status=status)
+        response.force_close()
+        return response
+
+    def log_exception(self, *args: object, **kwargs: object) -> None:
+        # The unread rest of a refused body (say, a gzip one) failing to decode is not a bug.
+        if isinstance(kwargs.get("exc_info"), RequestPayloadError):
+            log.info("dropped the unreadable rest of a request body")
+            return
+        super().log_exception(*args, **kwargs)
+
+
+class HardenedServer(web.Server):
+    connection_limit = 1 << 30
+    _last_warning = 0.0
+
+    def __call__(self) -> RequestHandler:
+        try:
+            return HardenedHandler(self, loop=self._loop, **self._kwargs)
+        except (AttributeError, TypeError):  # another aiohttp's internals: plain handler
+            return super().__call__()
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        open_now = [h for h in self.connections if h.transport is not None]
+        if len(open_now) <= self.connection_limit:
+            return
+        if time.monotonic() - self._last_warning > WARN_EVERY:
+            self._last_warning = time.monotonic()
+            log.warning(
+                "%d client connections (limit %d): closing idle ones",
+                len(open_now),
+                self.connection_limit,
+            )
+        for old in open_now:  # oldest first
+            if old is not handler and not _busy(old):
+                old.force_close()
+                return
+        transport.write(REFUSED)
+        handler.force_close()
+
+
+def _busy(handler: RequestHandler) -> bool:
+    # aiohttp's flag for "a handler is running" (WebSockets and streams included); should a
+    # future aiohttp lack it, every connection counts as busy: nobody is cut off by mistake.
+    return bool(getattr(handler, "_request_in_progress", True))
+
+
+def harden(server: web.Server, connection_limit: int) -> None:
+    """Give the runner's server (built by aiohttp) the behaviour above, before it listens."""
+    server.__class__ = HardenedServer
+    server.connection_limit = connection_limit  # type: ignore[attr-defined]
