@@ -86,11 +86,14 @@ async def storm(bench: Bench, connections: int, target: int, seed: int) -> dict:
             wrong += bench.wrong_final(data_dir)
             if done["status"] != "completed":
                 errors.append(done["error"][:90])
+        received = await bytes_received(daemon)
     finally:
         await daemon.close()
         await hub.close()
     size = bench.model.size
-    refetched = hub.bytes_served - size * (runs + faults.injected["corrupt"])
+    needed = size * runs  # a run that failed on a corrupt byte fetched a whole file too
+    refetched = hub.bytes_served - needed
+    unkept = received - needed
     return {
         "connections": connections,
         "faults": sum(faults.injected.values()),
@@ -101,8 +104,21 @@ async def storm(bench: Bench, connections: int, target: int, seed: int) -> dict:
         "refetched_mb": round(refetched / 1e6, 2),
         "refetched_pct_of_transfer": round(100 * refetched / (size * runs), 2),
         "refetched_kb_per_fault": round(refetched / 1e3 / sum(faults.injected.values()), 1),
+        # What the daemon received and did not keep (the rest never reached it: bytes a
+        # dropped connection's kernel buffers discarded, or answers it refused unread).
+        "received_not_kept_mb": round(unkept / 1e6, 2),
+        "received_not_kept_kb_per_fault": round(unkept / 1e3 / sum(faults.injected.values()), 1),
         "seconds": round(time.monotonic() - started, 1),
     }
+
+
+async def bytes_received(daemon: Daemon) -> int:
+    """The daemon's own count of bytes taken from the network (/metrics)."""
+    session = await daemon.session()
+    async with session.get(daemon.url + "/metrics") as resp:
+        text = await resp.text()
+    line = next(x for x in text.splitlines() if x.startswith("lawchatd_download_bytes_total"))
+    return int(float(line.split()[-1]))
 
 
 # ---- the crash storm -----------------------------------------------------------------------
