@@ -195,7 +195,7 @@ async def crash(bench: Bench, rate: int | None, kills: int, seed: int) -> dict:
                     "refetch_mb": round(refetch / 1e6, 3),
                     "refetch_pct": round(100 * refetch / size, 3),
                     "refetch_s": round(behind, 3),
-                    "speed_mb_s": round(last.get("speed", 0) / 1e6, 1),
+                    "speed_mb_s": round((last.get("speed") or 0) / 1e6, 1),
                 }  # fmt: skip
             )
             await asyncio.sleep(0.3)  # let the hub notice the dead connections
@@ -250,6 +250,8 @@ async def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the folder with the logs")
     args = parser.parse_args()
     size = (args.size_mb or (40 if args.what == "storm" else 256)) << 20
+    if args.code:
+        os.chdir(args.code)  # `python -m lawchatd` imports from the working folder first
     tmp = Path(tempfile.mkdtemp(prefix="lawchatd-storm-"))
     try:
         bench = Bench(tmp, size, args.code)
