@@ -86,11 +86,14 @@ async def storm(bench: Bench, connections: int, target: int, seed: int) -> dict:
             wrong += bench.wrong_final(data_dir)
             if done["status"] != "completed":
                 errors.append(done["error"][:90])
+        received = await bytes_received(daemon)
     finally:
         await daemon.close()
         await hub.close()
     size = bench.model.size
-    refetched = hub.bytes_served - size * (runs + faults.injected["corrupt"])
+    needed = size * runs  # a run that failed on a corrupt byte fetched a whole file too
+    refetched = hub.bytes_served - needed
+    unkept = received - needed
     return {
         "connections": connections,
         "faults": sum(faults.injected.values()),
@@ -101,8 +104,21 @@ async def storm(bench: Bench, connections: int, target: int, seed: int) -> dict:
         "refetched_mb": round(refetched / 1e6, 2),
         "refetched_pct_of_transfer": round(100 * refetched / (size * runs), 2),
         "refetched_kb_per_fault": round(refetched / 1e3 / sum(faults.injected.values()), 1),
+        # What the daemon received and did not keep (the rest never reached it: bytes a
+        # dropped connection's kernel buffers discarded, or answers it refused unread).
+        "received_not_kept_mb": round(unkept / 1e6, 2),
+        "received_not_kept_kb_per_fault": round(unkept / 1e3 / sum(faults.injected.values()), 1),
         "seconds": round(time.monotonic() - started, 1),
     }
+
+
+async def bytes_received(daemon: Daemon) -> int:
+    """The daemon's own count of bytes taken from the network (/metrics)."""
+    session = await daemon.session()
+    async with session.get(daemon.url + "/metrics") as resp:
+        text = await resp.text()
+    line = next(x for x in text.splitlines() if x.startswith("lawchatd_download_bytes_total"))
+    return int(float(line.split()[-1]))
 
 
 # ---- the crash storm -----------------------------------------------------------------------
@@ -179,7 +195,7 @@ async def crash(bench: Bench, rate: int | None, kills: int, seed: int) -> dict:
                     "refetch_mb": round(refetch / 1e6, 3),
                     "refetch_pct": round(100 * refetch / size, 3),
                     "refetch_s": round(behind, 3),
-                    "speed_mb_s": round(last.get("speed", 0) / 1e6, 1),
+                    "speed_mb_s": round((last.get("speed") or 0) / 1e6, 1),
                 }  # fmt: skip
             )
             await asyncio.sleep(0.3)  # let the hub notice the dead connections
@@ -234,6 +250,8 @@ async def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the folder with the logs")
     args = parser.parse_args()
     size = (args.size_mb or (40 if args.what == "storm" else 256)) << 20
+    if args.code:
+        os.chdir(args.code)  # `python -m lawchatd` imports from the working folder first
     tmp = Path(tempfile.mkdtemp(prefix="lawchatd-storm-"))
     try:
         bench = Bench(tmp, size, args.code)

@@ -66,7 +66,7 @@ async def test_idle_progress_before_any_download(daemon: Daemon):
         "error": None,
         "total_size": 0,
         "downloaded_size": 0,
-        "speed": 0.0,
+        "speed": 0.0,  # the contract: a number, 0.0 unless downloading
         "eta": None,
         "phase": None,
         "retries": 0,
