@@ -24,6 +24,7 @@ from lawchatd.modelhost.memory import model_cost, process_rss
 from lawchatd.web.chat import add_chat_routes
 from lawchatd.web.errors import json_errors
 from lawchatd.web.keys import MODEL_HOST
+from lawchatd.web.openai_errors import openai_errors
 from tests.lawchat_gguf import LawChatShape, make_lawchat_gguf
 
 USER = [{"role": "user", "content": "Is a verbal contract binding?"}]
@@ -177,7 +178,7 @@ async def test_a_request_that_waits_too_long_gets_503_with_retry_after(
     host.load_wait = 0.001
     hosts.append(host)
     await host.load("a", models["a"])
-    app = web.Application(middlewares=[json_errors])
+    app = web.Application(middlewares=[openai_errors, json_errors])
     app[MODEL_HOST] = host
     add_chat_routes(app)
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
@@ -187,7 +188,7 @@ async def test_a_request_that_waits_too_long_gets_503_with_retry_after(
             await host.chat(USER, Sampling(max_tokens=1))
         resp = await client.post("/v1/chat/completions", json={"messages": USER})
         assert resp.status == 503 and resp.headers["Retry-After"] == "10"
-        assert "still loading" in (await resp.json())["detail"]
+        assert "still loading" in (await resp.json())["error"]["message"]
         await swap
         host.load_wait = 30
         resp = await client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 2})

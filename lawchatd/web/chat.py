@@ -87,10 +87,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         llama2_turns(messages)  # the order of roles; types were checked above
     except ValueError as exc:
         raise openai_error(422, str(exc), param="messages", code="invalid_value") from None
+    # None while a swap unloads first: the host makes the request wait for the new model, and
+    # raises NoModelLoaded itself when no model is loaded or loading.
     n_ctx = host.context_length
-    if n_ctx is None:
-        raise _http_error(NoModelLoaded("No model is loaded"))
-    if sampling.max_tokens is not None and sampling.max_tokens > n_ctx:
+    if n_ctx is not None and sampling.max_tokens is not None and sampling.max_tokens > n_ctx:
         param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
         raise openai_error(
             400, f"{param}: must be at most {n_ctx} (n_ctx)", param=param, code="invalid_value"
