@@ -177,15 +177,22 @@ async def test_metrics_parse_and_count(daemon: Daemon, mirror: Mirror, models):
     await daemon.post("/models/download", {"model_variant": A})
     await daemon.wait_done()
     session = await daemon.session()
-    async with session.get(daemon.url + "/metrics") as resp:
-        assert resp.status == 200
-        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-        text = await resp.text()
-    samples = {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+    done = ("lawchatd_downloads_total", (("outcome", "completed"),))
+    # "completed" is pushed a moment before the manager counts the outcome: read until counted.
+    async with asyncio.timeout(10):
+        while True:
+            async with session.get(daemon.url + "/metrics") as resp:
+                assert resp.status == 200
+                assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+                text = await resp.text()
+            samples = {
+                (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+            }
+            if samples.get(done) and samples[("lawchatd_download_running", ())] == 0:
+                break
+            await asyncio.sleep(0.05)
     assert samples[("lawchatd_download_bytes_total", ())] == models[A].size
     assert samples[("lawchatd_downloads_total", (("outcome", "completed"),))] == 1
     assert samples[("lawchatd_download_running", ())] == 0
