@@ -9,23 +9,21 @@ import subprocess
 
 import pytest
 
-from tests.harness import Daemon, Mirror, ModelFile, sha256_of
+from tests.harness import (
+    Daemon,
+    Mirror,
+    ModelFile,
+    final_file,
+    part_file,
+    sha256_of,
+    start_download,
+)
 
 A = "tiny-a"
 
 
 async def download(daemon: Daemon, variant: str = A, **body) -> dict:
-    status, reply = await daemon.post("/models/download", {"model_variant": variant, **body})
-    assert status == 200, reply
-    return reply
-
-
-def final_file(daemon: Daemon, model: ModelFile):
-    return daemon.data_dir / "models" / model.filename
-
-
-def part_file(daemon: Daemon, model: ModelFile):
-    return daemon.data_dir / "models" / f"{model.filename}.part"
+    return await start_download(daemon, variant, **body)
 
 
 async def test_download_completes_with_the_right_sha256(daemon, mirror, models):

@@ -9,7 +9,7 @@ import time
 
 from tests import engine_fixtures
 from tests.flaky_hub import FlakyHub
-from tests.harness import Daemon, ModelFile, sha256_of
+from tests.harness import Daemon, final_file, part_file, sha256_of, start_download
 
 flaky, flaky_daemon = engine_fixtures.flaky, engine_fixtures.flaky_daemon  # fixtures
 A = "tiny-a"
@@ -17,17 +17,7 @@ READ_BUFFER = 256 << 10  # what one drop may cost: bytes in flight, never a whol
 
 
 async def download(daemon: Daemon, variant: str = A, **body) -> dict:
-    status, reply = await daemon.post("/models/download", {"model_variant": variant, **body})
-    assert status == 200, reply
-    return reply
-
-
-def final_file(daemon: Daemon, model: ModelFile):
-    return daemon.data_dir / "models" / model.filename
-
-
-def part_file(daemon: Daemon, model: ModelFile):
-    return daemon.data_dir / "models" / f"{model.filename}.part"
+    return await start_download(daemon, variant, **body)
 
 
 def persisted(daemon: Daemon) -> int:
