@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -102,6 +103,39 @@ def _padding(seed: int, n: int) -> str:
     return "\0" + letters[rng.integers(0, letters.size, max(n - 1, 0))].tobytes().decode()
 
 
+def llama_writer(
+    path: Path,
+    name: str,
+    file_type: gguf.LlamaFileType,
+    shape: Any,
+    n_ctx: int,
+    vocab: tuple[list[str], list[int], list[float]],
+) -> gguf.GGUFWriter:
+    """A GGUFWriter holding a llama model's metadata: the shape (n_embd, n_layer, n_ff,
+    n_head) and a SentencePiece-style vocabulary (tokens, types, scores); tensors follow."""
+    tokens, types, scores = vocab
+    w = gguf.GGUFWriter(path, arch="llama")
+    w.add_name(name)
+    w.add_file_type(file_type)
+    w.add_context_length(n_ctx)
+    w.add_embedding_length(shape.n_embd)
+    w.add_block_count(shape.n_layer)
+    w.add_feed_forward_length(shape.n_ff)
+    w.add_head_count(shape.n_head)
+    w.add_head_count_kv(shape.n_head)
+    w.add_rope_dimension_count(shape.n_embd // shape.n_head)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_scores(scores)
+    w.add_bos_token_id(BOS_ID)
+    w.add_eos_token_id(EOS_ID)
+    w.add_unk_token_id(UNK_ID)
+    w.add_add_bos_token(True)
+    return w
+
+
 def make_tiny_llama(
     path: Path,
     *,
@@ -117,25 +151,14 @@ def make_tiny_llama(
     """
     path = Path(path)
     rng = np.random.default_rng(seed)
-    w = gguf.GGUFWriter(path, arch="llama")
-    w.add_name(f"tiny-llama-{seed}")
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    w.add_context_length(N_CTX)
-    w.add_embedding_length(shape.n_embd)
-    w.add_block_count(shape.n_layer)
-    w.add_feed_forward_length(shape.n_ff)
-    w.add_head_count(shape.n_head)
-    w.add_head_count_kv(shape.n_head)
-    w.add_rope_dimension_count(shape.n_embd // shape.n_head)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(TOKENS)
-    w.add_token_types(TOKEN_TYPES)
-    w.add_token_scores([0.0] * N_VOCAB)
-    w.add_bos_token_id(BOS_ID)
-    w.add_eos_token_id(EOS_ID)
-    w.add_unk_token_id(UNK_ID)
-    w.add_add_bos_token(True)
+    w = llama_writer(
+        path,
+        f"tiny-llama-{seed}",
+        gguf.LlamaFileType.ALL_F32,
+        shape,
+        N_CTX,
+        (TOKENS, TOKEN_TYPES, [0.0] * N_VOCAB),
+    )
     if pad_bytes > 0:
         w.add_string(PAD_KEY, _padding(seed, pad_bytes))
     for name, arr in _tensors(rng, broken_tensors, shape).items():

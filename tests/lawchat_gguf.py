@@ -22,7 +22,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from tests.ggufgen import BOS_ID, EOS_ID, TOKEN_TYPES, TOKENS, UNK_ID
+from tests.ggufgen import BOS_ID, EOS_ID, TOKEN_TYPES, TOKENS, UNK_ID, llama_writer
 
 Q4_0 = gguf.GGMLQuantizationType.Q4_0
 BLOCK, BLOCK_BYTES = 32, 18  # weights per Q4_0 block; fp16 scale + 16 bytes of nibbles
@@ -160,25 +160,14 @@ def make_lawchat_gguf(path: Path, shape: LawChatShape = LAW_CHAT, *, seed: int =
     """Write the model to ``path`` (streamed: memory stays at one tensor)."""
     path = Path(path)
     tokens, types, scores = vocabulary(shape.n_vocab)
-    w = gguf.GGUFWriter(path, arch="llama")
-    w.add_name(f"law-chat-shaped-{shape.n_layer}l-{seed}")
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0)
-    w.add_context_length(shape.n_ctx)
-    w.add_embedding_length(shape.n_embd)
-    w.add_block_count(shape.n_layer)
-    w.add_feed_forward_length(shape.n_ff)
-    w.add_head_count(shape.n_head)
-    w.add_head_count_kv(shape.n_head)
-    w.add_rope_dimension_count(shape.n_embd // shape.n_head)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_scores(scores)
-    w.add_bos_token_id(BOS_ID)
-    w.add_eos_token_id(EOS_ID)
-    w.add_unk_token_id(UNK_ID)
-    w.add_add_bos_token(True)
+    w = llama_writer(
+        path,
+        f"law-chat-shaped-{shape.n_layer}l-{seed}",
+        gguf.LlamaFileType.MOSTLY_Q4_0,
+        shape,
+        shape.n_ctx,
+        (tokens, types, scores),
+    )
     for name, rows_cols, quantised in _infos(shape):
         if quantised:
             rows, cols = rows_cols
