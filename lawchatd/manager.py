@@ -11,6 +11,7 @@ import logging
 import shutil
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 from lawchatd.catalog import Catalog, ModelSpec
@@ -97,7 +98,8 @@ class DownloadManager:
     def snapshot(self) -> Snapshot:
         if self.current is not None:
             return self.current.snapshot()
-        return snapshot_of(self._last_row)
+        snap = snapshot_of(self._last_row)
+        return replace(snap, max_rate=self._limiter.rate) if self._limiter else snap
 
     def final_path(self, spec: ModelSpec) -> Path:
         return final_path(self._settings.models_dir, spec)

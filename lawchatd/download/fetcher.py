@@ -31,6 +31,7 @@ from lawchatd.download.errors import (
 from lawchatd.download.partial import PartialFile
 from lawchatd.download.plan import PartPlan
 from lawchatd.hub import HubClient, HubError, TransientHubError, is_transient
+from lawchatd.ratelimit import QUANTUM
 from lawchatd.store import Part
 
 WRITE_SIZE = 2 << 20  # bytes gathered before one write: few thread hops, little memory
@@ -42,7 +43,12 @@ _RATELIMIT_T = re.compile(r"\bt=(\d+)")
 
 
 class Limiter(Protocol):
-    async def acquire(self, nbytes: int) -> None: ...
+    """lawchatd.ratelimit.RateLimiter: the cap shared by every connection."""
+
+    @property
+    def rate(self) -> int | None: ...
+
+    async def acquire(self, n: int, owner: object | None = None) -> None: ...
 
 
 @dataclass
@@ -195,8 +201,11 @@ class Fetcher:
         buffered = 0
         flush_at = time.monotonic() + FLUSH_SECONDS
         try:
-            async for chunk in resp.content.iter_any():
-                await self._take(len(chunk))
+            # With a limiter, reads of at most QUANTUM: bytes are paid for as they come, not
+            # in the multi-MB lumps iter_any hands over when the socket buffer is full.
+            reads = resp.content.iter_any() if self._limiter is None else None
+            async for chunk in reads or resp.content.iter_chunked(QUANTUM):
+                await self._take(chunk)
                 if skip:
                     if len(chunk) <= skip:
                         skip -= len(chunk)
@@ -216,10 +225,12 @@ class Fetcher:
             if chunks:
                 await self._write(part, chunks)
 
-    async def _take(self, nbytes: int) -> None:
-        self._counters.fetched += nbytes
-        if self._limiter is not None:
-            await self._limiter.acquire(nbytes)
+    async def _take(self, chunk: bytes) -> None:
+        self._counters.fetched += len(chunk)
+        if self._limiter is None or not self._limiter.rate:
+            return
+        # Owned by this connection (one Fetcher per worker): a per-task owner loses its credit.
+        await self._limiter.acquire(len(chunk), owner=self)
 
     async def _write(self, part: Part, chunks: list) -> None:
         try:

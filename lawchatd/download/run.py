@@ -84,6 +84,7 @@ class Download:
             error=self.row.error, total=self.spec.size, done=self.downloaded,
             speed=self._meter.speed() if running else 0.0, retries=self.retries,
             note=self.waits.note if self.row.phase == Phase.RETRYING else None,
+            max_rate=self._limiter.rate if self._limiter else None,
         )  # fmt: skip
 
     def set_phase(self, phase: str | None, status: str | None = None) -> None:

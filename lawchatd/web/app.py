@@ -25,6 +25,7 @@ from lawchatd.web.chat import add_chat_routes
 from lawchatd.web.errors import json_errors
 from lawchatd.web.keys import (
     ACTIVATOR,
+    BANDWIDTH,
     CATALOG,
     MANAGER,
     MODEL_HOST,
@@ -121,6 +122,7 @@ async def _downloads(app: web.Application) -> AsyncIterator[None]:
         HubClient(session, settings.hf_endpoint, token),
         lambda snap: app[PROGRESS].publish(progress_message(snap)),
         on_verified=activator.activate if settings.autoload else None,
+        limiter=app[BANDWIDTH].limiter,
     )
     app[MANAGER] = manager
     await manager.resume_interrupted()

@@ -33,6 +33,7 @@ def progress_fields(snap: Snapshot) -> dict:
         "eta": snap.eta,
         "phase": str(snap.phase) if snap.phase else None,
         "retries": snap.retries,
+        "max_rate": snap.max_rate,
     }
     if snap.note:
         fields["message"] = snap.note
