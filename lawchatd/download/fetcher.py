@@ -201,10 +201,7 @@ class Fetcher:
         buffered = 0
         flush_at = time.monotonic() + FLUSH_SECONDS
         try:
-            # With a limiter, reads of at most QUANTUM: bytes are paid for as they come, not
-            # in the multi-MB lumps iter_any hands over when the socket buffer is full.
-            reads = resp.content.iter_any() if self._limiter is None else None
-            async for chunk in reads or resp.content.iter_chunked(QUANTUM):
+            while chunk := await self._read(resp.content):
                 await self._take(chunk)
                 if skip:
                     if len(chunk) <= skip:
@@ -224,6 +221,14 @@ class Fetcher:
             # Whatever ends the loop (a drop, a stall, a cancel), what arrived is kept.
             if chunks:
                 await self._write(part, chunks)
+
+    async def _read(self, content: aiohttp.StreamReader) -> bytes:
+        """The next bytes (b"" at the end). Under a cap, at most QUANTUM: paid for as they
+        come, not in the multi-MB lumps a full socket buffer hands over (checked per read, so
+        a cap set mid-response applies at once); uncapped, all there is (measured faster)."""
+        if self._limiter is not None and self._limiter.rate:
+            return await content.read(QUANTUM)
+        return await content.readany()
 
     async def _take(self, chunk: bytes) -> None:
         self._counters.fetched += len(chunk)
