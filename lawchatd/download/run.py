@@ -25,7 +25,7 @@ from lawchatd.download.partial import PartialFile, final_path, part_path
 from lawchatd.download.plan import PartPlan
 from lawchatd.download.resolve import resolve_into
 from lawchatd.download.status import Phase, Snapshot, SpeedMeter, Status
-from lawchatd.download.takeover import POLL_SECONDS, Paces
+from lawchatd.download.takeover import Paces
 from lawchatd.download.verify import check_bytes, record_of
 from lawchatd.download.waits import Waits
 from lawchatd.hub import HubClient, Resolved
@@ -269,7 +269,7 @@ class Download:
             if part is None:
                 if not plan.busy:
                     return
-                await asyncio.sleep(POLL_SECONDS)  # others still work: one may crawl
+                await paces.idle()  # others still work: one may crawl, or all end
                 continue
             filling = paces.start(part)
             try:

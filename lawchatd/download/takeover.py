@@ -8,6 +8,8 @@ part; the slow one sees its part end at its next chunk and stops (its socket is 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ class Paces:
     def __init__(self, plan: PartPlan) -> None:
         self._plan = plan
         self._filling: dict[int, Filling] = {}
+        self._ended = asyncio.Event()  # set (and replaced) whenever a connection ends a part
 
     def start(self, part: Part) -> Filling:
         filling = Filling(part, time.monotonic(), part.done)
@@ -47,7 +50,14 @@ class Paces:
     def end(self, filling: Filling) -> float:
         """Forget the part; returns its connection's pace, bytes/s."""
         self._filling.pop(id(filling.part), None)
+        self._ended.set()
+        self._ended = asyncio.Event()
         return filling.pace(time.monotonic())
+
+    async def idle(self) -> None:
+        """Wait until another connection ends its part, or a moment to look at the paces."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ended.wait(), POLL_SECONDS)
 
     def take_over(self, own_pace: float) -> Part | None:
         """The rest of the part that would end last, if its connection is far slower."""
