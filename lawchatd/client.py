@@ -193,21 +193,26 @@ async def status(settings: Settings, out: TextIO) -> int:
     try:
         available = await client.call("GET", "/models/available")
         loaded = await client.call("GET", "/models/loaded")
+        downloads = (await client.call("GET", "/downloads"))["downloads"]
     except ClientError as exc:
         print(f"lawchatd status: {exc}", file=sys.stderr)
         return exc.code
     finally:
         await client.close()
-    print(format_status(available, loaded), file=out)
+    queued = {d["model_variant"]: d["position"] for d in downloads if d["status"] == "queued"}
+    print(format_status(available, loaded, queued), file=out)
     return OK
 
 
-def format_status(available: dict, loaded: dict) -> str:
+def format_status(available: dict, loaded: dict, queued: dict[str, int] | None = None) -> str:
+    queued = queued or {}
     progress = available["download_status"]
     rows = [("VARIANT", "SIZE", "STATE", "LOADED")]
     for variant, info in available["available_models"].items():
         if progress["model_variant"] == variant and progress["status"] == "downloading":
             state = f"downloading {progress['progress']:.0f}%"
+        elif variant in queued:
+            state = f"queued #{queued[variant]}"
         elif info["downloaded"]:
             state = "downloaded"
         elif info.get("partial_bytes"):

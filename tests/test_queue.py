@@ -97,6 +97,8 @@ async def test_pull_queues_behind_another_and_says_so(
     line = await proc.stdout.readline()
     assert line.decode().startswith("tiny-small is queued behind the running download"), line
     assert await queue_of(daemon) == [("big", "downloading"), ("tiny-small", "queued")]
+    code, out, err = await finished(await run_cli(daemon, "status"))
+    assert code == 0 and "queued #1" in out, (out, err)
     await daemon.request("PUT", "/downloads/bandwidth", json={"max_rate": None})
     code, out, err = await finished(proc)
     assert code == 0, err
