@@ -113,11 +113,15 @@ async def _pull(client: DaemonClient, variant: str, force: bool, out: TextIO) ->
     # Listen first, so no progress is missed between the request and the first message.
     async with client.progress_socket() as ws:
         reply = await client.call(
-            "POST", "/models/download", {"model_variant": variant, "force": force}
+            "POST",
+            "/models/download",
+            {"model_variant": variant, "force": force, "queue": True},
         )
         if reply["status"] == "already_downloaded":
             print(f"{variant} is already downloaded", file=out)
             return OK
+        if reply["status"] == "queued":
+            print(_queued_line(variant, reply.get("position")), file=out, flush=True)
         interrupted = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, interrupted.set)
@@ -126,14 +130,30 @@ async def _pull(client: DaemonClient, variant: str, force: bool, out: TextIO) ->
         finally:
             loop.remove_signal_handler(signal.SIGINT)
         if final is None:
-            cancelled = await client.call("POST", "/models/cancel-download")
-            print(f"\n{cancelled['message']}", file=out)
+            print(f"\n{await _stop(client, variant)}", file=out)
             return INTERRUPTED
     if final["status"] == "completed":
         print(f"{variant}: downloaded and verified", file=out)
         return OK
     print(f"{variant}: {final['status']}: {final.get('error') or ''}".rstrip(": "), file=out)
     return FAILED
+
+
+async def _stop(client: DaemonClient, variant: str) -> str:
+    """Ctrl-C: leave the queue if still in it; else cancel (our variant is the one running)."""
+    try:
+        return (await client.call("DELETE", f"/downloads/{variant}"))["message"]
+    except ClientError:
+        pass  # not queued (any more): it runs
+    return (await client.call("POST", "/models/cancel-download"))["message"]
+
+
+def _queued_line(variant: str, position: int | None) -> str:
+    place = f" (number {position} in the queue)" if position else ""
+    return (
+        f"{variant} is queued behind the running download{place}; "
+        "its progress shows here when it starts (Ctrl-C leaves the queue)"
+    )
 
 
 async def _follow(ws, variant: str, out: TextIO, interrupted: asyncio.Event) -> dict | None:
@@ -178,21 +198,26 @@ async def status(settings: Settings, out: TextIO) -> int:
     try:
         available = await client.call("GET", "/models/available")
         loaded = await client.call("GET", "/models/loaded")
+        downloads = (await client.call("GET", "/downloads"))["downloads"]
     except ClientError as exc:
         print(f"lawchatd status: {exc}", file=sys.stderr)
         return exc.code
     finally:
         await client.close()
-    print(format_status(available, loaded), file=out)
+    queued = {d["model_variant"]: d["position"] for d in downloads if d["status"] == "queued"}
+    print(format_status(available, loaded, queued), file=out)
     return OK
 
 
-def format_status(available: dict, loaded: dict) -> str:
+def format_status(available: dict, loaded: dict, queued: dict[str, int] | None = None) -> str:
+    queued = queued or {}
     progress = available["download_status"]
     rows = [("VARIANT", "SIZE", "STATE", "LOADED")]
     for variant, info in available["available_models"].items():
         if progress["model_variant"] == variant and progress["status"] == "downloading":
             state = f"downloading {progress['progress']:.0f}%"
+        elif variant in queued:
+            state = f"queued #{queued[variant]}"
         elif info["downloaded"]:
             state = "downloaded"
         elif info.get("partial_bytes"):

@@ -1,7 +1,8 @@
 """The running download as an asyncio Task: start, cancel, resume at start, clean up.
 
-One download runs at a time; `_launch` is the single place a Download starts, so a queue
-can later decide what `_launch` gets next.
+One download runs at a time; `_launch` is the single place a Download starts. Variants asked
+for with "queue" wait in `queue` (kept in the store); when a download ends, however it ends,
+the next one starts (`_start_next`), unless the daemon is stopping.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import shutil
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 from lawchatd.catalog import Catalog, ModelSpec
@@ -18,6 +20,7 @@ from lawchatd.config import Settings
 from lawchatd.download import Download, Phase, Snapshot, Status, final_path, part_path
 from lawchatd.download.fetcher import Limiter
 from lawchatd.download.finals import FinalFiles
+from lawchatd.download_queue import DownloadQueue
 from lawchatd.hub import HubClient
 from lawchatd.store import DownloadRow, Store
 
@@ -69,6 +72,7 @@ class DownloadManager:
         on_progress: Callable[[Snapshot], None],
         on_verified: OnVerified | None = None,
         limiter: Limiter | None = None,
+        on_queue: Callable[[], None] = lambda: None,
     ) -> None:
         self._settings = settings
         self.catalog = catalog
@@ -82,6 +86,9 @@ class DownloadManager:
         self.current: Download | None = None
         self._task: asyncio.Task | None = None
         self._last_row: DownloadRow | None = None
+        self.queue = DownloadQueue(store, on_change=on_queue)
+        self._closing = False  # a stopping daemon starts nothing queued
+        self._starters: set[asyncio.Task] = set()
         # For /metrics: totals of finished runs; the running one is added when read.
         self.outcomes: dict[str, int] = {}  # completed / error / cancelled
         self.finished_bytes = 0
@@ -97,7 +104,8 @@ class DownloadManager:
     def snapshot(self) -> Snapshot:
         if self.current is not None:
             return self.current.snapshot()
-        return snapshot_of(self._last_row)
+        snap = snapshot_of(self._last_row)
+        return replace(snap, max_rate=self._limiter.rate) if self._limiter else snap
 
     def final_path(self, spec: ModelSpec) -> Path:
         return final_path(self._settings.models_dir, spec)
@@ -133,7 +141,8 @@ class DownloadManager:
 
     # ---- actions -------------------------------------------------------------------------
 
-    async def start(self, variant: str, force: bool = False) -> str:
+    async def start(self, variant: str, force: bool = False, queue: bool = False) -> str:
+        """`queue`: wait behind a running download instead of Busy (old clients never ask)."""
         spec = self.catalog.get(variant)
         if spec is None:
             raise UnknownVariant(variant, self.catalog.variants)
@@ -142,12 +151,39 @@ class DownloadManager:
                 assert self.current is not None
                 if self.current.spec.variant == variant:
                     return "already_downloading"
-                raise Busy(self.current.spec.variant)
+                if not queue:
+                    raise Busy(self.current.spec.variant)
             if not force and self.is_downloaded(spec):
                 return "already_downloaded"
+            if self.running:
+                await self.queue.add(variant, force)
+                return "queued"
             await self._check_space(spec)
+            await self.queue.remove(variant)  # started now: it waits no more
             self._launch(spec)
             return "download_started"
+
+    async def _start_next(self) -> None:
+        """The first queued variant that can start, once nothing runs."""
+        async with self._start_lock:
+            while not self.running and not self._closing and (entry := await self.queue.pop()):
+                spec = self.catalog.get(entry.variant)
+                if spec is None or (not entry.force and self.is_downloaded(spec)):
+                    continue  # left the catalog, or downloaded meanwhile
+                try:
+                    await self._check_space(spec)
+                except NotEnoughSpace as exc:
+                    log.error("the queued download of %s cannot start: %s", spec.variant, exc)
+                    continue
+                log.info("starting the queued download of %s", spec.variant)
+                self._launch(spec)
+
+    def _ended(self, _task: asyncio.Task) -> None:
+        if self._closing:
+            return
+        starter = asyncio.create_task(self._start_next(), name="next queued download")
+        self._starters.add(starter)
+        starter.add_done_callback(self._starters.discard)
 
     async def _check_space(self, spec: ModelSpec) -> None:
         models = self._settings.models_dir
@@ -168,6 +204,7 @@ class DownloadManager:
             limiter=self._limiter,
         )
         self._task = asyncio.create_task(self._run(self.current), name=f"download {spec.variant}")
+        self._task.add_done_callback(self._ended)
 
     async def _run(self, download: Download) -> None:
         log.info("download of %s started", download.spec.variant)
@@ -241,6 +278,7 @@ class DownloadManager:
     async def resume_interrupted(self) -> None:
         """Called at start: finish the story of downloads the last process left running."""
         await self.finals.load()
+        await self.queue.load()
         rows = await self._store.all()
         if rows:
             self._last_row = rows[-1]
@@ -256,6 +294,8 @@ class DownloadManager:
             else:
                 row.status, row.phase = Status.CANCELLED, None
             await self._store.save(row, [] if row.status == Status.COMPLETED else None)
+        if not self.running:
+            await self._start_next()  # the queue survives a restart
 
     def _published_before_death(self, spec: ModelSpec, row: DownloadRow) -> bool:
         # A forced download is a download until its new file has the final name: an old
@@ -267,6 +307,9 @@ class DownloadManager:
 
     async def close(self) -> None:
         """Stop the running download for a shutdown; its partial file and parts are kept."""
+        self._closing = True
+        for starter in list(self._starters):
+            starter.cancel()
         if not self.running or self._task is None or self.current is None:
             return
         self.current.shutting_down = True  # its last record says "downloading": resumed at start

@@ -50,6 +50,14 @@ _MIGRATIONS: tuple[str, ...] = (
         sha256    TEXT NOT NULL
     );
     """,
+    # Variants waiting behind the running download (POST /models/download with "queue").
+    """
+    CREATE TABLE queue (
+        variant   TEXT PRIMARY KEY,
+        position  INTEGER NOT NULL,
+        force     INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -234,5 +242,22 @@ class Store:
                     "VALUES (?, ?, ?, ?, ?)",
                     (record.filename, record.size, record.mtime_ns, record.inode, record.sha256),
                 )
+            )
+        await self._write(statements)
+
+    # ---- the download queue ------------------------------------------------------------------
+
+    async def queued(self) -> list[tuple[str, bool]]:
+        """(variant, force) waiting to download, first first."""
+        rows = await self._fetch("SELECT variant, force FROM queue ORDER BY position")
+        return [(r["variant"], bool(r["force"])) for r in rows]
+
+    async def set_queue(self, entries: list[tuple[str, bool]]) -> None:
+        """Replace the queue with `entries`, in this order (one transaction)."""
+        statements: list[tuple[str, list | tuple]] = [("DELETE FROM queue", ())]
+        if entries:
+            rows = [(variant, i, int(force)) for i, (variant, force) in enumerate(entries)]
+            statements.append(
+                ("INSERT INTO queue (variant, position, force) VALUES (?, ?, ?)", rows)
             )
         await self._write(statements)

@@ -284,6 +284,9 @@ function onSocketMessage(message) {
     state.progress = message;
     renderProgress(message);
     renderLoaded(message.loaded_model); // renders the model list too
+    refreshNetwork();
+  } else if (onNetworkMessage(message)) {
+    // the bandwidth cap or the queue: handled in the network block
   } else if (message.type === "progress") {
     applyProgress(message);
   } else if (message.type === "model") {
@@ -608,6 +611,102 @@ async function onChatSubmit(event) {
   }
 }
 
+// ---- network: the bandwidth cap and the download queue ----------------------------------------
+
+function onNetworkMessage(message) {
+  if (message.type === "bandwidth") renderCap(message);
+  else if (message.type === "queue") renderQueue(message.downloads);
+  else return false;
+  return true;
+}
+
+async function refreshNetwork() {
+  try {
+    renderCap(await api("GET", "/downloads/bandwidth"));
+    renderQueue((await api("GET", "/downloads")).downloads);
+  } catch (error) {
+    reportFailure(error, "Could not read the bandwidth cap and the queue");
+  }
+}
+
+function renderCap(status) {
+  const rate = status.max_rate;
+  const source = {
+    override: "set here",
+    schedule: "from the schedule",
+    setting: "from the settings",
+  }[status.source];
+  const from = source ? ` (${source})` : "";
+  $("cap-state").textContent = `Cap: ${rate ? formatSpeed(rate) : "unlimited"}${from}`;
+  if (document.activeElement !== $("cap-input")) {
+    $("cap-input").value = rate ? String(rate / 1e6) : "";
+  }
+}
+
+function renderQueue(downloads) {
+  const queued = downloads.filter((d) => d.status === "queued");
+  const items = queued.map((entry) => {
+    const item = document.createElement("li");
+    item.textContent = `${entry.model_variant} · ${formatBytes(entry.total_size)} `;
+    const remove = button("Remove", "secondary", () => removeQueued(entry.model_variant));
+    remove.setAttribute("aria-label", `Remove ${entry.model_variant} from the queue`);
+    item.append(remove);
+    return item;
+  });
+  $("queue").replaceChildren(...items);
+  $("queue-empty").hidden = queued.length > 0;
+  const choices = Object.entries(state.models).filter(([, model]) => !model.downloaded);
+  const select = $("queue-select");
+  const chosen = select.value;
+  select.replaceChildren(
+    ...choices.map(([variant]) => new Option(variant, variant, false, variant === chosen)),
+  );
+}
+
+async function onCapSubmit(event) {
+  event.preventDefault();
+  showError("");
+  const text = $("cap-input").value.trim();
+  const megabytes = text === "" ? 0 : Number(text);
+  if (!Number.isFinite(megabytes) || megabytes < 0) {
+    showError("The cap is a number of MB/s, or empty for unlimited.");
+    return;
+  }
+  try {
+    const status = await api("PUT", "/downloads/bandwidth", {
+      max_rate: megabytes ? Math.round(megabytes * 1e6) : null,
+    });
+    renderCap(status);
+    const rate = status.max_rate;
+    showNotice(rate ? `Bandwidth capped at ${formatSpeed(rate)}.` : "Bandwidth unlimited.");
+  } catch (error) {
+    reportFailure(error, "Could not set the bandwidth cap");
+  }
+}
+
+async function onQueueSubmit(event) {
+  event.preventDefault();
+  showError("");
+  const variant = $("queue-select").value;
+  if (!variant) return;
+  try {
+    const body = await api("POST", "/models/download", { model_variant: variant, queue: true });
+    showNotice(sentence(body.message));
+  } catch (error) {
+    reportFailure(error, `Could not queue ${variant}`);
+  }
+}
+
+async function removeQueued(variant) {
+  showError("");
+  try {
+    const body = await api("DELETE", `/downloads/${encodeURIComponent(variant)}`);
+    showNotice(sentence(body.message));
+  } catch (error) {
+    reportFailure(error, `Could not remove ${variant} from the queue`);
+  }
+}
+
 // ---- start -----------------------------------------------------------------------------------
 
 function startDashboard() {
@@ -622,6 +721,8 @@ function main() {
   $("key-form").addEventListener("submit", onKeySubmit);
   $("change-key").addEventListener("click", logOut);
   $("chat-form").addEventListener("submit", onChatSubmit);
+  $("cap-form").addEventListener("submit", onCapSubmit);
+  $("queue-form").addEventListener("submit", onQueueSubmit);
   // Ctrl/Cmd+Enter sends, as in most chat boxes; Enter alone makes a new line.
   $("chat-input").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("chat-form").requestSubmit();

@@ -59,6 +59,7 @@ class Faults:
     stall_seconds: float = 0.3
     stall_long_seconds: float = 2.0
     rate: int | None = None  # bytes/s per response
+    crawl_rate: int = 300_000  # bytes/s of a "crawl" response (one bad route)
     max_corrupt: int = 1  # corrupt responses at most (each costs a whole download)
     span: int = 2 << 20  # drops and stalls strike within this many bytes of a response
     cap: int | None = None  # every answer without another fault drops within this many bytes
@@ -216,8 +217,9 @@ class FlakyHub:
             self.served += len(piece)
             if self.trace:
                 self.timeline.append((time.monotonic(), self.served))
-            if self.faults.rate:
-                await asyncio.sleep(len(piece) / self.faults.rate)
+            rate = self.faults.crawl_rate if fault == "crawl" else self.faults.rate
+            if rate:
+                await asyncio.sleep(len(piece) / rate)
         if cut < len(body):
             # Close the socket mid-body: the client sees the connection end early.
             assert request.transport is not None

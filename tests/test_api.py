@@ -70,6 +70,7 @@ async def test_idle_progress_before_any_download(daemon: Daemon):
         "eta": None,
         "phase": None,
         "retries": 0,
+        "max_rate": None,  # the bandwidth cap in effect (LAWCHATD_MAX_RATE unset)
     }
 
 

@@ -236,3 +236,19 @@ async def test_sigkill_loses_at_most_a_third_of_a_second_of_transfer(flaky, flak
     assert (await second.wait_done())["status"] == "completed"
     assert flaky.bytes_served == models["big"].size - kept
     assert sha256_of(final_file(second, models["big"])) == models["big"].sha256
+
+
+# ---- issue 13: a crawling connection does not hold the download's tail --------------------
+
+
+async def test_an_idle_connection_takes_over_a_crawling_part(flaky, flaky_daemon, models):
+    daemon = await flaky_daemon(LAWCHATD_CONNECTIONS="4").start()
+    flaky.faults.queue("none")
+    flaky.faults.queue("crawl")  # the second part's connection gets 300 kB/s, the rest all
+    await download(daemon, "big")
+    done = await daemon.wait_done()
+    assert done["status"] == "completed", done
+    assert sha256_of(final_file(daemon, models["big"])) == models["big"].sha256
+    crawl = next(r for r in flaky.requests if r.fault == "crawl")
+    # Its part had 10 MB; a faster connection took the rest over after about a second.
+    assert crawl.sent < 3_000_000, crawl

@@ -80,3 +80,14 @@ def test_one_stream_keeps_the_finished_prefix_and_what_is_durable():
     single = plan.one_stream()
     assert single.parts == [Part(0, 30, 17, 14)]
     assert single.frontier() == 17
+
+
+def test_a_take_over_moves_the_whole_rest_of_a_part_to_a_new_one():
+    plan = PartPlan(20 * MiB, [Part(0, 10 * MiB, 10 * MiB), Part(10 * MiB, 20 * MiB, 1 * MiB)])
+    plan.busy = {10 * MiB}
+    rest = plan.take_over(plan.parts[1])
+    assert rest == Part(11 * MiB, 20 * MiB) and rest.start in plan.busy
+    assert plan.parts[1].remaining == 0 and tiles(plan.parts, 20 * MiB)
+    # The slow connection's bytes still in flight count for nothing: the new part has them.
+    assert plan.record(plan.parts[1], 256 << 10) == 0
+    assert plan.take_over(Part(0, 5, 0)) is None  # nothing done yet: no part may share a start

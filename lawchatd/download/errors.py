@@ -5,6 +5,10 @@ from __future__ import annotations
 import errno
 import re
 
+import aiohttp
+
+from lawchatd.http import describe_error
+
 
 class DownloadFailed(Exception):
     """The download stopped for a reason worth telling the user in these words."""
@@ -42,6 +46,9 @@ def describe(exc: BaseException) -> str:
     """An exception in words for logs and the `error` field, without presigned URL signatures."""
     if isinstance(exc, BaseExceptionGroup):
         return describe(first_leaf(exc))
+    if isinstance(exc, aiohttp.ClientError) and not isinstance(exc, TimeoutError):
+        # Proxy, TLS and DNS failures in words an admin can act on (and without passwords).
+        return _URL_QUERY.sub(r"\1?...", describe_error(exc))
     text = _URL_QUERY.sub(r"\1?...", str(exc))
     if isinstance(exc, TimeoutError) and not text:
         return "no data arrived within the stall timeout"

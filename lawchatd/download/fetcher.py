@@ -31,6 +31,7 @@ from lawchatd.download.errors import (
 from lawchatd.download.partial import PartialFile
 from lawchatd.download.plan import PartPlan
 from lawchatd.hub import HubClient, HubError, TransientHubError, is_transient
+from lawchatd.ratelimit import QUANTUM
 from lawchatd.store import Part
 
 WRITE_SIZE = 2 << 20  # bytes gathered before one write: few thread hops, little memory
@@ -42,7 +43,12 @@ _RATELIMIT_T = re.compile(r"\bt=(\d+)")
 
 
 class Limiter(Protocol):
-    async def acquire(self, nbytes: int) -> None: ...
+    """lawchatd.ratelimit.RateLimiter: the cap shared by every connection."""
+
+    @property
+    def rate(self) -> int | None: ...
+
+    async def acquire(self, n: int, owner: object | None = None) -> None: ...
 
 
 @dataclass
@@ -195,8 +201,8 @@ class Fetcher:
         buffered = 0
         flush_at = time.monotonic() + FLUSH_SECONDS
         try:
-            async for chunk in resp.content.iter_any():
-                await self._take(len(chunk))
+            while chunk := await self._read(resp.content):
+                await self._take(chunk)
                 if skip:
                     if len(chunk) <= skip:
                         skip -= len(chunk)
@@ -216,10 +222,20 @@ class Fetcher:
             if chunks:
                 await self._write(part, chunks)
 
-    async def _take(self, nbytes: int) -> None:
-        self._counters.fetched += nbytes
-        if self._limiter is not None:
-            await self._limiter.acquire(nbytes)
+    async def _read(self, content: aiohttp.StreamReader) -> bytes:
+        """The next bytes (b"" at the end). Under a cap, at most QUANTUM: paid for as they
+        come, not in the multi-MB lumps a full socket buffer hands over (checked per read, so
+        a cap set mid-response applies at once); uncapped, all there is (measured faster)."""
+        if self._limiter is not None and self._limiter.rate:
+            return await content.read(QUANTUM)
+        return await content.readany()
+
+    async def _take(self, chunk: bytes) -> None:
+        self._counters.fetched += len(chunk)
+        if self._limiter is None or not self._limiter.rate:
+            return
+        # Owned by this connection (one Fetcher per worker): a per-task owner loses its credit.
+        await self._limiter.acquire(len(chunk), owner=self)
 
     async def _write(self, part: Part, chunks: list) -> None:
         try:

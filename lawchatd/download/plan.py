@@ -83,6 +83,16 @@ class PartPlan:
         self.busy.add(stolen.start)
         return stolen
 
+    def take_over(self, part: Part) -> Part | None:
+        """The whole rest of a running part, for another connection (takeover.py)."""
+        if part.remaining <= 0 or part.done == 0:  # a new part must not share a start
+            return None
+        rest = Part(part.offset, part.end)
+        part.end = part.offset  # its connection sees its part end and stops
+        self.parts.insert(self.parts.index(part) + 1, rest)
+        self.busy.add(rest.start)
+        return rest
+
     def release(self, part: Part) -> None:
         self.busy.discard(part.start)
 

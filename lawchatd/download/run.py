@@ -25,6 +25,7 @@ from lawchatd.download.partial import PartialFile, final_path, part_path
 from lawchatd.download.plan import PartPlan
 from lawchatd.download.resolve import resolve_into
 from lawchatd.download.status import Phase, Snapshot, SpeedMeter, Status
+from lawchatd.download.takeover import Paces
 from lawchatd.download.verify import check_bytes, record_of
 from lawchatd.download.waits import Waits
 from lawchatd.hub import HubClient, Resolved
@@ -59,6 +60,7 @@ class Download:
         self.published: Verified | None = None  # the verified file under its final name
         self.shutting_down = False  # set before the daemon's stop cancels the run
         self._hasher: FollowingHasher | None = None
+        self._paces: Paces | None = None
         self._journal: Journal | None = None
         self._meter = SpeedMeter()
         self.waits = Waits(self.row, self.set_phase, self.counters, log_as=spec.variant)
@@ -84,6 +86,7 @@ class Download:
             error=self.row.error, total=self.spec.size, done=self.downloaded,
             speed=self._meter.speed() if running else 0.0, retries=self.retries,
             note=self.waits.note if self.row.phase == Phase.RETRYING else None,
+            max_rate=self._limiter.rate if self._limiter else None,
         )  # fmt: skip
 
     def set_phase(self, phase: str | None, status: str | None = None) -> None:
@@ -193,6 +196,7 @@ class Download:
 
     def _use(self, plan: PartPlan) -> None:
         self.plan = plan
+        self._paces = Paces(plan)
         self._hasher = FollowingHasher(self.partial, plan)
         if self._journal is None:
             self._journal = Journal(self._store, self.row, plan, self.partial, self.link)
@@ -251,7 +255,7 @@ class Download:
                     task.cancel()
 
     async def _worker(self) -> None:
-        assert self.plan is not None and self._hasher is not None
+        assert self.plan is not None and self._hasher is not None and self._paces is not None
         plan, hasher = self.plan, self._hasher
         fetcher = Fetcher(
             self.link, self.partial, plan,
@@ -259,11 +263,20 @@ class Download:
             backoff_base=self._settings.retry_backoff, backoff=self.waits.wait,
             resolve=self._resolve_again, on_written=hasher.poke, limiter=self._limiter,
         )  # fmt: skip
-        while (part := plan.claim()) is not None:
+        paces, own_pace = self._paces, 0.0
+        while True:
+            part = plan.claim() or paces.take_over(own_pace)
+            if part is None:
+                if not plan.busy:
+                    return
+                await paces.idle()  # others still work: one may crawl, or all end
+                continue
+            filling = paces.start(part)
             try:
                 await fetcher.fill(part)
             finally:
                 plan.release(part)
+                own_pace = paces.end(filling)
 
     async def _report_loop(self) -> None:
         while True:

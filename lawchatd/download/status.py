@@ -36,6 +36,7 @@ class Snapshot:
     speed: float = 0.0  # bytes/s, 0.0 unless downloading
     retries: int = 0
     note: str | None = None  # e.g. "rate limited by the Hub, retrying in 2 s"
+    max_rate: int | None = None  # the bandwidth cap in effect, bytes/s (None: unlimited)
 
     @property
     def eta(self) -> float | None:

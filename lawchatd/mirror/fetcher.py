@@ -22,19 +22,24 @@ from lawchatd import __version__
 from lawchatd.catalog import ModelSpec
 from lawchatd.config import Settings
 from lawchatd.download import Download
+from lawchatd.http import client_session
 from lawchatd.hub import HubClient
 from lawchatd.store import Store
 
 
-def upstream_session(options: FetchOptions) -> aiohttp.ClientSession:
-    """The session for everything the mirror asks of its upstream (metadata and bytes)."""
-    return aiohttp.ClientSession(
-        # Bytes are read with a stall watchdog, not a total timeout: a 7 GB file takes its time.
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=options.stall_timeout),
-        auto_decompress=False,
-        read_bufsize=2 << 20,
-        headers={"User-Agent": f"lawchatd-mirror/{__version__}"},
+def upstream_session(options: FetchOptions, endpoint: str) -> aiohttp.ClientSession:
+    """The session for everything the mirror asks of its upstream (metadata and bytes).
+
+    The daemon's own: an office mirror honours HTTPS_PROXY/LAWCHATD_PROXY and
+    LAWCHATD_CA_BUNDLE like `lawchatd serve` (read from the environment unless given).
+    """
+    network = options.network or Settings()
+    settings = network.model_copy(
+        update={"hf_endpoint": endpoint, "stall_timeout": options.stall_timeout}
     )
+    session = client_session(settings)
+    session.headers["User-Agent"] = f"lawchatd-mirror/{__version__}"
+    return session
 
 
 async def open_store(path: Path) -> Store:
@@ -52,6 +57,7 @@ class FetchOptions:
     max_retries: int = 10
     retry_backoff: float = 0.5
     stall_timeout: float = 30.0
+    network: Settings | None = None  # proxy and CA settings; None: from the environment
 
 
 class EngineFetch:

@@ -66,7 +66,7 @@ class PullThrough:
 
     async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup_ctx: the upstream session and the downloader's store."""
-        session = upstream_session(self.options)
+        session = upstream_session(self.options, self.endpoint)
         self._upstream = Upstream(session, self.endpoint, self._token)
         self._store = await open_store(self.core.root / STAGING / "fetches.sqlite3")
         self._commits = await asyncio.to_thread(load_commits, self.core.root / STAGING / COMMITS)

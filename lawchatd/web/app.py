@@ -40,6 +40,7 @@ from lawchatd.web.guard import (
 )
 from lawchatd.web.keys import (
     ACTIVATOR,
+    BANDWIDTH,
     CATALOG,
     MANAGER,
     MODEL_HOST,
@@ -50,6 +51,7 @@ from lawchatd.web.keys import (
 )
 from lawchatd.web.openai_errors import openai_errors
 from lawchatd.web.routes_compat import progress_message
+from lawchatd.web.routes_queue import queue_message, queue_routes
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent.parent.parent / "static"
@@ -80,6 +82,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> web.Applic
 
     app.router.add_get("/healthz", healthz)
     app.add_routes(routes_compat.routes)
+    app.add_routes(queue_routes)
     app.add_routes(routes_models.routes)
     app.add_routes(routes_old.routes)
     app.add_routes(ws.routes)
@@ -148,6 +151,8 @@ async def _downloads(app: web.Application) -> AsyncIterator[None]:
         HubClient(session, settings.hf_endpoint, token),
         lambda snap: app[PROGRESS].publish(progress_message(snap)),
         on_verified=activator.activate if settings.autoload else None,
+        limiter=app[BANDWIDTH].limiter,
+        on_queue=lambda: app[PROGRESS].publish(queue_message(app)),
     )
     app[MANAGER] = manager
     await manager.resume_interrupted()

@@ -17,6 +17,7 @@ class DownloadRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model_variant: StrictStr
     force: StrictBool = False
+    queue: StrictBool = False  # wait behind a running download (200 "queued") instead of 409
 
 
 def progress_fields(snap: Snapshot) -> dict:
@@ -33,6 +34,7 @@ def progress_fields(snap: Snapshot) -> dict:
         "eta": snap.eta,
         "phase": str(snap.phase) if snap.phase else None,
         "retries": snap.retries,
+        "max_rate": snap.max_rate,
     }
     if snap.note:
         fields["message"] = snap.note
@@ -79,6 +81,7 @@ _MESSAGES = {
     "download_started": "Download of {} started",
     "already_downloaded": "{} is already downloaded",
     "already_downloading": "{} is already downloading",
+    "queued": "{} is queued behind the running download",
 }
 
 
@@ -86,17 +89,19 @@ _MESSAGES = {
 async def post_download(request: web.Request) -> web.Response:
     body = await read_json(request, DownloadRequest)
     try:
-        status = await request.app[MANAGER].start(body.model_variant, force=body.force)
+        manager = request.app[MANAGER]
+        status = await manager.start(body.model_variant, force=body.force, queue=body.queue)
     except tuple(_HTTP_STATUS) as exc:
         raise error(_HTTP_STATUS[type(exc)], str(exc)) from None
-    return web.json_response(
-        {
-            "message": _MESSAGES[status].format(body.model_variant),
-            "model_variant": body.model_variant,
-            "status": status,
-            "download_started": status == "download_started",
-        }
-    )
+    reply = {
+        "message": _MESSAGES[status].format(body.model_variant),
+        "model_variant": body.model_variant,
+        "status": status,
+        "download_started": status == "download_started",
+    }
+    if status == "queued":
+        reply["position"] = manager.queue.position(body.model_variant)
+    return web.json_response(reply)
 
 
 @routes.get("/models/download-progress")
