@@ -33,10 +33,18 @@ class Activator:
 
     async def activate(self, spec: ModelSpec, path: Path) -> None:
         """Load after any load already running (a finished download must not be dropped)."""
-        while self.busy:
-            assert self._task is not None
-            await asyncio.wait({self._task})
-        await asyncio.shield(self.begin(spec, path))
+        while True:
+            while self.busy:
+                assert self._task is not None
+                await asyncio.wait({self._task})
+            # A chat request may be waking a model that keep-alive unloaded (a load the
+            # host started itself): wait for it too, then load ours.
+            await self._host.settled()
+            try:
+                await asyncio.shield(self.begin(spec, path))
+                return
+            except LoadInProgress:
+                continue  # another load slipped in between: wait for it as well
 
     async def _load(self, spec: ModelSpec, path: Path) -> None:
         await self._host.load(spec.variant, path)

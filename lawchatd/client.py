@@ -144,7 +144,10 @@ async def _stop(client: DaemonClient, variant: str) -> str:
     try:
         return (await client.call("DELETE", f"/downloads/{variant}"))["message"]
     except ClientError:
-        pass  # not queued (any more): it runs
+        pass  # not queued (any more): it may be running
+    progress = await client.call("GET", "/models/download-progress")
+    if progress.get("model_variant") != variant or progress.get("status") != "downloading":
+        return f"{variant} is neither queued nor downloading; nothing to stop"  # never another's
     return (await client.call("POST", "/models/cancel-download"))["message"]
 
 

@@ -147,6 +147,7 @@ class DownloadManager:
         if spec is None:
             raise UnknownVariant(variant, self.catalog.variants)
         async with self._start_lock:
+            await self._let_a_stopping_download_end()
             if self.running:
                 assert self.current is not None
                 if self.current.spec.variant == variant:
@@ -162,6 +163,14 @@ class DownloadManager:
             await self.queue.remove(variant)  # started now: it waits no more
             self._launch(spec)
             return "download_started"
+
+    async def _let_a_stopping_download_end(self) -> None:
+        """A cancelled download may still be settling (its reply already said cancelled):
+        a new start waits for it rather than being told it is still running."""
+        task, current = self._task, self.current
+        stopping = current is not None and current.row.status in (Status.CANCELLED, Status.ERROR)
+        if self.running and stopping and task is not None:
+            await asyncio.wait({task}, timeout=CANCEL_WAIT * 5)
 
     async def _start_next(self) -> None:
         """The first queued variant that can start, once nothing runs."""
@@ -310,6 +319,7 @@ class DownloadManager:
         self._closing = True
         for starter in list(self._starters):
             starter.cancel()
+        await self.finals.aclose()
         if not self.running or self._task is None or self.current is None:
             return
         self.current.shutting_down = True  # its last record says "downloading": resumed at start

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from lawchatd.download.errors import DownloadFailed, unexpected
 from lawchatd.download.fetcher import Counters, Fetcher, Link, retry_after
 from lawchatd.download.partial import PartialFile
 from lawchatd.download.plan import PartPlan
+from lawchatd.download.verify import HASH_CHUNK, Stopped, hash_file, record_of
 from lawchatd.hub import HubClient
 from lawchatd.manager import DownloadManager
 from lawchatd.store import DownloadRow, Part, Store
@@ -194,3 +196,29 @@ async def test_a_read_only_store_ends_the_download_in_an_error_not_downloading(t
         assert await manager.cancel() == (False, "No download is running")
         assert seen[-1].status == "error"
     await db.close()
+
+
+async def test_files_of_one_base_name_in_two_folders_are_two_verified_records(tmp_path: Path):
+    # The mirror's downloads are named by their path in the repo (Q4/model.gguf,
+    # Q8/model.gguf): keyed by the base name, the second record collided with the first.
+    store = await Store.open(tmp_path / "s.sqlite3")
+    try:
+        for folder in ("Q4", "Q8"):
+            path = tmp_path / folder / "model.gguf"
+            path.parent.mkdir()
+            path.write_bytes(folder.encode())
+            name = f"{folder}/model.gguf"
+            await store.set_verified(name, record_of(name, path, hash_file(path)))
+        assert sorted(await store.verified()) == ["Q4/model.gguf", "Q8/model.gguf"]
+    finally:
+        await store.close()
+
+
+def test_a_hash_gives_up_when_the_daemon_stops(tmp_path: Path):
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(3 * HASH_CHUNK))
+    assert hash_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Stopped):
+        hash_file(path, stop)

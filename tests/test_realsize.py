@@ -17,10 +17,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from lawchatd.activation import Activator
+from lawchatd.catalog import ModelSpec
 from lawchatd.chat_types import Sampling
 from lawchatd.modelhost import ModelHost, ModelLoadError, ModelTooLarge, ModelWaitTimeout
 from lawchatd.modelhost.ggufmeta import read_shape
 from lawchatd.modelhost.memory import model_cost, process_rss
+from lawchatd.store import Store
 from lawchatd.web.chat import add_chat_routes
 from lawchatd.web.errors import json_errors
 from lawchatd.web.keys import MODEL_HOST
@@ -264,6 +267,28 @@ async def test_keep_alive_unloads_when_idle_and_the_next_request_loads_again(
     out = await host.chat(USER, Sampling(max_tokens=3))  # waits for the reload
     assert out.model_variant == "a" and out.usage.completion_tokens == 3
     assert host.loads_total == 2 and not host.status()["idle"]
+
+
+async def test_a_finished_download_waits_for_a_keep_alive_wake_then_loads(
+    models: dict[str, Path], hosts: list[ModelHost], tmp_path: Path
+) -> None:
+    # A chat request that wakes a model keep-alive unloaded starts a load the Activator did
+    # not start: autoload of a verified download must wait for it, not fail LoadInProgress.
+    host = ModelHost(parallel=2, keep_alive=0.3)
+    hosts.append(host)
+    store = await Store.open(tmp_path / "s.sqlite3")
+    try:
+        activator = Activator(host, store)
+        await host.load("a", models["a"])
+        await until(lambda: host.status()["idle"])
+        waking = asyncio.create_task(host.chat(USER, Sampling(max_tokens=1)))
+        await until(lambda: host.status()["status"] == "loading")
+        spec = ModelSpec("b", "org/repo", "b.gguf", models["b"].stat().st_size, None)
+        await activator.activate(spec, models["b"])
+        assert (await waking).model_variant == "a"
+        assert host.status()["model_variant"] == "b"
+    finally:
+        await store.close()
 
 
 async def test_a_failed_load_after_unloading_first_brings_the_old_model_back(

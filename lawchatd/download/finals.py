@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
 from lawchatd.catalog import ModelSpec
-from lawchatd.download.verify import hash_file, record_of, unchanged
+from lawchatd.download.verify import Stopped, hash_file, record_of, unchanged
 from lawchatd.store import Store, Verified
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class FinalFiles:
         self._records: dict[str, Verified] = {}
         self._failed: dict[str, tuple[int, int, int] | None] = {}  # bad files, as they were
         self._checks: dict[str, asyncio.Task] = {}
+        self._stop = threading.Event()  # tells hashing threads the daemon is stopping
 
     async def load(self) -> None:
         self._records = await self._store.verified()
@@ -68,7 +70,9 @@ class FinalFiles:
         row = await self._store.get(spec.variant)
         want = spec.sha256 or (row.upstream_sha256 if row else None)
         try:
-            digest = await asyncio.to_thread(hash_file, path)
+            digest = await asyncio.to_thread(hash_file, path, self._stop)
+        except Stopped:
+            return
         except OSError as exc:
             log.warning("cannot check %s: %s", path, exc)
             return
@@ -83,9 +87,17 @@ class FinalFiles:
             self._failed[spec.filename] = before
             await self._store.set_verified(spec.filename, None)
             return
-        record = await asyncio.to_thread(record_of, path, digest)
+        record = await asyncio.to_thread(record_of, spec.filename, path, digest)
         self.remember(record)
         await self._store.set_verified(spec.filename, record)
+
+    async def aclose(self) -> None:
+        """Stop the checks still hashing (a stop must not wait for a 7 GB file)."""
+        self._stop.set()
+        checks = list(self._checks.values())
+        for task in checks:
+            task.cancel()
+        await asyncio.gather(*checks, return_exceptions=True)
 
     async def check_all(self, specs: Iterable[ModelSpec]) -> None:
         for spec in specs:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 from lawchatd.catalog import ModelSpec
@@ -27,9 +28,11 @@ def check_bytes(
     return None
 
 
-def record_of(path: Path, sha256: str) -> Verified:
+def record_of(name: str, path: Path, sha256: str) -> Verified:
+    """What was verified, kept under the spec's filename (a mirror's may hold a folder:
+    two files of one base name are two records)."""
     st = os.stat(path)
-    return Verified(path.name, st.st_size, st.st_mtime_ns, st.st_ino, sha256)
+    return Verified(name, st.st_size, st.st_mtime_ns, st.st_ino, sha256)
 
 
 def unchanged(path: Path, record: Verified | None) -> bool:
@@ -43,6 +46,22 @@ def unchanged(path: Path, record: Verified | None) -> bool:
     return (st.st_size, st.st_mtime_ns, st.st_ino) == (record.size, record.mtime_ns, record.inode)
 
 
-def hash_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+class Stopped(Exception):
+    """A hash was given up because the daemon is stopping."""
+
+
+HASH_CHUNK = 8 << 20
+
+
+def hash_file(path: Path, stop: threading.Event | None = None) -> str:
+    """The sha256 of a file, read in chunks so a stopping daemon need not wait for a 7 GB
+    file: the thread checks `stop` between chunks (asyncio cannot cancel a thread)."""
+    digest = hashlib.sha256()
+    buffer = bytearray(HASH_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            if stop is not None and stop.is_set():
+                raise Stopped(path.name)
+            digest.update(view[:n])
+    return digest.hexdigest()

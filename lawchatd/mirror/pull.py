@@ -229,9 +229,14 @@ class PullThrough:
         fetch = self._fetches.get(key)
         if fetch is not None and fetch.file.sha256 == file.sha256:
             return fetch  # one fetch per file, however many clients ask
+        # The upstream file changed under a running fetch: both would use one partial file,
+        # so the old fetch is stopped (its clients are cut) before the new one starts.
+        older = fetch.task if fetch is not None else None
+        if older is not None:
+            older.cancel()
         fetch = Fetch(file, self._target(file))
         fetch.fetcher = self._fetcher(file, fetch.notify)
-        fetch.task = asyncio.create_task(self._run(key, fetch))
+        fetch.task = asyncio.create_task(self._run(key, fetch, after=older))
         self._fetches[key] = fetch
         log.info("fetching %s (%d bytes) from %s", key, file.size, self.endpoint)
         return fetch
@@ -251,10 +256,15 @@ class PullThrough:
             on_change=on_change,
         )  # fmt: skip
 
-    async def _run(self, key: str, fetch: Fetch) -> Path | None:
-        """Fetch, verify, publish; never raises but CancelledError (`fetch.failed` says why)."""
+    async def _run(
+        self, key: str, fetch: Fetch, after: asyncio.Task[Path | None] | None = None
+    ) -> Path | None:
+        """Fetch, verify, publish; never raises but CancelledError (`fetch.failed` says why).
+        `after`: a cancelled fetch of an older version of the file, to wait for first."""
         assert fetch.fetcher is not None
         try:
+            if after is not None:
+                await asyncio.gather(after, return_exceptions=True)
             verified = await fetch.fetcher.run()
             await asyncio.to_thread(publish, verified, fetch.target, fetch.file, self.core.root)
             log.info("fetched %s: verified, now served from %s", key, fetch.target)

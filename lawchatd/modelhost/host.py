@@ -165,6 +165,10 @@ class ModelHost(ChatMixin):
 
     # --- load / swap / unload ---
 
+    async def settled(self) -> None:
+        """Return once no load runs (also one a chat request started to wake a model)."""
+        await self._settled.wait()
+
     async def load(self, variant: str, path: Path) -> None:
         """Make ``path`` the answering model. Raises ModelLoadError (ModelTooLarge with the
         numbers) or LoadInProgress; after a failure the old model still answers."""

@@ -163,6 +163,7 @@ async def _downloads(app: web.Application) -> AsyncIterator[None]:
     restoring = asyncio.create_task(restore())
     yield
     restoring.cancel()
+    await asyncio.gather(restoring, return_exceptions=True)
     await manager.close()
     await session.close()
 

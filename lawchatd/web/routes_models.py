@@ -58,6 +58,8 @@ async def post_load(request: web.Request) -> web.Response:
     try:
         # Shielded: a client that hangs up does not abort a swap half-way.
         await asyncio.shield(task)
+    except LoadInProgress as exc:  # the host was already loading (a keep-alive wake)
+        raise error(409, str(exc)) from None
     except ModelTooLarge as exc:
         raise error(507, f"Loading {spec.variant} refused: {exc}") from None
     except ModelLoadError as exc:
