@@ -28,7 +28,15 @@ import time
 from pathlib import Path
 
 from tests.flaky_hub import STORM, Faults, FlakyHub, start_flaky_hub
-from tests.harness import Daemon, ModelFile, daemon_env, make_big_gguf, sha256_of, write_catalog
+from tests.harness import (
+    Daemon,
+    ModelFile,
+    bytes_received,
+    daemon_env,
+    make_big_gguf,
+    sha256_of,
+    write_catalog,
+)
 
 VARIANT = "bench"
 
@@ -110,15 +118,6 @@ async def storm(bench: Bench, connections: int, target: int, seed: int) -> dict:
         "received_not_kept_kb_per_fault": round(unkept / 1e3 / sum(faults.injected.values()), 1),
         "seconds": round(time.monotonic() - started, 1),
     }
-
-
-async def bytes_received(daemon: Daemon) -> int:
-    """The daemon's own count of bytes taken from the network (/metrics)."""
-    session = await daemon.session()
-    async with session.get(daemon.url + "/metrics") as resp:
-        text = await resp.text()
-    line = next(x for x in text.splitlines() if x.startswith("lawchatd_download_bytes_total"))
-    return int(float(line.split()[-1]))
 
 
 # ---- the crash storm -----------------------------------------------------------------------

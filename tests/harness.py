@@ -255,3 +255,12 @@ def final_file(daemon: Daemon, model: ModelFile) -> Path:
 
 def part_file(daemon: Daemon, model: ModelFile) -> Path:
     return daemon.data_dir / "models" / f"{model.filename}.part"
+
+
+async def bytes_received(daemon: Daemon) -> int:
+    """The daemon's own count of bytes taken from the network (/metrics)."""
+    session = await daemon.session()
+    async with session.get(daemon.url + "/metrics") as resp:
+        text = await resp.text()
+    line = next(x for x in text.splitlines() if x.startswith("lawchatd_download_bytes_total"))
+    return int(float(line.split()[-1]))

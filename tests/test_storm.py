@@ -8,18 +8,9 @@ import pytest
 
 from tests import engine_fixtures
 from tests.flaky_hub import STORM, FlakyHub
-from tests.harness import Daemon, ModelFile, sha256_of
+from tests.harness import Daemon, ModelFile, bytes_received, sha256_of
 
 flaky, flaky_daemon = engine_fixtures.flaky, engine_fixtures.flaky_daemon  # fixtures
-
-
-async def bytes_received(daemon: Daemon) -> int:
-    """The daemon's own count of bytes taken from the network."""
-    session = await daemon.session()
-    async with session.get(daemon.url + "/metrics") as resp:
-        text = await resp.text()
-    line = next(x for x in text.splitlines() if x.startswith("lawchatd_download_bytes_total"))
-    return int(float(line.split()[-1]))
 
 
 async def ride_out(daemon: Daemon, hub: FlakyHub, model: ModelFile, attempts: int = 6) -> dict:
