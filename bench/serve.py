@@ -110,7 +110,10 @@ async def single_user(model: Path, args: argparse.Namespace, work: Path) -> dict
     }
     for name, make in peers.items():
         law, other = await side_by_side(
-            Daemon(work, {"a": model}, threads=args.threads), make(), args.tokens, n
+            Daemon(work, {"a": model}, threads=args.threads, parallel=args.parallel),
+            make(),
+            args.tokens,
+            n,
         )
         law_s, other_s = summary(law), summary(other)
         res[f"vs_{name}"] = {
@@ -244,6 +247,7 @@ async def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--only", default="single,users,swap", help="also: q8swap")
+    p.add_argument("--parallel", type=int, help="LAWCHATD_PARALLEL for the single-user daemon")
     p.add_argument(
         "--server-memory", type=int, default=16 * 10**9, help="q8swap's cgroup limit, bytes"
     )
