@@ -5,7 +5,9 @@ On a GGUF of law-chat's shape (7B, Q4_0, 3.79 GB, random weights), n_ctx 4096:
    lawchatd (HTTP, streaming) and `python -m llama_cpp.server`, in interleaved rounds;
 2. four users at once: lawchatd with LAWCHATD_PARALLEL=4 against 1 (one slot);
 3. a hot swap between two such models under chat traffic, in a memory cgroup (v1 or v2, when
-   one can be made; else LAWCHATD_MEMORY_MAX) that cannot hold both, then with room for both.
+   one can be made; else LAWCHATD_MEMORY_MAX) that cannot hold both, then with room for both;
+4. (`--only q8swap`) a firm's 16 GB server: swaps Q4_0 -> Q8_0 (7.16 GB file) -> Q4_0 under
+   chat traffic with the daemon in a 16 GB cgroup.
 
     .venv/bin/python bench/serve.py [--layers 32] [--tokens 24] [--rounds 2] [--out FILE]
 
@@ -108,7 +110,10 @@ async def single_user(model: Path, args: argparse.Namespace, work: Path) -> dict
     }
     for name, make in peers.items():
         law, other = await side_by_side(
-            Daemon(work, {"a": model}, threads=args.threads), make(), args.tokens, n
+            Daemon(work, {"a": model}, threads=args.threads, parallel=args.parallel),
+            make(),
+            args.tokens,
+            n,
         )
         law_s, other_s = summary(law), summary(other)
         res[f"vs_{name}"] = {
@@ -172,8 +177,35 @@ async def answers(log: list[dict], answered: asyncio.Event, n: int) -> None:
         await answered.wait()
 
 
+async def swap_step(daemon: Daemon, variant: str, log: list[dict], answered: asyncio.Event) -> dict:
+    """Load ``variant`` while the users keep asking; then wait for 8 more answers."""
+    before = len(log)
+    seen_none = False
+    started = time.monotonic()
+    swap_task = asyncio.create_task(daemon.load(variant))
+    while not swap_task.done():
+        status = await daemon.get("/models/loaded")
+        seen_none |= status["model_variant"] is None
+        await asyncio.sleep(0.05)
+    loaded = await swap_task
+    took = time.monotonic() - started
+    await answers(log, answered, before + 8)
+    return {
+        "to": variant,
+        "load_status": loaded.get("status", loaded),
+        "swap_s": took,
+        "requests_waited_for_model": seen_none,
+        "rss_after": kib_status(daemon.pid, "VmRSS") * 1024,
+        "peak_rss_so_far": kib_status(daemon.pid, "VmHWM") * 1024,
+    }
+
+
 async def swap(
-    models: dict[str, Path], args: argparse.Namespace, work: Path, limit: int | None
+    models: dict[str, Path],
+    args: argparse.Namespace,
+    work: Path,
+    limit: int | None,
+    steps: tuple[str, ...] = ("b",),
 ) -> dict:
     daemon = Daemon(work, models, threads=args.threads, cgroup_limit=limit)
     async with daemon:
@@ -181,25 +213,18 @@ async def swap(
         stop, answered, log = asyncio.Event(), asyncio.Event(), []
         users = [asyncio.create_task(traffic(daemon, stop, log, answered)) for _ in range(4)]
         await answers(log, answered, 4)
-        before = len(log)
-        seen_none = False
-        swap_task = asyncio.create_task(daemon.load("b"))
-        while not swap_task.done():
-            status = await daemon.get("/models/loaded")
-            seen_none |= status["model_variant"] is None
-            await asyncio.sleep(0.05)
-        loaded = await swap_task
-        await answers(log, answered, before + 8)
+        done = [await swap_step(daemon, variant, log, answered) for variant in steps]
         stop.set()
         await asyncio.gather(*users)
         peak = kib_status(daemon.pid, "VmHWM") * 1024
     return {
         "memory_limit": limit,
         "mode": daemon.limit_mode,
-        "load_status": loaded,
+        "steps": done,
         "requests": len(log),
         "failed": sum(r["failed"] for r in log),
-        "requests_waited_for_model": seen_none,
+        "failures": [r for r in log if r["failed"]][:5],
+        "requests_waited_for_model": any(d["requests_waited_for_model"] for d in done),
         "one_model_rss": one_model_rss,
         "peak_rss": peak,
         "peak_vs_one_model": peak / one_model_rss,
@@ -221,22 +246,29 @@ async def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    p.add_argument("--only", default="single,users,swap")
+    p.add_argument("--only", default="single,users,swap", help="also: q8swap")
+    p.add_argument("--parallel", type=int, help="LAWCHATD_PARALLEL for the single-user daemon")
+    p.add_argument(
+        "--server-memory", type=int, default=16 * 10**9, help="q8swap's cgroup limit, bytes"
+    )
     p.add_argument("--work", type=Path, default=Path("/tmp/lawchatd-serve-bench"))
     p.add_argument("--out", type=Path)
     p.add_argument("--keep", action="store_true", help="keep the generated models")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     shape = LawChatShape(n_layer=args.layers)
+    only = args.only.split(",")
+    wanted = [("a", 1, "Q4_0")]
+    wanted += [("b", 2, "Q4_0")] if "swap" in only else []
+    wanted += [("q8", 3, "Q8_0")] if "q8swap" in only else []
     models = {}
-    for variant, seed in (("a", 1), ("b", 2)):
-        path = args.work / f"law-chat-shaped-{args.layers}l-{variant}.gguf"
-        if not path.exists():
-            make_lawchat_gguf(path, shape, seed=seed)
-        models[variant] = path
     result: dict[str, Any] = {"layers": args.layers, "tokens": args.tokens, "threads": args.threads}
     try:
-        only = args.only.split(",")
+        for variant, seed, quant in wanted:
+            path = args.work / f"law-chat-shaped-{args.layers}l-{variant}.gguf"
+            models[variant] = path
+            if not path.exists():
+                make_lawchat_gguf(path, shape, seed=seed, quant=quant)
         if "single" in only:
             result["single_user"] = await single_user(models["a"], args, args.work)
             print(json.dumps(result["single_user"], indent=1), flush=True)
@@ -249,6 +281,12 @@ async def main() -> None:
             print(json.dumps(result["swap_tight"], indent=1), flush=True)
             result["swap_room"] = await swap(models, args, args.work, None)
             print(json.dumps(result["swap_room"], indent=1), flush=True)
+        if "q8swap" in only:
+            pair = {"a": models["a"], "q8": models["q8"]}
+            result["swap_q4_q8_16gb"] = await swap(
+                pair, args, args.work, args.server_memory, steps=("q8", "a")
+            )
+            print(json.dumps(result["swap_q4_q8_16gb"], indent=1), flush=True)
     finally:
         if not args.keep:
             for path in models.values():

@@ -118,9 +118,14 @@ class Daemon:
             found = LISTENING.search(self.log())
             self.url = found.group(1) if found else ""
             await asyncio.sleep(0.1)
-        status = await self.load(self.first)
-        if status.get("status") != "ready":
-            raise RuntimeError(f"load failed: {status}")
+        try:
+            await self.verified()
+            status = await self.load(self.first)
+            if not status.get("loaded") and status.get("status") != "ready":
+                raise RuntimeError(f"load failed: {status}")
+        except BaseException:
+            await self.__aexit__()  # no daemon left holding 6 GB behind a failed start
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -131,6 +136,18 @@ class Daemon:
         if self.cgroup is not None:
             with contextlib.suppress(OSError):
                 self.cgroup.rmdir()
+
+    async def verified(self, timeout: float = 600) -> None:
+        """Wait until the daemon has hashed every model file it was given: a file it has not
+        verified yet is "not downloaded" (asking GET /models/available starts the checks)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            models = (await self.get("/models/available"))["available_models"]
+            if all(m["downloaded"] for m in models.values()):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"files not verified: {models}")
+            await asyncio.sleep(1)
 
     def log(self) -> str:
         return (self.data / "daemon.log").read_text(errors="replace")

@@ -3,9 +3,10 @@
 Same tensors, sizes and quantisation as TheBloke's law-chat.Q4_0.gguf: 32 layers, 4096 wide,
 11008 FFN, 32 heads, a 32000-token SentencePiece vocabulary, context length 4096, every
 matrix Q4_0 (the norms F32). So loading, memory and decode cost are the real ones; the text
-is gibberish. ``n_layer`` makes faster versions of the same width for tests.
+is gibberish. ``n_layer`` makes faster versions of the same width for tests. ``quant="Q8_0"``
+writes the Q8_0-sized variant instead (7.16 GB at 32 layers), for swaps between the two.
 
-Q4_0 blocks are written directly as random nibbles under a small fp16 scale (no float
+Blocks are written directly as random integers under a small fp16 scale (no float
 quantisation to wait for): a 3.8 GB file takes seconds, streamed tensor by tensor.
 
 The output is steered so the model writes only printable word pieces and never ends on its
@@ -24,8 +25,20 @@ import numpy as np
 
 from tests.ggufgen import BOS_ID, EOS_ID, TOKEN_TYPES, TOKENS, UNK_ID, llama_writer
 
-Q4_0 = gguf.GGMLQuantizationType.Q4_0
-BLOCK, BLOCK_BYTES = 32, 18  # weights per Q4_0 block; fp16 scale + 16 bytes of nibbles
+BLOCK = 32  # weights per block, Q4_0 and Q8_0 alike
+
+
+@dataclass(frozen=True)
+class Quant:
+    ggml_type: gguf.GGMLQuantizationType
+    file_type: gguf.LlamaFileType
+    block_bytes: int  # fp16 scale + the 32 weights
+
+
+QUANTS = {
+    "Q4_0": Quant(gguf.GGMLQuantizationType.Q4_0, gguf.LlamaFileType.MOSTLY_Q4_0, 18),
+    "Q8_0": Quant(gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0, 34),
+}
 
 
 @dataclass(frozen=True)
@@ -85,27 +98,40 @@ def vocabulary(n_vocab: int) -> tuple[list[str], list[int], list[float]]:
     return tokens, types, scores
 
 
-def _q4_0(rng: np.random.Generator, rows: int, cols: int, scale: float) -> np.ndarray:
-    """Random Q4_0 blocks: fp16 scales around ``scale``, weights uniform in +-7 scales."""
-    n_blocks = rows * cols // BLOCK
-    out = np.empty((n_blocks, BLOCK_BYTES), dtype=np.uint8)
+def _scales(rng: np.random.Generator, n_blocks: int, scale: float) -> np.ndarray:
     d = (scale * (0.75 + 0.5 * rng.random(n_blocks, dtype=np.float32))).astype(np.float16)
-    out[:, :2] = d.view(np.uint8).reshape(n_blocks, 2)
-    # Nibbles 1..15 (weights -7..7 times the scale): zero mean, so 32 layers do not add up
-    # a common offset and blow the activations up.
-    nibbles = rng.integers(1, 16, size=(n_blocks, 2, 16), dtype=np.uint8)
-    out[:, 2:] = nibbles[:, 0] | (nibbles[:, 1] << 4)
-    return out.reshape(rows, cols // BLOCK * BLOCK_BYTES)
+    return d.view(np.uint8).reshape(n_blocks, 2)
 
 
-def _set_first_weight(t: np.ndarray, rows: np.ndarray, value: float) -> None:
+def _blocks(rng: np.random.Generator, q: str, rows: int, cols: int, scale: float) -> np.ndarray:
+    """Random blocks: fp16 scales around ``scale``, weights uniform in +-7 scales in both
+    types (zero mean, so 32 layers do not add up a common offset and blow the activations
+    up; the same distribution, so Q4_0 and Q8_0 files behave alike)."""
+    n_blocks = rows * cols // BLOCK
+    out = np.empty((n_blocks, QUANTS[q].block_bytes), dtype=np.uint8)
+    out[:, :2] = _scales(rng, n_blocks, scale)
+    if q == "Q8_0":
+        out[:, 2:] = rng.integers(-7, 8, size=(n_blocks, BLOCK), dtype=np.int8).view(np.uint8)
+    else:  # Q4_0: nibbles 1..15 mean weights -7..7 (nibble 8 is zero)
+        nibbles = rng.integers(1, 16, size=(n_blocks, 2, 16), dtype=np.uint8)
+        out[:, 2:] = nibbles[:, 0] | (nibbles[:, 1] << 4)
+    return out.reshape(rows, -1)
+
+
+def _set_first_weight(t: np.ndarray, q: str, rows: np.ndarray, value: float) -> None:
     """Make weight 0 of each row in ``rows`` equal ``value``; the rest of its block becomes 0
-    (scale value/-8, nibble 0 for weight 0, 8 (= zero) for the others)."""
-    blocks = t.reshape(t.shape[0], -1, BLOCK_BYTES)[rows, 0]
-    blocks[:, :2] = np.array([value / -8.0], dtype=np.float16).view(np.uint8)
-    blocks[:, 2:] = 0x88
-    blocks[:, 2] = 0x80  # low nibble of byte 0 is weight 0
-    t.reshape(t.shape[0], -1, BLOCK_BYTES)[rows, 0] = blocks
+    (Q4_0: scale value/-8, nibble 0 for weight 0, 8 (= zero) for the others; Q8_0: scale
+    value/100, int8 100 then zeros)."""
+    blocks = t.reshape(t.shape[0], -1, QUANTS[q].block_bytes)[rows, 0]
+    if q == "Q8_0":
+        blocks[:, :2] = np.array([value / 100.0], dtype=np.float16).view(np.uint8)
+        blocks[:, 2:] = 0
+        blocks[:, 2] = 100
+    else:
+        blocks[:, :2] = np.array([value / -8.0], dtype=np.float16).view(np.uint8)
+        blocks[:, 2:] = 0x88
+        blocks[:, 2] = 0x80  # low nibble of byte 0 is weight 0
+    t.reshape(t.shape[0], -1, QUANTS[q].block_bytes)[rows, 0] = blocks
 
 
 def _banned(tokens: list[str]) -> np.ndarray:
@@ -117,26 +143,30 @@ def _banned(tokens: list[str]) -> np.ndarray:
 
 
 def _tensors(
-    rng: np.random.Generator, s: LawChatShape, tokens: list[str]
+    rng: np.random.Generator, s: LawChatShape, q: str, tokens: list[str]
 ) -> Iterator[tuple[str, np.ndarray]]:
     """(name, data) in file order; numpy shapes are (rows, cols) = gguf's reversed."""
     ones = np.ones(s.n_embd, dtype=np.float32)
-    embd = _q4_0(rng, s.n_vocab, s.n_embd, 0.002)
-    _set_first_weight(embd, np.arange(s.n_vocab), 100.0)
+
+    def _q(rows: int, cols: int, scale: float) -> np.ndarray:
+        return _blocks(rng, q, rows, cols, scale)
+
+    embd = _q(s.n_vocab, s.n_embd, 0.002)
+    _set_first_weight(embd, q, np.arange(s.n_vocab), 100.0)
     yield "token_embd.weight", embd
     for i in range(s.n_layer):
         p = f"blk.{i}."
         yield p + "attn_norm.weight", ones
         for name in ("attn_q", "attn_k", "attn_v"):
-            yield p + name + ".weight", _q4_0(rng, s.n_embd, s.n_embd, 0.004)
-        yield p + "attn_output.weight", _q4_0(rng, s.n_embd, s.n_embd, 0.001)
+            yield p + name + ".weight", _q(s.n_embd, s.n_embd, 0.004)
+        yield p + "attn_output.weight", _q(s.n_embd, s.n_embd, 0.001)
         yield p + "ffn_norm.weight", ones
-        yield p + "ffn_gate.weight", _q4_0(rng, s.n_ff, s.n_embd, 0.004)
-        yield p + "ffn_up.weight", _q4_0(rng, s.n_ff, s.n_embd, 0.004)
-        yield p + "ffn_down.weight", _q4_0(rng, s.n_embd, s.n_ff, 0.001)
+        yield p + "ffn_gate.weight", _q(s.n_ff, s.n_embd, 0.004)
+        yield p + "ffn_up.weight", _q(s.n_ff, s.n_embd, 0.004)
+        yield p + "ffn_down.weight", _q(s.n_embd, s.n_ff, 0.001)
     yield "output_norm.weight", ones
-    out = _q4_0(rng, s.n_vocab, s.n_embd, 0.004)
-    _set_first_weight(out, np.flatnonzero(_banned(tokens)), -5.0)
+    out = _q(s.n_vocab, s.n_embd, 0.004)
+    _set_first_weight(out, q, np.flatnonzero(_banned(tokens)), -5.0)
     yield "output.weight", out
 
 
@@ -156,14 +186,18 @@ def _infos(s: LawChatShape) -> Iterator[tuple[str, tuple[int, int] | tuple[int],
     yield "output.weight", (s.n_vocab, s.n_embd), True
 
 
-def make_lawchat_gguf(path: Path, shape: LawChatShape = LAW_CHAT, *, seed: int = 0) -> Path:
-    """Write the model to ``path`` (streamed: memory stays at one tensor)."""
+def make_lawchat_gguf(
+    path: Path, shape: LawChatShape = LAW_CHAT, *, seed: int = 0, quant: str = "Q4_0"
+) -> Path:
+    """Write the model to ``path`` (streamed: memory stays at one tensor); ``quant`` is
+    "Q4_0" or "Q8_0"."""
     path = Path(path)
+    q = QUANTS[quant]
     tokens, types, scores = vocabulary(shape.n_vocab)
     w = llama_writer(
         path,
         f"law-chat-shaped-{shape.n_layer}l-{seed}",
-        gguf.LlamaFileType.MOSTLY_Q4_0,
+        q.file_type,
         shape,
         shape.n_ctx,
         (tokens, types, scores),
@@ -171,16 +205,16 @@ def make_lawchat_gguf(path: Path, shape: LawChatShape = LAW_CHAT, *, seed: int =
     for name, rows_cols, quantised in _infos(shape):
         if quantised:
             rows, cols = rows_cols
-            nbytes = rows * cols // BLOCK * BLOCK_BYTES
+            row_bytes = cols // BLOCK * q.block_bytes
             w.add_tensor_info(
-                name, (rows, cols // BLOCK * BLOCK_BYTES), np.dtype(np.uint8), nbytes, Q4_0
+                name, (rows, row_bytes), np.dtype(np.uint8), rows * row_bytes, q.ggml_type
             )
         else:
             w.add_tensor_info(name, rows_cols, np.dtype(np.float32), rows_cols[0] * 4)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
-    for _name, data in _tensors(np.random.default_rng(seed), shape, tokens):
+    for _name, data in _tensors(np.random.default_rng(seed), shape, quant, tokens):
         w.write_tensor_data(data)
     w.close()
     return path

@@ -10,6 +10,7 @@ import pytest
 from llama_cpp import Llama
 
 from tests.ggufgen import PAD_KEY, make_tiny_llama
+from tests.lawchat_gguf import LawChatShape, make_lawchat_gguf
 
 
 def _sha256(path: Path) -> str:
@@ -55,3 +56,31 @@ def test_broken_tensors_parse_but_do_not_load(tmp_path: Path) -> None:
     assert len(gguf.GGUFReader(path).tensors) > 0
     with pytest.raises(ValueError):
         Llama(model_path=str(path), n_ctx=64, verbose=False)
+
+
+def _matrix_bytes(shape: LawChatShape, block_bytes: int) -> int:
+    """Every quantised matrix of the shape, in blocks of 32 weights."""
+    per_layer = 4 * shape.n_embd**2 + 3 * shape.n_embd * shape.n_ff
+    weights = shape.n_layer * per_layer + 2 * shape.n_vocab * shape.n_embd
+    return weights // 32 * block_bytes
+
+
+@pytest.mark.parametrize(("quant", "block_bytes"), [("Q4_0", 18), ("Q8_0", 34)])
+def test_law_chat_shape_in_q4_0_and_q8_0(tmp_path: Path, quant: str, block_bytes: int) -> None:
+    shape = LawChatShape(n_layer=1)
+    path = make_lawchat_gguf(tmp_path / f"{quant}.gguf", shape, quant=quant)
+    norms = (2 * shape.n_layer + 1) * shape.n_embd * 4
+    header = path.stat().st_size - _matrix_bytes(shape, block_bytes) - norms
+    assert 0 < header < 2_000_000  # metadata and the 32,000-token vocabulary
+    types = {t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+    assert types == {quant, "F32"}
+    llama = Llama(model_path=str(path), n_ctx=256, n_threads=2, verbose=False)
+    try:
+        out = llama.create_completion("The court", max_tokens=8, temperature=0.8, seed=1)
+        assert out["choices"][0]["finish_reason"] == "length"
+        assert out["choices"][0]["text"].isascii()
+    finally:
+        llama.close()
+    # At law-chat's 32 layers: 3.79 GB in Q4_0 (the real file's size), 7.16 GB in Q8_0.
+    full = _matrix_bytes(LawChatShape(), block_bytes) + 65 * 4096 * 4 + header
+    assert round(full / 1e9, 2) == {"Q4_0": 3.79, "Q8_0": 7.16}[quant]
