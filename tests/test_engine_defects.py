@@ -148,11 +148,12 @@ async def test_a_killed_forced_download_resumes_and_is_not_called_completed(
     kept = persisted(first)
     assert kept > 0
 
-    flaky.faults.rate = None
     await quiet(flaky)
+    flaky.faults.rate = 100_000  # slow enough that the resumed download is seen running
     second = await flaky_daemon().start()
     resumed = await second.get("/models/download-progress")
     assert resumed["status"] == "downloading", resumed
+    flaky.faults.rate = None
     assert (await second.wait_done())["status"] == "completed"
     assert flaky.bytes_served == models[A].size - kept
     assert not part_file(second, models[A]).exists()
