@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 from collections.abc import Callable
 from pathlib import Path
 
+from lawchatd.download.verify import hash_file
 from lawchatd.mirror.paths import SIDECAR
 from lawchatd.mirror.repo import Entry, git_blob_oid
 
@@ -15,12 +15,8 @@ _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _Key = tuple[Path, int, int]
 
 
-def _sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _blob_oid_file(path: Path) -> str:
+def blob_oid_file(path: Path) -> str:
+    """Blocking: the git blob oid of a (small) file."""
     return git_blob_oid(path.read_bytes())
 
 
@@ -45,10 +41,10 @@ class Digests:
     async def sha256(self, entry: Entry) -> str:
         if sidecar := await asyncio.to_thread(read_sidecar, entry.path):
             return sidecar
-        return await self._get("sha256", entry, _sha256_file)
+        return await self._get("sha256", entry, hash_file)
 
     async def blob_oid(self, entry: Entry) -> str:
-        return await self._get("blob", entry, _blob_oid_file)
+        return await self._get("blob", entry, blob_oid_file)
 
     async def _get(self, kind: str, entry: Entry, compute: Callable[[Path], str]) -> str:
         cached = self._done.get((kind, entry.path))

@@ -7,7 +7,6 @@ against the upstream's sha256 (LFS) or git blob id (small files) before they rea
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -16,6 +15,8 @@ from pathlib import Path
 import aiohttp
 from yarl import URL
 
+from lawchatd.download.verify import hash_file
+from lawchatd.mirror.digests import blob_oid_file
 from lawchatd.mirror.fetcher import FetchFailed, FetchOptions
 from lawchatd.mirror.upstream import Upstream, UpstreamFile
 
@@ -109,13 +110,10 @@ def _check(path: Path, file: UpstreamFile) -> str | None:
     data_size = path.stat().st_size
     if data_size != file.size:
         return f"size mismatch: the upstream said {file.size} bytes, got {data_size}"
-    with open(path, "rb") as f:
-        if file.sha256:
-            got = hashlib.file_digest(f, "sha256").hexdigest()
-            return None if got == file.sha256 else f"sha256 mismatch for {file.relpath}"
-        if file.blob_oid:
-            digest = hashlib.sha1(b"blob %d\0" % file.size)
-            digest.update(f.read())
-            ok = digest.hexdigest() == file.blob_oid
-            return None if ok else f"git blob id mismatch for {file.relpath}"
+    if file.sha256:
+        ok = hash_file(path) == file.sha256
+        return None if ok else f"sha256 mismatch for {file.relpath}"
+    if file.blob_oid:
+        ok = blob_oid_file(path) == file.blob_oid
+        return None if ok else f"git blob id mismatch for {file.relpath}"
     return None
