@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from tests.harness import free_port
+from tests.harness import free_port, serve
 
 COMMIT = "c0ffee" * 6 + "abcd"
 KINDS = (
@@ -236,8 +236,6 @@ async def start_flaky_hub(files: dict[str, bytes], faults: Faults | None = None)
     hub_app.router.add_route("*", "/{org}/{repo}/resolve/{rev}/{filename}", hub.resolve)
     cdn_app.router.add_get("/blob/{filename}", hub.blob)
     for app, port in ((hub_app, hub_port), (cdn_app, cdn_port)):
-        runner = web.AppRunner(app, shutdown_timeout=0.2)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        _url, runner = await serve(app, port, shutdown_timeout=0.2)
         hub.runners.append(runner)
     return hub

@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,31 @@ class Mirror:
         self.stats.reset()
 
 
+async def serve(
+    app: web.Application,
+    port: int = 0,
+    *,
+    ssl_context: Any = None,
+    shutdown_timeout: float = 0.5,
+) -> tuple[str, web.AppRunner]:
+    """Run `app` on loopback (port 0: any free one): its URL, and the runner to clean up."""
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context).start()
+    scheme = "https" if ssl_context else "http"
+    return f"{scheme}://127.0.0.1:{runner.addresses[0][1]}", runner
+
+
+@contextlib.asynccontextmanager
+async def served(app: web.Application, port: int = 0, **options: Any) -> AsyncIterator[str]:
+    """`serve` for the length of a block."""
+    url, runner = await serve(app, port, **options)
+    try:
+        yield url
+    finally:
+        await runner.cleanup()
+
+
 async def start_mirror(
     root: Path,
     *,
@@ -119,10 +145,8 @@ async def start_mirror(
     port = port or free_port()
     app = create_mirror_app(root, cdn_base=f"http://{cdn_host}:{port}", token=token, **options)
     mirror_faults.install(app)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return Mirror(f"http://127.0.0.1:{port}", app[FAULTS], app[STATS], runner)
+    url, runner = await serve(app, port)
+    return Mirror(url, app[FAULTS], app[STATS], runner)
 
 
 @dataclass

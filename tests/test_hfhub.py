@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from lawchatd.mirror import create_mirror_app
 from tests import mirror_faults
+from tests.harness import serve
 from tests.mirror_faults import STATS, MirrorStats
 
 pytest.importorskip("huggingface_hub")
@@ -85,18 +85,11 @@ async def _start(tmp_path: Path, **options: str) -> AsyncIterator[Hub]:
     for name, data in files.items():
         (repo / name).write_bytes(data)
     app = mirror_faults.install(create_mirror_app(root, **options))
-    url, runner = await _serve(app)
+    url, runner = await serve(app)
     try:
         yield Hub(url, root, files, app[STATS], tmp_path / "hf-home")
     finally:
         await runner.cleanup()
-
-
-async def _serve(app: web.Application) -> tuple[str, web.AppRunner]:
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    return f"http://127.0.0.1:{runner.addresses[0][1]}", runner
 
 
 @pytest.fixture
@@ -204,7 +197,7 @@ async def test_hf_download_through_a_pull_through_office_mirror(
 ) -> None:
     office_dir = tmp_path / "office"
     office_dir.mkdir()
-    url, runner = await _serve(create_mirror_app(office_dir, upstream=hub.url, token=token))
+    url, runner = await serve(create_mirror_app(office_dir, upstream=hub.url, token=token))
     try:
         target = tmp_path / "out"
         argv = [str(HF), "download", REPO, "--local-dir", str(target)]

@@ -22,6 +22,7 @@ from yarl import URL
 from lawchatd.mirror import create_mirror_app, run_mirror
 from lawchatd.mirror.signing import Signer
 from tests import mirror_faults
+from tests.harness import serve, served
 from tests.mirror_faults import FAULTS, STATS, Faults, MirrorStats
 
 SIZE = 300_000
@@ -64,12 +65,9 @@ async def start_mirror(tmp_path: Path) -> AsyncIterator[StartMirror]:
 
     async def start(*, control: bool = False, **options: object) -> Mirror:
         app = mirror_faults.install(create_mirror_app(root, **options), control=control)  # type: ignore[arg-type]
-        runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await runner.setup()
+        url, runner = await serve(app)
         runners.append(runner)
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        port = runner.addresses[0][1]
-        return Mirror(f"http://127.0.0.1:{port}", root, repo / FILE, data, app[FAULTS], app[STATS])
+        return Mirror(url, root, repo / FILE, data, app[FAULTS], app[STATS])
 
     yield start
     for runner in runners:
@@ -546,14 +544,8 @@ async def test_a_copy_of_dir_is_the_same_repo(
     commit = (await resolve(http, first.resolve_url())).headers["X-Repo-Commit"]
     copy = tmp_path / "usb"
     shutil.copytree(first.root, copy, symlinks=True)
-    app = create_mirror_app(copy)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/TheBloke/law-chat-GGUF/resolve"
+    async with served(create_mirror_app(copy)) as base:
+        url = f"{base}/TheBloke/law-chat-GGUF/resolve"
         resp = await resolve(http, f"{url}/{commit}/{FILE}")
         assert resp.status == 302 and resp.headers["X-Repo-Commit"] == commit
         assert (await fetch(http, f"{url}/{commit}/{FILE}"))[1] == first.data
-    finally:
-        await runner.cleanup()

@@ -16,7 +16,16 @@ import aiohttp
 import pytest
 
 from lawchatd.mirror.fetcher import FetchOptions
-from tests.harness import REPO, Daemon, Mirror, ModelFile, free_port, sha256_of, start_mirror
+from tests.harness import (
+    REPO,
+    Daemon,
+    Mirror,
+    ModelFile,
+    free_port,
+    serve,
+    sha256_of,
+    start_mirror,
+)
 
 FAST = FetchOptions(connections=2, max_retries=20, retry_backoff=0.1, stall_timeout=2.0)
 A = "tiny-a"
@@ -227,7 +236,6 @@ async def test_bytes_that_fail_the_sha256_never_enter_dir(
 async def test_pull_through_from_an_upstream_that_answers_like_huggingface_co(
     tmp_path: Path, hub_root: Path, models: dict[str, ModelFile]
 ) -> None:
-    from aiohttp import web
 
     from tests.harness import HF_TOKEN
     from tests.hub_like import COMMIT, HubLike
@@ -239,9 +247,7 @@ async def test_pull_through_from_an_upstream_that_answers_like_huggingface_co(
     (files / "README.md").write_text("# test\n")
     port = free_port()
     hub = HubLike(files, REPO, port)
-    runner = web.AppRunner(hub.app(), shutdown_timeout=0.5)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    _url, runner = await serve(hub.app(), port)
     office = await start_mirror(
         tmp_path / "office",
         upstream=f"http://127.0.0.1:{port}",

@@ -13,12 +13,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 import trustme
-from aiohttp import web
 
 from lawchatd.config import Settings
 from lawchatd.http import client_session, describe_error, proxy_for, redact, ssl_context
 from lawchatd.mirror import create_mirror_app
-from tests.harness import REPO, Mirror, ModelFile, daemon_env, free_port, start_mirror
+from tests.harness import REPO, Mirror, ModelFile, daemon_env, free_port, served, start_mirror
 from tests.netproxy import Proxy, start_proxy
 
 FIRM_HOST = "hub.lawfirm.invalid"  # resolvable by the proxy alone (.invalid never resolves)
@@ -65,11 +64,9 @@ async def tls_mirror(
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     firm_ca.issue_cert(FIRM_HOST, "127.0.0.1").configure_cert(context)
     port = free_port()
-    runner = web.AppRunner(create_mirror_app(hub_root, cdn_base=f"https://{FIRM_HOST}:{port}"))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
-    yield f"https://{FIRM_HOST}:{port}"
-    await runner.cleanup()
+    app = create_mirror_app(hub_root, cdn_base=f"https://{FIRM_HOST}:{port}")
+    async with served(app, port, ssl_context=context):
+        yield f"https://{FIRM_HOST}:{port}"
 
 
 @pytest.fixture

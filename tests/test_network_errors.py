@@ -16,7 +16,7 @@ from aiohttp import web
 
 from lawchatd.config import Settings
 from lawchatd.http import client_session, describe_error
-from tests.harness import Mirror, free_port
+from tests.harness import Mirror, free_port, served
 
 
 async def error_of(url: str, tmp_path: Path, **values: object) -> str:
@@ -78,18 +78,12 @@ async def test_netrc_passwords_are_never_sent(
 
     app = web.Application()
     app.router.add_get("/", echo)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
+    async with served(app) as url:
         settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
         async with client_session(settings) as session:
             for headers in ({}, {"Authorization": "Bearer hf_token"}):
-                async with session.get(f"http://127.0.0.1:{port}/", headers=headers) as resp:
+                async with session.get(f"{url}/", headers=headers) as resp:
                     assert resp.status == 200
-    finally:
-        await runner.cleanup()
     assert seen == ["none", "Bearer hf_token"]
 
 

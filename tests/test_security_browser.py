@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from tests.harness import Daemon, free_port
+from tests.harness import Daemon, free_port, served
 
 playwright_api = pytest.importorskip("playwright.async_api", reason="pip install playwright")
 CHROMIUM = Path("/usr/bin/chromium")
@@ -87,11 +87,8 @@ async def hostile_site() -> AsyncIterator[HostileSite]:
     app = web.Application()
     app.router.add_get("/", page)
     app.router.add_get("/frame", framing)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", site.port).start()
-    yield site
-    await runner.cleanup()
+    async with served(app, site.port):
+        yield site
 
 
 async def refused_everything(context: BrowserContext, daemon: Daemon, page_url: str) -> None:

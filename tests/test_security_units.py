@@ -15,7 +15,7 @@ from lawchatd.web.body import MAX_DEPTH, BadBody, parse
 from lawchatd.web.errors import json_errors
 from lawchatd.web.guard import split_host
 from lawchatd.web.loginlimit import FailureLimiter
-from tests.harness import free_port
+from tests.harness import served
 
 
 @pytest.mark.parametrize(
@@ -80,19 +80,13 @@ async def test_a_bug_is_a_json_500_without_the_traceback(caplog) -> None:
 
     app = web.Application(middlewares=[json_errors])
     app.router.add_get("/", broken)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(f"http://127.0.0.1:{port}/") as resp,
-        ):
-            assert resp.status == 500 and resp.content_type == "application/json"
-            text = await resp.text()
-    finally:
-        await runner.cleanup()
+    async with (
+        served(app) as url,
+        aiohttp.ClientSession() as session,
+        session.get(f"{url}/") as resp,
+    ):
+        assert resp.status == 500 and resp.content_type == "application/json"
+        text = await resp.text()
     assert "secret detail" not in text and "Traceback" not in text
     assert "secret detail of a bug" in caplog.text  # the log has it
 
@@ -106,16 +100,12 @@ async def test_the_cli_declares_its_json_bodies() -> None:
 
     app = web.Application()
     app.router.add_post("/{tail:.*}", record)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    client = DaemonClient(Settings(_env_file=None, url=f"http://127.0.0.1:{port}"))
-    try:
-        await client.call("POST", "/models/download", {"model_variant": "x"})
-        await client.call("POST", "/models/cancel-download")
-    finally:
-        await client.close()
-        await runner.cleanup()
+    async with served(app) as url:
+        client = DaemonClient(Settings(_env_file=None, url=url))
+        try:
+            await client.call("POST", "/models/download", {"model_variant": "x"})
+            await client.call("POST", "/models/cancel-download")
+        finally:
+            await client.close()
     assert seen[0][:2] == ("/models/download", "application/json")
     assert seen[1] == ("/models/cancel-download", "application/json", b"")
