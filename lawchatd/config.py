@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import ssl
+from functools import cached_property
 from pathlib import Path
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
@@ -35,6 +36,16 @@ def _default_ssl_cert_file() -> Path | None:
 def _default_hf_token() -> SecretStr | None:
     token = os.environ.get("HF_TOKEN")
     return SecretStr(token) if token else None
+
+
+def split_host(value: str) -> tuple[str, str]:
+    """`Host`-style `name[:port]` or `[v6]:port` -> (lower-case name without dot, port)."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        name, _, rest = value[1:].partition("]")
+        return name, rest.removeprefix(":")
+    name, _, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
+    return name.rstrip("."), port
 
 
 class Settings(BaseSettings):
@@ -150,19 +161,17 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @property
+    @cached_property
     def extra_hosts(self) -> frozenset[str]:
-        """LAWCHATD_ALLOWED_HOSTS as lower-case names, without ports, brackets or final dot."""
-        names = set()
-        for entry in self.allowed_hosts.lower().split(","):
-            entry = entry.strip()
-            if entry.startswith("["):  # [v6] or [v6]:port
-                entry = entry[1:].partition("]")[0]
-            elif entry.count(":") == 1:  # name:port
-                entry = entry.partition(":")[0]
-            if entry := entry.rstrip("."):
-                names.add(entry)
-        return frozenset(names)
+        """LAWCHATD_ALLOWED_HOSTS as lower-case names, without ports, brackets or final dot
+        (read on every request: parsed once)."""
+        names = (split_host(entry)[0] for entry in self.allowed_hosts.split(","))
+        return frozenset(name for name in names if name)
+
+    @property
+    def sessions_path(self) -> Path:
+        """Browser sessions (an HMAC of each token), apart from the download state."""
+        return self.data_dir / "sessions.sqlite3"
 
     @property
     def models_dir(self) -> Path:

@@ -46,7 +46,7 @@ def preflight(settings: Settings) -> None:
     from lawchatd.store import SCHEMA_VERSION
 
     _database(settings.db_path, SCHEMA_VERSION)
-    _database(settings.data_dir / "sessions.sqlite3", None)
+    _database(settings.sessions_path, None)
     _can_listen(settings)
 
 
@@ -155,6 +155,8 @@ def classify(exc: BaseException, settings: Settings) -> StartupError | None:
         return _database_error(exc, settings.db_path)
     if isinstance(exc, OSError) and exc.errno in FULL + READ_ONLY:
         return _os_error(exc, settings.data_dir)
-    if isinstance(exc, RuntimeError) and "newer lawchatd" in str(exc):
+    from lawchatd.store import SchemaTooNew  # here: preflight runs before heavy imports
+
+    if isinstance(exc, SchemaTooNew):
         return StartupError(EX_PROTOCOL, str(exc))
     return None

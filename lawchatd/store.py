@@ -119,6 +119,10 @@ _UPSERT_ROW = (
 )
 
 
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer lawchatd: this one must not touch it."""
+
+
 class Store:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
@@ -150,7 +154,7 @@ class Store:
         async with self._db.execute("PRAGMA user_version") as cur:
             (version,) = await cur.fetchone()
         if version > SCHEMA_VERSION:
-            raise RuntimeError(
+            raise SchemaTooNew(
                 f"the database was written by a newer lawchatd (schema {version} > {SCHEMA_VERSION})"
             )
         for number in range(version, SCHEMA_VERSION):

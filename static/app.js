@@ -284,7 +284,8 @@ function onSocketMessage(message) {
     state.progress = message;
     renderProgress(message);
     renderLoaded(message.loaded_model); // renders the model list too
-    refreshNetwork();
+    renderCap(message.bandwidth);
+    renderQueue(message.downloads);
   } else if (onNetworkMessage(message)) {
     // the bandwidth cap or the queue: handled in the network block
   } else if (message.type === "progress") {
@@ -618,15 +619,6 @@ function onNetworkMessage(message) {
   else if (message.type === "queue") renderQueue(message.downloads);
   else return false;
   return true;
-}
-
-async function refreshNetwork() {
-  try {
-    renderCap(await api("GET", "/downloads/bandwidth"));
-    renderQueue((await api("GET", "/downloads")).downloads);
-  } catch (error) {
-    reportFailure(error, "Could not read the bandwidth cap and the queue");
-  }
 }
 
 function renderCap(status) {

@@ -39,10 +39,8 @@ async def require_api_key(request: web.Request, handler):
             return await handler(request)
     else:
         sessions = request.app[SESSIONS]
-        token = request.cookies.get(COOKIE)
-        if sessions.valid(token):
-            assert token is not None
-            with sessions.holding(token, request.transport):
+        if digest := sessions.live(request.cookies.get(COOKIE)):
+            with sessions.holding(digest, request.transport):
                 return await handler(request)
     exc = error(401, "Invalid or missing API key")
     exc.headers["WWW-Authenticate"] = "Bearer"

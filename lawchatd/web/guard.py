@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
 
-from lawchatd.config import Settings
+from lawchatd.config import Settings, split_host
 from lawchatd.web.body import content_type_problem
 from lawchatd.web.errors import error
 from lawchatd.web.keys import SETTINGS
@@ -64,16 +64,6 @@ async def learn_machine_names(app: web.Application) -> None:
             loop.call_soon_threadsafe(names.update, cleaned)
 
     threading.Thread(target=look_up, name="lawchatd-host-names", daemon=True).start()
-
-
-def split_host(value: str) -> tuple[str, str]:
-    """`Host`-style `name[:port]` or `[v6]:port` -> (lower-case name without dot, port)."""
-    value = value.strip().lower()
-    if value.startswith("["):
-        name, _, rest = value[1:].partition("]")
-        return name, rest.removeprefix(":")
-    name, _, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
-    return name.rstrip("."), port
 
 
 def _is_own_address(name: str, request: web.Request) -> bool:

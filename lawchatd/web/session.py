@@ -94,38 +94,38 @@ class SessionStore:
         await self._db.commit()
         return token
 
-    def valid(self, token: str | None) -> bool:
-        """Whether `token` opens a live session; marks it used (on disk now and then)."""
+    def live(self, token: str | None) -> str | None:
+        """The session's digest when `token` opens a live session (None when not); marks it
+        used (on disk now and then)."""
         if not token:
-            return False
+            return None
         digest = self._digest(token)
         entry = self._live.get(digest)
         now = time.time()
         if entry is None:
-            return False
+            return None
         if self._expired(entry[0], entry[1], now):
             del self._live[digest]
-            return False
+            return None
         entry[1] = now
         if now - entry[2] > TOUCH_EVERY:
             entry[2] = now
             task = asyncio.create_task(self._write_use(digest, now))
             self._writes.add(task)
             task.add_done_callback(self._writes.discard)
-        return True
+        return digest
 
     async def _write_use(self, digest: str, now: float) -> None:
         await self._db.execute("UPDATE sessions SET used = ? WHERE digest = ?", (now, digest))
         await self._db.commit()
 
     @contextlib.contextmanager
-    def holding(self, token: str, transport: asyncio.BaseTransport | None) -> Iterator[None]:
-        """While a long request (the WebSocket) runs on this session's say-so: a logout
-        closes its connection too, so no tab keeps listening after it."""
+    def holding(self, digest: str, transport: asyncio.BaseTransport | None) -> Iterator[None]:
+        """While a long request (the WebSocket) runs on the say-so of the session `digest`
+        (from `live`): a logout closes its connection too, so no tab keeps listening after it."""
         if transport is None:  # the client is already gone
             yield
             return
-        digest = self._digest(token)
         self._held.setdefault(digest, set()).add(transport)
         try:
             yield
@@ -158,7 +158,7 @@ async def sessions_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     key = settings.api_key.get_secret_value().encode() if settings.api_key else b""
     app[SESSIONS] = await SessionStore.open(
-        settings.data_dir / "sessions.sqlite3", key, settings.session_idle
+        settings.sessions_path, key, settings.session_idle
     )
     app[LOGIN_LIMITER] = FailureLimiter()
     try:

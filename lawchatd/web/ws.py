@@ -8,8 +8,9 @@ import logging
 
 from aiohttp import WSCloseCode, web
 
-from lawchatd.web.keys import MANAGER, MODEL_HOST, PROGRESS, WEBSOCKETS
+from lawchatd.web.keys import BANDWIDTH, MANAGER, MODEL_HOST, PROGRESS, WEBSOCKETS
 from lawchatd.web.routes_compat import available_models, progress_fields
+from lawchatd.web.routes_queue import downloads
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -32,6 +33,8 @@ async def ws_progress(request: web.Request) -> web.WebSocketResponse:
                 **progress_fields(app[MANAGER].snapshot()),
                 "available_models": await available_models(app),
                 "loaded_model": app[MODEL_HOST].status(),
+                "bandwidth": app[BANDWIDTH].status(),  # later: `bandwidth` messages
+                "downloads": downloads(app),  # later: `queue` messages
             }
         )
         sender = asyncio.create_task(_pump(ws, subscriber))
