@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
+import time
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from urllib.parse import quote
 
 import aiohttp
+from multidict import CIMultiDictProxy
 from yarl import URL
 
 from lawchatd.catalog import ModelSpec
@@ -16,12 +21,44 @@ class HubError(Exception):
 
 
 class TransientHubError(Exception):
-    """An upstream hiccup (5xx, 429) worth retrying."""
+    """An upstream hiccup (5xx, 429) worth retrying; `wait` overrides the backoff
+    (Retry-After), `note` is shown in the progress while waiting."""
+
+    def __init__(self, message: str, *, wait: float | None = None, note: str | None = None):
+        super().__init__(message)
+        self.wait = wait
+        self.note = note
 
 
 def is_transient(status: int) -> bool:
     """Statuses worth a retry after a backoff, from the Hub and the CDN alike."""
     return status == 429 or status >= 500
+
+
+def transient(who: str, resp: aiohttp.ClientResponse) -> TransientHubError:
+    """The error for a transient status, with the wait the server asked for."""
+    wait = retry_after(resp.headers)
+    note = None
+    if resp.status == 429:
+        note = "rate limited by the Hub" + (f", retrying in {wait:g} s" if wait else "")
+    return TransientHubError(f"{who} answered {resp.status} {resp.reason}", wait=wait, note=note)
+
+
+_RATELIMIT_T = re.compile(r"\bt=(\d+)")
+
+
+def retry_after(headers: CIMultiDictProxy[str]) -> float | None:
+    """Seconds the server asks us to wait: Retry-After (seconds or a date) or RateLimit t=."""
+    waits = []
+    value = headers.get("Retry-After", "").strip()
+    if value.isdigit():
+        waits.append(float(value))
+    elif value:
+        with contextlib.suppress(TypeError, ValueError):
+            waits.append(max(0.0, parsedate_to_datetime(value).timestamp() - time.time()))
+    if match := _RATELIMIT_T.search(headers.get("RateLimit", "")):
+        waits.append(float(match[1]))
+    return max(waits) if waits else None
 
 
 @dataclass(frozen=True)
@@ -102,7 +139,7 @@ class HubClient:
                 raise HubError(f"the revision {rev!r} does not exist in {spec.repo}")
             raise HubError(f"the file {spec.filename} was not found in {spec.repo} at {rev!r}")
         if is_transient(resp.status):
-            raise TransientHubError(f"the Hub answered {resp.status} {resp.reason}")
+            raise transient("the Hub", resp)
         raise HubError(f"the Hub answered {resp.status} {resp.reason} for {where}")
 
     def get_range(

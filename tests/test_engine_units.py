@@ -18,11 +18,11 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from lawchatd.catalog import Catalog, ModelSpec
 from lawchatd.config import Settings
 from lawchatd.download.errors import DownloadFailed, unexpected
-from lawchatd.download.fetcher import Counters, Fetcher, Link, retry_after
+from lawchatd.download.fetcher import Counters, Fetcher, Link
 from lawchatd.download.partial import PartialFile
 from lawchatd.download.plan import PartPlan
 from lawchatd.download.verify import HASH_CHUNK, Stopped, hash_file, record_of
-from lawchatd.hub import HubClient
+from lawchatd.hub import HubClient, retry_after
 from lawchatd.manager import DownloadManager
 from lawchatd.store import DownloadRow, Part, Store
 from tests.flaky_hub import Faults, FlakyHub, start_flaky_hub

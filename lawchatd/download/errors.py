@@ -8,19 +8,15 @@ import re
 import aiohttp
 
 from lawchatd.http import describe_error
+from lawchatd.hub import TransientHubError
 
 
 class DownloadFailed(Exception):
     """The download stopped for a reason worth telling the user in these words."""
 
 
-class Transient(Exception):
-    """A hiccup worth a retry after a backoff; `wait` overrides the backoff (Retry-After)."""
-
-    def __init__(self, message: str, *, wait: float | None = None, note: str | None = None):
-        super().__init__(message)
-        self.wait = wait
-        self.note = note  # shown in the progress while waiting
+class Transient(TransientHubError):
+    """A hiccup of the file server worth a retry after a backoff (`wait`, `note`: the Hub's)."""
 
 
 class ConnectionLost(Transient):

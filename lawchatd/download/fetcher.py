@@ -6,16 +6,13 @@ re-fetches at most what was in flight. A bandwidth limiter plugs in at one place
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Protocol
 
 import aiohttp
-from multidict import CIMultiDictProxy
 from yarl import URL
 
 from lawchatd.download.errors import (
@@ -30,16 +27,15 @@ from lawchatd.download.errors import (
 )
 from lawchatd.download.partial import PartialFile
 from lawchatd.download.plan import PartPlan
-from lawchatd.hub import HubClient, HubError, TransientHubError, is_transient
+from lawchatd.hub import HubClient, TransientHubError, is_transient, transient
 from lawchatd.ratelimit import QUANTUM
 from lawchatd.store import Part
 
 WRITE_SIZE = 2 << 20  # bytes gathered before one write: few thread hops, little memory
 FLUSH_SECONDS = 0.05  # a slow line still writes often: a kill loses little, progress moves
 MAX_WAIT = 600.0  # the longest Retry-After honoured as given
-RETRYABLE = (aiohttp.ClientError, TimeoutError, ConnectionError, Transient, TransientHubError)
+RETRYABLE = (aiohttp.ClientError, TimeoutError, ConnectionError, TransientHubError)  # Transient too
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
-_RATELIMIT_T = re.compile(r"\bt=(\d+)")
 
 
 class Limiter(Protocol):
@@ -113,23 +109,15 @@ class Fetcher:
                         "retries; the partial file is kept)"
                     ) from exc
                 self._counters.retries += 1
-                await self._backoff(self._delay(failures, exc), exc, getattr(exc, "note", None))
-
-    def _delay(self, failures: int, exc: BaseException) -> float:
-        wait = getattr(exc, "wait", None)
-        if wait is not None:
-            return min(wait, MAX_WAIT)
-        return min(30.0, self._backoff_base * 2 ** (failures - 1))
+                delay = backoff_delay(failures, exc, self._backoff_base)
+                await self._backoff(delay, exc, getattr(exc, "note", None))
 
     async def _attempt(self, part: Part) -> None:
         link = self._link
         if link.url is None:
             if self._resolve is None:
                 raise DownloadFailed("the file's address expired and cannot be renewed")
-            try:
-                await self._resolve()
-            except HubError as exc:
-                raise DownloadFailed(str(exc)) from exc
+            await self._resolve()  # a HubError arrives as DownloadFailed (resolve_into)
         assert link.url is not None
         end = None if part.end == self._plan.size else part.end
         async with link.hub.get_range(link.url, part.offset, end, link.etag) as resp:
@@ -142,11 +130,7 @@ class Fetcher:
         """Raise unless the answer continues the part; return the bytes to skip first."""
         status, headers = resp.status, resp.headers
         if is_transient(status):
-            wait = retry_after(headers)
-            note = None
-            if status == 429:
-                note = "rate limited by the Hub" + (f", retrying in {wait:g} s" if wait else "")
-            raise Transient(f"the server answered {status} {resp.reason}", wait=wait, note=note)
+            raise transient("the server", resp)
         if status in (401, 403, 404, 410):
             self._link.url = None  # a presigned URL may have expired: resolve again first
             raise Transient(f"the file server answered {status} {resp.reason}")
@@ -246,18 +230,13 @@ class Fetcher:
         self._on_written()
 
 
-def retry_after(headers: CIMultiDictProxy[str]) -> float | None:
-    """Seconds the server asks us to wait: Retry-After (seconds or a date) or RateLimit t=."""
-    waits = []
-    value = headers.get("Retry-After", "").strip()
-    if value.isdigit():
-        waits.append(float(value))
-    elif value:
-        with contextlib.suppress(TypeError, ValueError):
-            waits.append(max(0.0, parsedate_to_datetime(value).timestamp() - time.time()))
-    if match := _RATELIMIT_T.search(headers.get("RateLimit", "")):
-        waits.append(float(match[1]))
-    return max(waits) if waits else None
+def backoff_delay(failures: int, exc: BaseException, base: float) -> float:
+    """The wait before the next try: what the server asked for (Retry-After), else an
+    exponential backoff from `base`, capped at 30 s."""
+    wait = getattr(exc, "wait", None)
+    if wait is not None:
+        return min(wait, MAX_WAIT)
+    return min(30.0, base * 2 ** (failures - 1))
 
 
 def clip(chunks: list, limit: int) -> list:

@@ -9,6 +9,7 @@ as the kernel has not rebooted: each record carries the boot id, and after a reb
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 from lawchatd.download.errors import DownloadFailed
@@ -44,6 +45,7 @@ class Journal:
         self._store, self._row, self._plan, self._partial = store, row, plan, partial
         self._link = link
         self._boot = boot_id()
+        self._saved: tuple[list[Part], DownloadRow] | None = None  # what the store holds
 
     def follow(self, plan: PartPlan) -> None:
         self._plan = plan  # a restart or a switch to one stream made a new plan
@@ -59,7 +61,12 @@ class Journal:
         self._row.downloaded_size = sum(p.done for p in snapshot)
         self._row.boot_id = self._boot
         self._row.cdn_etag = self._link.etag  # the If-Range validator of the bytes on disk
+        # A stall or a long Retry-After changes nothing: no transaction 20 times a second.
+        saved = (snapshot, replace(self._row, updated_at=None))
+        if saved == self._saved:
+            return
         await self._store.save(self._row, snapshot)
+        self._saved = saved
 
     async def sync(self) -> None:
         """fdatasync, then mark what it covered as durable."""

@@ -302,9 +302,7 @@ class Download:
             await self._store.save(self.row, [])
             raise DownloadFailed(f"{problem}; the partial file was deleted")
         await self.partial.publish(self.final_path)
-        record = await asyncio.to_thread(
-            record_of, self.spec.filename, self.final_path, digest
-        )
+        record = await asyncio.to_thread(record_of, self.spec.filename, self.final_path, digest)
         await self._store.set_verified(self.spec.filename, record)
         self.published = record
 

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from lawchatd.download.errors import DownloadFailed, describe
-from lawchatd.download.fetcher import MAX_WAIT, RETRYABLE, Counters
+from lawchatd.download.fetcher import RETRYABLE, Counters, backoff_delay
 from lawchatd.download.status import Phase, Status
 from lawchatd.store import DownloadRow
 
@@ -61,6 +61,5 @@ class Waits:
                 if failures > max_retries:
                     raise DownloadFailed(f"cannot reach the Hub: {describe(exc)}") from exc
                 self._counters.retries += 1
-                wait = getattr(exc, "wait", None)
-                delay = wait if wait is not None else backoff * 2**failures
-                await self.wait(min(delay, MAX_WAIT), exc, getattr(exc, "note", None))
+                delay = backoff_delay(failures, exc, backoff)
+                await self.wait(delay, exc, getattr(exc, "note", None))
