@@ -13,7 +13,7 @@ from aiohttp import web
 
 from lawchatd.mirror.core import MAIN, Core, error
 from lawchatd.mirror.paths import BadPath, segments
-from lawchatd.mirror.repo import Entry, Repo, lfs_pointer
+from lawchatd.mirror.repo import Entry, Repo, git_blob_oid, lfs_pointer
 
 
 class Api:
@@ -170,7 +170,7 @@ class Api:
         sha = await self.core.digests.sha256(entry)
         # The git blob a Hub repo stores for an LFS file is this pointer; its sha1 is the oid.
         pointer = lfs_pointer(sha, entry.size)
-        item["oid"] = hashlib.sha1(b"blob %d\0" % len(pointer) + pointer).hexdigest()
+        item["oid"] = git_blob_oid(pointer)
         item["lfs"] = {"oid": sha, "size": entry.size, "pointerSize": len(pointer)}
         return item
 

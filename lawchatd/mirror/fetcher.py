@@ -42,11 +42,6 @@ def upstream_session(options: FetchOptions, endpoint: str) -> aiohttp.ClientSess
     return session
 
 
-async def open_store(path: Path) -> Store:
-    """The downloader's state (parts done per file), so fetches resume across restarts."""
-    return await Store.open(path)
-
-
 class FetchFailed(Exception):
     """The download ended without a verified file; the message is for people."""
 
@@ -111,7 +106,7 @@ class EngineFetch:
         """The end of the bytes on disk that run without a gap from `offset`."""
         end = offset
         plan = self._download.plan
-        for part in sorted(plan.parts if plan else [], key=lambda p: p.start):
+        for part in plan.parts if plan else []:  # the plan keeps them in file order
             if part.start <= end < part.start + part.done:
                 end = part.start + part.done
         return end

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
+from lawchatd.download.errors import describe
 from lawchatd.mirror.body import FileSource, Source
 from lawchatd.mirror.core import Core, error
 from lawchatd.mirror.fetcher import (
     EngineFetch,
     FetchFailed,
     FetchOptions,
-    open_store,
     upstream_session,
 )
 from lawchatd.mirror.landing import load_commits, publish, save_json
@@ -35,10 +35,10 @@ from lawchatd.mirror.partial import Fetch, Fetcher, PartialSource
 from lawchatd.mirror.paths import may_create, open_inside
 from lawchatd.mirror.stream_fetch import StreamFetch
 from lawchatd.mirror.upstream import METADATA_TIMEOUT, Upstream, UpstreamError, UpstreamFile
+from lawchatd.store import Store
 
 if TYPE_CHECKING:
     from lawchatd.mirror.files import Files
-    from lawchatd.store import Store
 
 log = logging.getLogger("lawchatd.mirror")
 
@@ -68,7 +68,8 @@ class PullThrough:
         """aiohttp cleanup_ctx: the upstream session and the downloader's store."""
         session = upstream_session(self.options, self.endpoint)
         self._upstream = Upstream(session, self.endpoint, self._token)
-        self._store = await open_store(self.core.root / STAGING / "fetches.sqlite3")
+        # The downloader's state (parts done per file), so fetches resume across restarts.
+        self._store = await Store.open(self.core.root / STAGING / "fetches.sqlite3")
         self._commits = await asyncio.to_thread(load_commits, self.core.root / STAGING / COMMITS)
         try:
             yield
@@ -273,8 +274,10 @@ class PullThrough:
             fetch.failed = "the mirror is shutting down"
             raise
         except (FetchFailed, OSError) as exc:
-            fetch.failed = str(exc) or type(exc).__name__
-            log.warning("fetching %s failed: %s (the partial is kept for the next try)", key, exc)
+            fetch.failed = describe(exc)
+            log.warning(
+                "fetching %s failed: %s (the partial is kept for the next try)", key, fetch.failed
+            )
             return None
         finally:
             if self._fetches.get(key) is fetch:

@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 from yarl import URL
 
+from lawchatd.download.errors import describe
 from lawchatd.download.verify import hash_file
 from lawchatd.mirror.digests import blob_oid_file
 from lawchatd.mirror.fetcher import FetchFailed, FetchOptions
@@ -56,7 +57,7 @@ class StreamFetch:
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
                 failures = 1 if self._written > before else failures + 1
                 if failures > self._options.max_retries:
-                    raise FetchFailed(f"connection to the upstream lost: {exc}") from exc
+                    raise FetchFailed(f"connection to the upstream lost: {describe(exc)}") from exc
                 await asyncio.sleep(min(30.0, self._options.retry_backoff * 2 ** (failures - 1)))
         problem = await asyncio.to_thread(_check, self.part_file, self._file)
         if problem:

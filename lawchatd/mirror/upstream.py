@@ -11,6 +11,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from lawchatd import __version__
+from lawchatd.download.errors import describe
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # Metadata calls must answer before the client's own timeout (huggingface_hub: 10 s), so that
@@ -81,7 +82,7 @@ class Upstream:
                     if commit and "X-Repo-Commit" not in headers:
                         headers["X-Repo-Commit"] = commit
         except (aiohttp.ClientError, TimeoutError) as exc:
-            reason = str(exc) or type(exc).__name__
+            reason = describe(exc)  # proxy/TLS/DNS in words; no presigned signature
             raise UpstreamError(
                 502, None, f"the upstream {self.endpoint} is unreachable: {reason}"
             ) from exc

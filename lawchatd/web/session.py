@@ -157,9 +157,7 @@ LOGIN_LIMITER = web.AppKey("login_limiter", FailureLimiter)
 async def sessions_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     key = settings.api_key.get_secret_value().encode() if settings.api_key else b""
-    app[SESSIONS] = await SessionStore.open(
-        settings.sessions_path, key, settings.session_idle
-    )
+    app[SESSIONS] = await SessionStore.open(settings.sessions_path, key, settings.session_idle)
     app[LOGIN_LIMITER] = FailureLimiter()
     try:
         yield
