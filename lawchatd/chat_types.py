@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
-Message = Mapping[str, Any]  # {"role": "system"|"user"|"assistant", "content": str}
+from lawchatd.prompt import Message  # noqa: F401  (re-exported: what chat() takes)
+
 FinishReason = Literal["stop", "length"]
 
 

@@ -36,7 +36,7 @@ from lawchatd.modelhost.errors import (
     NoModelLoaded,
 )
 from lawchatd.modelhost.ggufmeta import GGUFMetaError, ModelShape, read_shape
-from lawchatd.modelhost.loader import default_threads, open_model
+from lawchatd.modelhost.loader import default_threads, free_model, open_model
 
 log = logging.getLogger(__name__)
 Event = dict[str, Any]
@@ -289,7 +289,7 @@ class ModelHost(ChatMixin):
 
     def _free_orphan(self, fut: asyncio.Future[Any]) -> None:
         if not fut.cancelled() and fut.exception() is None:
-            Engine(fut.result()).retire()  # its loop frees the model and ends
+            self._spawn(asyncio.to_thread(free_model, fut.result()))
 
     def _retire(self, model: _Model) -> None:
         """No new requests for ``model``; it answers what it has, then is freed."""

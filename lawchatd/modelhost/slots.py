@@ -31,9 +31,10 @@ class Slots:
     def take(self, prompt: list[int]) -> tuple[int, int]:
         """The free slot sharing the longest prefix with ``prompt``: (seq_id, cells reused).
         At least the prompt's last token is fed again: its logits start the answer."""
-        seq_id = max(self._free, key=lambda i: common_prefix(self._free[i], prompt))
+        shared = {i: common_prefix(tokens, prompt) for i, tokens in self._free.items()}
+        seq_id = max(shared, key=shared.__getitem__)
         cached = self._free.pop(seq_id)
-        reused = min(common_prefix(cached, prompt), len(prompt) - 1)
+        reused = min(shared[seq_id], len(prompt) - 1)
         if reused < len(cached):
             self._trims.append((seq_id, reused))
         return seq_id, reused

@@ -21,9 +21,10 @@ DEFAULT_BODY_TIMEOUT = 30.0
 THREAD_PARSE_BYTES = 64 * 1024
 
 
-def error(status: int, detail: str) -> web.HTTPException:
-    """An HTTPException carrying the JSON body the old client expects."""
-    exc = web.HTTPException(text=json.dumps({"detail": detail}), content_type="application/json")
+def error(status: int, detail: str, /, **fields: object) -> web.HTTPException:
+    """An HTTPException carrying the JSON body the old client expects (`fields` beside it)."""
+    body = {"detail": detail, **fields}
+    exc = web.HTTPException(text=json.dumps(body), content_type="application/json")
     exc.set_status(status)
     return exc
 

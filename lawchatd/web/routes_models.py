@@ -8,7 +8,6 @@ The body is the old app's (`{"message", "model_variant", "status": "loaded"|"fai
 from __future__ import annotations
 
 import asyncio
-import json
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
@@ -28,8 +27,7 @@ class LoadRequest(BaseModel):
     force_reload: StrictBool = False
 
 
-def _answer(request: web.Request, variant: str, message: str, status: int = 200) -> dict:
-    loaded = status == 200
+def _answer(request: web.Request, variant: str, message: str, loaded: bool = True) -> dict:
     return {
         "message": message,
         "model_variant": variant,
@@ -64,8 +62,5 @@ async def post_load(request: web.Request) -> web.Response:
         raise error(507, f"Loading {spec.variant} refused: {exc}") from None
     except ModelLoadError as exc:
         message = f"Loading {spec.variant} failed: {exc}"
-        failed = {"detail": message, **_answer(request, spec.variant, message, 500)}
-        raise web.HTTPInternalServerError(
-            text=json.dumps(failed), content_type="application/json"
-        ) from None
+        raise error(500, message, **_answer(request, spec.variant, message, loaded=False)) from None
     return web.json_response(_answer(request, spec.variant, f"{spec.variant} is loaded"))
