@@ -16,6 +16,8 @@ import aiohttp
 from yarl import URL
 
 from lawchatd.download.errors import describe
+from lawchatd.download.fetcher import backoff_delay
+from lawchatd.download.partial import PartialFile
 from lawchatd.download.verify import hash_file
 from lawchatd.mirror.digests import blob_oid_file
 from lawchatd.mirror.fetcher import FetchFailed, FetchOptions
@@ -58,7 +60,7 @@ class StreamFetch:
                 failures = 1 if self._written > before else failures + 1
                 if failures > self._options.max_retries:
                     raise FetchFailed(f"connection to the upstream lost: {describe(exc)}") from exc
-                await asyncio.sleep(min(30.0, self._options.retry_backoff * 2 ** (failures - 1)))
+                await asyncio.sleep(backoff_delay(failures, exc, self._options.retry_backoff))
         problem = await asyncio.to_thread(_check, self.part_file, self._file)
         if problem:
             await asyncio.to_thread(self.part_file.unlink, missing_ok=True)
@@ -86,17 +88,19 @@ class StreamFetch:
             raise FetchFailed(f"the upstream answered {resp.status} for {self._file.relpath}")
         if resp.status not in (200, 206):
             raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
-        fd = await asyncio.to_thread(os.open, self.part_file, os.O_WRONLY)
+        # The engine's PartialFile: whole writes, and the descriptor is closed only after a
+        # cancelled write's thread has returned (never under a reused descriptor number).
+        partial = PartialFile(self.part_file)
+        whole = resp.status == 200  # the whole file is coming: never append it to a partial
+        await partial.open(truncate=whole)
         try:
-            if resp.status == 200:  # the whole file is coming: never append it to a partial
+            if whole:
                 self._written = 0
-                await asyncio.to_thread(os.ftruncate, fd, 0)
             async for chunk in resp.content.iter_chunked(1 << 20):
-                await asyncio.to_thread(os.pwrite, fd, chunk, self._written)
-                self._written += len(chunk)
+                self._written += await partial.write([chunk], self._written)
                 self._on_change()
         finally:
-            os.close(fd)
+            await asyncio.shield(partial.aclose())
 
 
 def _prepare(part: Path, size: int) -> int:
