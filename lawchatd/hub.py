@@ -69,7 +69,8 @@ class Resolved:
     url: URL  # where the bytes are (the CDN, or the Hub itself for small files)
 
 
-def _strip_etag(value: str | None) -> str | None:
+def strip_etag(value: str | None) -> str | None:
+    """An ETag's value without `W/` and quotes (the Hub's X-Linked-Etag is the sha256)."""
     if not value:
         return None
     value = value.strip()
@@ -85,7 +86,11 @@ class HubClient:
         self._token = token
 
     def resolve_url(self, spec: ModelSpec, revision: str) -> URL:
-        path = f"{spec.repo}/resolve/{quote(revision, safe='')}/{quote(spec.filename)}"
+        return self.url_for(spec.repo, revision, spec.filename)
+
+    def url_for(self, repo: str, revision: str, filename: str) -> URL:
+        """`{endpoint}/{repo}/resolve/{revision}/{filename}`, quoted as the Hub expects."""
+        path = f"{repo}/resolve/{quote(revision, safe='')}/{quote(filename)}"
         return URL(f"{str(self._endpoint).rstrip('/')}/{path}", encoded=True)
 
     def headers_for(self, url: URL) -> dict[str, str]:
@@ -113,7 +118,7 @@ class HubClient:
                 size = headers.get("Content-Length")
             return Resolved(
                 commit=headers.get("X-Repo-Commit"),
-                sha256=_strip_etag(headers.get("X-Linked-Etag")),
+                sha256=strip_etag(headers.get("X-Linked-Etag")),
                 size=int(size) if size and size.isdigit() else None,
                 url=target,
             )

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import quote
 
 import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from lawchatd import __version__
 from lawchatd.download.errors import describe
+from lawchatd.hub import HubClient, strip_etag
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # Metadata calls must answer before the client's own timeout (huggingface_hub: 10 s), so that
@@ -42,31 +41,23 @@ class UpstreamFile:
         return self.sha256 is not None
 
 
-def _etag(value: str | None) -> str:
-    value = (value or "").strip()
-    return value.removeprefix("W/").strip('"')
-
-
 class Upstream:
     def __init__(self, session: aiohttp.ClientSession, endpoint: str, token: str | None) -> None:
         self.session = session
         self.endpoint = endpoint.rstrip("/")
-        self._token = token
+        self._hub = HubClient(session, self.endpoint, token)  # URLs, and the token's origin
 
     def endpoint_url(self, path: URL) -> URL:
         """The same path and query on the upstream."""
         return URL(self.endpoint + str(path), encoded=True)
 
     def resolve_url(self, repo_id: str, revision: str, relpath: str) -> URL:
-        path = f"/{repo_id}/resolve/{quote(revision, safe='')}/{quote(relpath)}"
-        return URL(self.endpoint + path, encoded=True)
+        return self._hub.url_for(repo_id, revision, relpath)
 
     def headers(self, url: URL) -> dict[str, str]:
-        # The token is for the upstream Hub only, never for a CDN it redirects to.
-        headers = {"User-Agent": f"lawchatd-mirror/{__version__}", "Accept-Encoding": "identity"}
-        if self._token and url.origin() == URL(self.endpoint).origin():
-            headers["Authorization"] = f"Bearer {self._token}"
-        return headers
+        # The token is for the upstream Hub only, never for a CDN it redirects to; the
+        # session carries the User-Agent.
+        return {**self._hub.headers_for(url), "Accept-Encoding": "identity"}
 
     async def head(self, repo_id: str, revision: str, relpath: str) -> UpstreamFile:
         url = self.resolve_url(repo_id, revision, relpath)
@@ -105,7 +96,7 @@ class Upstream:
 
     def _file(self, repo_id: str, relpath: str, headers: CIMultiDict[str]) -> UpstreamFile:
         commit = headers.get("X-Repo-Commit", "")
-        sha = _etag(headers.get("X-Linked-Etag"))
+        sha = strip_etag(headers.get("X-Linked-Etag"))
         size = headers.get("X-Linked-Size") or headers.get("Content-Length") or ""
         if not _OID.fullmatch(commit) or not size.isdecimal():
             raise UpstreamError(
@@ -115,7 +106,7 @@ class Upstream:
             if not _SHA256.fullmatch(sha):
                 raise UpstreamError(502, None, "the upstream gave a malformed X-Linked-Etag")
             return UpstreamFile(repo_id, relpath, commit, int(size), sha, None)
-        oid = _etag(headers.get("ETag"))
+        oid = strip_etag(headers.get("ETag")) or ""
         return UpstreamFile(
             repo_id, relpath, commit, int(size), None, oid if _OID.fullmatch(oid) else None
         )
