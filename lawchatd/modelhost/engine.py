@@ -189,7 +189,7 @@ class Engine:
             used += len(head.tokens)
 
     def _plan(self) -> list[_Slice]:
-        budget = llama_cpp.llama_n_batch(self.loaded.ctx)
+        budget = self.loaded.n_batch
         decoding = [s for s in self.active if s.n_past > 0 and len(s.pending) == 1]
         plan = [_Slice(s, s.pending, s.n_past, True) for s in decoding]
         budget -= len(plan)

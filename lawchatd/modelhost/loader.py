@@ -19,8 +19,8 @@ import llama_cpp
 
 from lawchatd.modelhost import llamalog
 from lawchatd.modelhost.errors import ModelLoadError
+from lawchatd.modelhost.memory import N_BATCH
 
-N_BATCH = 512  # tokens per llama_decode: llama-cpp-python's default
 LOAD_MODE = llama_cpp.LLAMA_LOAD_MODE_NONE  # read, not mmap: see the module doc
 FLASH_ATTN = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO  # llama.cpp decides (on for CPU here)
 
@@ -33,6 +33,7 @@ class Loaded:
     n_ctx: int
     n_vocab: int
     n_seq: int
+    n_batch: int  # tokens one llama_decode takes: the batch's capacity and a step's budget
     batch: llama_cpp.llama_batch
     bos: int
     eos: int
@@ -66,7 +67,7 @@ def open_model(
         threads = n_threads or default_threads()
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = n_ctx
-        cparams.n_batch = cparams.n_ubatch = min(N_BATCH, n_ctx)
+        n_batch = cparams.n_batch = cparams.n_ubatch = min(N_BATCH, n_ctx)
         cparams.n_seq_max = n_seq
         cparams.kv_unified = True
         cparams.n_threads = cparams.n_threads_batch = threads
@@ -86,7 +87,8 @@ def open_model(
         n_ctx=llama_cpp.llama_n_ctx(ctx),
         n_vocab=llama_cpp.llama_vocab_n_tokens(vocab),
         n_seq=n_seq,
-        batch=llama_cpp.llama_batch_init(min(N_BATCH, n_ctx), 0, 1),
+        n_batch=n_batch,
+        batch=llama_cpp.llama_batch_init(n_batch, 0, 1),
         bos=llama_cpp.llama_vocab_bos(vocab),
         eos=llama_cpp.llama_vocab_eos(vocab),
     )

@@ -21,6 +21,7 @@ from lawchatd.modelhost.ggufmeta import ModelShape
 log = logging.getLogger(__name__)
 
 MIN_CTX = 512
+N_BATCH = 512  # tokens per llama_decode: llama-cpp-python's default
 CTX_STEP = 256
 _UNLIMITED = 1 << 62
 
@@ -29,7 +30,7 @@ def compute_bytes(shape: ModelShape, n_ctx: int) -> int:
     """llama.cpp's compute buffer for a 512-token ubatch: a ubatch of f32 logits, attention
     scratch growing with the context, and a fixed part. Fitted to its own report ("CPU
     compute buffer size = 100.51 MiB" for the 7B shape at n_ctx 4096) with a few % spare."""
-    ubatch = min(512, n_ctx)
+    ubatch = min(N_BATCH, n_ctx)
     return shape.n_vocab * ubatch * 4 + 2 * n_ctx * ubatch * 4 + (24 << 20)
 
 
