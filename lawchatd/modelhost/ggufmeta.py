@@ -74,6 +74,9 @@ def _skip_or_read(f: IO[bytes], vtype: int) -> Any:
     etype, count = _read(f, "I"), _read(f, "Q")
     if etype in _SCALAR:
         f.seek(count * struct.calcsize("<" + _SCALAR[etype]), 1)
+    elif etype == _STRING:  # the tokenizer's 32,000 tokens: skipped, not read
+        for _ in range(count):
+            f.seek(_read(f, "Q"), 1)
     else:
         for _ in range(count):
             _skip_or_read(f, etype)
