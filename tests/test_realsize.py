@@ -21,6 +21,7 @@ from lawchatd.activation import Activator
 from lawchatd.catalog import ModelSpec
 from lawchatd.chat_types import Sampling
 from lawchatd.modelhost import ModelHost, ModelLoadError, ModelTooLarge, ModelWaitTimeout
+from lawchatd.modelhost.engine import MIXED_STEP_ROWS, ROW_TILE, mixed_step_rows
 from lawchatd.modelhost.ggufmeta import read_shape
 from lawchatd.modelhost.memory import model_cost, process_rss
 from lawchatd.store import Store
@@ -220,6 +221,49 @@ async def test_parallel_slots_answer_interleaved_streams(
     lasts = [len(arrivals) - 1 - arrivals[::-1].index(i) for i in range(4)]
     assert max(firsts) < min(lasts), f"streams did not interleave: {arrivals}"
     assert engine.steps - steps_before < 2 * 12, "tokens were not decoded in shared steps"
+
+
+async def test_a_long_prompt_is_fed_in_tiles_beside_a_stream_that_keeps_going(
+    models: dict[str, Path], hosts: list[ModelHost]
+) -> None:
+    host = ModelHost(parallel=4)
+    hosts.append(host)
+    await host.load("a", models["a"])
+    engine = host._current.engine  # type: ignore[union-attr]
+    plan_of = engine._plan
+    steps: list[tuple[int, int]] = []  # (decode rows, prompt rows) of each step
+
+    def recorded() -> list:
+        plan = plan_of()
+        decode = sum(1 for p in plan if p.seq.generated or p.seq.n_past >= len(p.seq.prompt))
+        steps.append((decode, sum(len(p.tokens) for p in plan) - decode))
+        return plan
+
+    engine._plan = recorded
+    order: list[str] = []
+
+    async def stream(name: str, messages: list[dict], n: int) -> None:
+        async for _ in host.chat_stream(messages, Sampling(max_tokens=n, temperature=0)):
+            order.append(name)
+
+    short = asyncio.create_task(stream("short", USER, 60))
+    await until(lambda: "short" in order)
+    brief = [{"role": "user", "content": "The lessee shall keep the premises in repair. " * 40}]
+    await stream("long", brief, 2)
+    await short
+    mixed = [(d, p) for d, p in steps if d and p]
+    assert len(mixed) >= 5, f"the long prompt was not fed beside the stream: {steps}"
+    assert all(d + p <= MIXED_STEP_ROWS for d, p in mixed)
+    assert all((d + p) % ROW_TILE == 0 for d, p in mixed[:-1]), mixed  # whole tiles
+    first_long = order.index("long")
+    assert order[:first_long].count("short") >= len(mixed), "the stream froze meanwhile"
+
+
+def test_a_mixed_step_is_whole_row_tiles() -> None:
+    assert mixed_step_rows(0, 512) == 512  # a prompt alone: the whole batch
+    assert mixed_step_rows(1, 512) == mixed_step_rows(3, 512) == MIXED_STEP_ROWS
+    assert mixed_step_rows(40, 512) == 48  # room for a prompt token, in whole tiles
+    assert mixed_step_rows(3, 16) == 16  # never past the batch
 
 
 async def test_cancelling_one_stream_of_four_leaves_the_others_whole(

@@ -1,0 +1,111 @@
+"""What batching can give on this machine, measured on llama.cpp itself (no lawchatd, no HTTP).
+
+    .venv/bin/python bench/batch_ceiling.py MODEL.gguf [--users 4] [--prompt 40] [--tokens 24]
+
+Loads the model the way lawchatd does (loader.open_model: read, not mmap; unified KV cache; one
+slot per user) and times ``llama_decode`` directly:
+
+1. the cost of one step by the number of rows (tokens) in it: a decode step of k users is a
+   k-row step, a prompt slice of k tokens too;
+2. the ceiling for ``--users`` users decoding together against one at a time:
+   ``users * step(1) / step(users)``: no scheduler can beat it, since every user's next token
+   needs a step of its own;
+3. the same for the workload bench/serve.py measures (every user's prompt fed, then ``tokens``
+   tokens each): the best aggregate ratio a perfect server could show on it.
+
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import llama_cpp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lawchatd.modelhost.loader import Loaded, free_model, open_model  # noqa: E402
+
+
+class Steps:
+    """One context; each sequence's position moves on as it is fed."""
+
+    def __init__(self, lo: Loaded) -> None:
+        self.lo = lo
+        self.pos = [0] * lo.n_seq
+
+    def decode(self, rows: list[int]) -> float:
+        """One llama_decode with one token for each seq id in ``rows`` (a seq id may repeat:
+        several prompt tokens of one sequence); seconds it took."""
+        batch = self.lo.batch
+        for n, seq in enumerate(rows):
+            batch.token[n] = 1000 + (self.pos[seq] * 7 + n) % 20000
+            batch.pos[n] = self.pos[seq]
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = seq
+            batch.logits[n] = n == len(rows) - 1 or rows[n + 1] != seq
+            self.pos[seq] += 1
+        batch.n_tokens = len(rows)
+        started = time.perf_counter()
+        if llama_cpp.llama_decode(self.lo.ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed")
+        return time.perf_counter() - started
+
+    def reset(self) -> None:
+        llama_cpp.llama_memory_clear(self.lo.memory, True)
+        self.pos = [0] * self.lo.n_seq
+
+
+def timed(steps: Steps, rows: list[int], repeats: int) -> float:
+    return min(steps.decode(rows) for _ in range(repeats))
+
+
+def measure(model: Path, users: int, prompt: int, tokens: int, threads: int | None) -> dict:
+    lo = open_model(model, n_ctx=4096, n_seq=users, n_threads=threads, n_gpu_layers=None)
+    try:
+        steps = Steps(lo)
+        for seq in range(users):  # every sequence has a short history, as when decoding
+            steps.decode([seq] * prompt)
+        per_rows = {}
+        for k in sorted({1, 2, 3, 4, users, 8, 16, 32}):
+            rows = [i % users for i in range(k)]
+            per_rows[k] = timed(steps, rows, 3 if k <= 8 else 2)
+        one, together = per_rows[1], per_rows[users]
+        steps.reset()
+        fill = timed(steps, [0] * prompt, 1)  # one user's prompt, alone
+        steps.reset()
+        fill_all = steps.decode([s for s in range(users) for _ in range(prompt)])
+        sequential = users * (fill + (tokens - 1) * one)
+        batched = fill_all + (tokens - 1) * together
+        return {
+            "users": users,
+            "step_ms_by_rows": {k: round(v * 1000, 1) for k, v in per_rows.items()},
+            "ms_per_token_by_rows": {k: round(v * 1000 / k, 1) for k, v in per_rows.items()},
+            "decode_ceiling": users * one / together,
+            "workload": {"prompt_tokens": prompt, "tokens": tokens},
+            "workload_sequential_s": sequential,
+            "workload_batched_s": batched,
+            "workload_ceiling": sequential / batched,
+        }
+    finally:
+        free_model(lo)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model", type=Path)
+    p.add_argument("--users", type=int, default=4)
+    p.add_argument("--prompt", type=int, default=40, help="prompt tokens per user")
+    p.add_argument("--tokens", type=int, default=24, help="tokens each user is answered")
+    p.add_argument("--threads", type=int)
+    args = p.parse_args()
+    out = measure(args.model, args.users, args.prompt, args.tokens, args.threads)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
