@@ -143,6 +143,7 @@ async def users_at_once(model: Path, args: argparse.Namespace, work: Path) -> di
     async with slots[4], slots[1]:
         for d in slots.values():
             await stream_once(d.url, d.headers, 2)
+        prompt_tokens = await prompt_size(slots[1])
         for i in range(args.rounds):
             for p in (4, 1) if i % 2 == 0 else (1, 4):
                 got = await four_users(slots[p], args.tokens)
@@ -158,7 +159,35 @@ async def users_at_once(model: Path, args: argparse.Namespace, work: Path) -> di
         )
         rec["agg_tok_s"] = statistics.median(rec["agg_tok_s"])
     out["aggregate_ratio_4_vs_1"] = out["parallel_4"]["agg_tok_s"] / out["parallel_1"]["agg_tok_s"]
+    # The same run's ceiling, on llama.cpp itself with the daemons gone (their memory back):
+    # what a perfect server could show on this workload and on these cores.
+    out["ceiling"] = await ceiling(model, prompt_tokens, args)
+    out["share_of_ceiling"] = out["aggregate_ratio_4_vs_1"] / out["ceiling"]["workload_ceiling"]
     return out
+
+
+async def prompt_size(daemon: Daemon) -> int:
+    """Prompt tokens of one of the bench's questions, as the daemon's template makes them."""
+    body = {"messages": messages(), "max_tokens": 1}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{daemon.url}/v1/chat/completions", json=body, headers=daemon.headers) as r,
+    ):
+        return (await r.json())["usage"]["prompt_tokens"]
+
+
+async def ceiling(model: Path, prompt_tokens: int, args: argparse.Namespace) -> dict:
+    """bench/batch_ceiling.py in a process of its own (6 GB, freed when it ends)."""
+    cmd = [
+        sys.executable, str(Path(__file__).with_name("batch_ceiling.py")), str(model),
+        "--users", "4", "--prompt", str(prompt_tokens), "--tokens", str(args.tokens),
+        "--threads", str(args.threads),
+    ]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
+    stdout, _ = await proc.communicate()
+    return json.loads(stdout)
 
 
 async def traffic(
