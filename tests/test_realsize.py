@@ -21,7 +21,7 @@ from lawchatd.activation import Activator
 from lawchatd.catalog import ModelSpec
 from lawchatd.chat_types import Sampling
 from lawchatd.modelhost import ModelHost, ModelLoadError, ModelTooLarge, ModelWaitTimeout
-from lawchatd.modelhost.engine import MIXED_STEP_ROWS, ROW_TILE, mixed_step_rows
+from lawchatd.modelhost.engine import MIXED_STEP_ROWS, ROW_TILE, Engine, mixed_step_rows
 from lawchatd.modelhost.ggufmeta import read_shape
 from lawchatd.modelhost.memory import model_cost, process_rss
 from lawchatd.store import Store
@@ -80,6 +80,15 @@ async def hosts() -> AsyncIterator[list[ModelHost]]:
     yield made
     for h in made:
         await h.close()
+
+
+async def four_slots(hosts: list[ModelHost], model: Path) -> tuple[ModelHost, Engine]:
+    """A host with 4 slots answering ``model``, and its engine."""
+    host = ModelHost(parallel=4)
+    hosts.append(host)
+    await host.load("a", model)
+    assert host._current is not None
+    return host, host._current.engine
 
 
 async def test_context_defaults_to_the_gguf_and_is_lowered_to_fit(
@@ -202,10 +211,7 @@ async def test_a_request_that_waits_too_long_gets_503_with_retry_after(
 async def test_parallel_slots_answer_interleaved_streams(
     models: dict[str, Path], hosts: list[ModelHost]
 ) -> None:
-    host = ModelHost(parallel=4)
-    hosts.append(host)
-    await host.load("a", models["a"])
-    engine = host._current.engine  # type: ignore[union-attr]
+    host, engine = await four_slots(hosts, models["a"])
     arrivals: list[int] = []
 
     async def stream(i: int) -> int:
@@ -226,10 +232,7 @@ async def test_parallel_slots_answer_interleaved_streams(
 async def test_a_long_prompt_is_fed_in_tiles_beside_a_stream_that_keeps_going(
     models: dict[str, Path], hosts: list[ModelHost]
 ) -> None:
-    host = ModelHost(parallel=4)
-    hosts.append(host)
-    await host.load("a", models["a"])
-    engine = host._current.engine  # type: ignore[union-attr]
+    host, engine = await four_slots(hosts, models["a"])
     plan_of = engine._plan
     steps: list[tuple[int, int]] = []  # (decode rows, prompt rows) of each step
 
@@ -269,10 +272,7 @@ def test_a_mixed_step_is_whole_row_tiles() -> None:
 async def test_cancelling_one_stream_of_four_leaves_the_others_whole(
     models: dict[str, Path], hosts: list[ModelHost]
 ) -> None:
-    host = ModelHost(parallel=4)
-    hosts.append(host)
-    await host.load("a", models["a"])
-    engine = host._current.engine  # type: ignore[union-attr]
+    host, engine = await four_slots(hosts, models["a"])
     texts: dict[int, str] = {}
 
     async def stream(i: int) -> int:
