@@ -198,6 +198,26 @@ async def test_a_read_only_store_ends_the_download_in_an_error_not_downloading(t
     await db.close()
 
 
+async def test_a_forced_download_does_not_show_the_old_files_size_while_resolving(tmp_path):
+    store = await Store.open(tmp_path / "db.sqlite3")
+    size = len(DATA)
+    await store.save(DownloadRow("v", "f.gguf", "completed", total_size=size, downloaded_size=size))
+    spec = ModelSpec("v", "o/r", "f.gguf", size)
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", max_retries=1)  # type: ignore[call-arg]
+    seen = []
+    async with aiohttp.ClientSession() as session:
+        manager = DownloadManager(
+            settings, Catalog([spec]), store, HubClient(session, "http://127.0.0.1:9", None),
+            seen.append,
+        )  # fmt: skip
+        assert await manager.start("v", force=True) == "download_started"
+        assert manager._task is not None
+        await asyncio.wait({manager._task}, timeout=10)
+    downloading = [snap for snap in seen if snap.status == "downloading"]
+    assert downloading and all(snap.done == 0 for snap in downloading), downloading
+    await store.close()
+
+
 async def test_files_of_one_base_name_in_two_folders_are_two_verified_records(tmp_path: Path):
     # The mirror's downloads are named by their path in the repo (Q4/model.gguf,
     # Q8/model.gguf): keyed by the base name, the second record collided with the first.

@@ -133,6 +133,8 @@ class Download:
     async def _begin(self) -> None:
         self.set_phase(Phase.RESOLVING)
         if row := await self._store.get(self.spec.variant):
+            if row.status == Status.COMPLETED:  # forced again: none of it is in a .part yet
+                row.downloaded_size = 0
             self.row = row
             self.waits.follow(row)
         self.row.status, self.row.error, self.row.finished_at = Status.DOWNLOADING, None, None
