@@ -3,15 +3,17 @@
     .venv/bin/python bench/batch_ceiling.py MODEL.gguf [--users 4] [--prompt 40] [--tokens 24]
 
 Loads the model the way lawchatd does (loader.open_model: read, not mmap; unified KV cache; one
-slot per user) and times ``llama_decode`` directly:
+slot per user) and times ``llama_decode`` directly (best of 2-3):
 
-1. the cost of one step by the number of rows (tokens) in it: a decode step of k users is a
-   k-row step, a prompt slice of k tokens too;
-2. the ceiling for ``--users`` users decoding together against one at a time:
-   ``users * step(1) / step(users)``: no scheduler can beat it, since every user's next token
-   needs a step of its own;
-3. the same for the workload bench/serve.py measures (every user's prompt fed, then ``tokens``
-   tokens each): the best aggregate ratio a perfect server could show on it.
+1. the cost of one step by its rows (tokens): up to ``--users`` rows, a decode step of that
+   many users (a logit each); past that, the step lawchatd makes when one user's prompt is fed
+   beside the others' decoding (``users - 1`` decode rows, a slice with one logit at its end);
+2. the ceiling for ``--users`` users decoding together against one at a time,
+   ``users * step(1) / step(users)``: a user adds at most one token to a step (its next token
+   needs the one before), so a decode step holds at most ``users`` rows, whatever the server;
+3. the same for the workload bench/serve.py measures (every user's prompt fed, then
+   ``--tokens`` tokens each, all users at once against one after another): the best aggregate
+   ratio llama.cpp's kernels allow on it with these threads.
 
 Prints one JSON object.
 """
@@ -42,6 +44,7 @@ class Steps:
         """One llama_decode with one token for each seq id in ``rows`` (a seq id may repeat:
         several prompt tokens of one sequence); seconds it took."""
         batch = self.lo.batch
+        assert len(rows) <= self.lo.n_batch, "more rows than one llama_decode takes"
         for n, seq in enumerate(rows):
             batch.token[n] = 1000 + (self.pos[seq] * 7 + n) % 20000
             batch.pos[n] = self.pos[seq]
@@ -58,6 +61,14 @@ class Steps:
     def reset(self) -> None:
         llama_cpp.llama_memory_clear(self.lo.memory, True)
         self.pos = [0] * self.lo.n_seq
+
+
+def step_rows(k: int, users: int) -> list[int]:
+    """Seq ids of a k-row step: k users decoding, or (past ``users`` rows) all but the last
+    decoding and the last one's prompt slice filling the step."""
+    if k <= users:
+        return list(range(k))
+    return list(range(users - 1)) + [users - 1] * (k - users + 1)
 
 
 def timed(steps: Steps, rows: list[int], repeats: int) -> float:
@@ -81,8 +92,7 @@ def measure(model: Path, users: int, prompt: int, tokens: int, threads: int | No
             steps.decode([seq] * prompt)
         per_rows = {}
         for k in sorted({1, 2, 3, 4, users, 8, 16, 32}):
-            rows = [i % users for i in range(k)]
-            per_rows[k] = timed(steps, rows, 3 if k <= 8 else 2)
+            per_rows[k] = timed(steps, step_rows(k, users), 3 if k <= 8 else 2)
         one, together = per_rows[1], per_rows[users]
         fill = fresh(steps, [0] * prompt)  # one user's prompt, alone
         fill_all = fresh(steps, [s for s in range(users) for _ in range(prompt)])  # all at once

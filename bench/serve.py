@@ -162,7 +162,9 @@ async def users_at_once(model: Path, args: argparse.Namespace, work: Path) -> di
     # The same run's ceiling, on llama.cpp itself with the daemons gone (their memory back):
     # what a perfect server could show on this workload and on these cores.
     out["ceiling"] = await ceiling(model, prompt_tokens, args)
-    out["share_of_ceiling"] = out["aggregate_ratio_4_vs_1"] / out["ceiling"]["workload_ceiling"]
+    if "workload_ceiling" in out["ceiling"]:
+        share = out["aggregate_ratio_4_vs_1"] / out["ceiling"]["workload_ceiling"]
+        out["share_of_ceiling"] = share
     return out
 
 
@@ -184,9 +186,12 @@ async def ceiling(model: Path, prompt_tokens: int, args: argparse.Namespace) -> 
         "--threads", str(args.threads),
     ]  # fmt: skip
     proc = await asyncio.create_subprocess_exec(
-        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    stdout, _ = await proc.communicate()
+    stdout, stderr = await proc.communicate()
+    if proc.returncode != 0:  # the daemons' figures are kept; the ceiling says why it is not
+        tail = stderr.decode(errors="replace").strip().splitlines()[-3:]
+        return {"error": f"batch_ceiling.py exited {proc.returncode}", "stderr": tail}
     return json.loads(stdout)
 
 

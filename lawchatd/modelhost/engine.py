@@ -38,15 +38,18 @@ from lawchatd.modelhost.slots import Slots
 
 log = logging.getLogger(__name__)
 
-# Rows (tokens) of a step that carries decode tokens and a prompt slice together. llama.cpp's
-# CPU kernels multiply repacked Q4_0 weights by 16 rows at a time, 4 at the tail and 1 past
-# that: measured on the 7B shape (bench/batch_ceiling.py), a row costs 53 ms in a 16- or
-# 32-row step, 75 ms in a 4-row one and 110-125 ms alone. So a prompt fed beside decoding
-# sequences is sliced to fill the step up to a multiple of 16 rows: its tokens cost what they
-# would cost alone, the decode tokens ride along cheaper than in a step of their own, and the
-# others' streams advance every ~1.7 s instead of freezing for the whole prompt.
+# Tokens ("rows") of a step that carries decode tokens and a prompt slice together. On x86
+# CPUs llama.cpp multiplies repacked Q4_0 weights 16 rows at a time, then 4, then one row at a
+# time for what is left. Measured on the 7B shape (bench/batch_ceiling.py, bench/README.md) a
+# row costs 51-53 ms in a 16- or 32-row step, 73 ms in a 4-row step, 103-117 ms in a step of
+# 1-3 rows. So a prompt fed beside decoding sequences is sliced to fill the step to whole
+# 16-row tiles: its tokens cost about what they cost alone, the decode tokens beside them cost
+# half what they cost in a step of their own, and the others' streams advance every ~1.7 s
+# (a 128-token slice: every ~7 s). The newcomer's prompt is fed ~8 % slower than in 128-token
+# slices. Tuned on CPU; with the model on a GPU, bigger slices would feed prompts faster.
 MIXED_STEP_ROWS = 32
 ROW_TILE = 16
+assert MIXED_STEP_ROWS % ROW_TILE == 0
 _KV_FULL = object()
 
 
@@ -89,12 +92,12 @@ class _Slice:
 
 
 def mixed_step_rows(decoding: int, n_batch: int) -> int:
-    """Rows a step may hold when ``decoding`` sequences each need one: the whole batch when
-    none does (a prompt alone goes at full speed), else the smallest multiple of ROW_TILE
-    from MIXED_STEP_ROWS up that leaves room for a prompt token."""
+    """Tokens a step may hold when ``decoding`` sequences each need one. With none, the whole
+    batch: a prompt alone goes at full speed. Else MIXED_STEP_ROWS, or, with many decoders,
+    whole ROW_TILEs that leave a prompt at least a tile of its own (it is never starved)."""
     if not decoding:
         return n_batch
-    rows = max(MIXED_STEP_ROWS, -(-(decoding + 1) // ROW_TILE) * ROW_TILE)
+    rows = max(MIXED_STEP_ROWS, -(-(decoding + ROW_TILE) // ROW_TILE) * ROW_TILE)
     return min(rows, n_batch)
 
 
