@@ -8,7 +8,8 @@ slot per user) and times ``llama_decode`` directly (best of 2-3):
 1. the cost of one step by its rows (tokens): up to ``--users`` rows, a decode step of that
    many users (a logit each); past that, the step lawchatd makes when one user's prompt is fed
    beside the others' decoding (``users - 1`` decode rows, a slice with one logit at its end);
-2. the ceiling for ``--users`` users decoding together against one at a time,
+2. the ceiling for ``--users`` users decoding together against one at a time (median of
+   ROUNDS rounds, each timing both back to back),
    ``users * step(1) / step(users)``: a user adds at most one token to a step (its next token
    needs the one before), so a decode step holds at most ``users`` rows, whatever the server;
 3. the same for the workload bench/serve.py measures (every user's prompt fed, then
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,6 +33,8 @@ import llama_cpp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lawchatd.modelhost.loader import Loaded, free_model, open_model  # noqa: E402
+
+ROUNDS = 5
 
 
 class Steps:
@@ -93,20 +97,30 @@ def measure(model: Path, users: int, prompt: int, tokens: int, threads: int | No
         per_rows = {}
         for k in sorted({1, 2, 3, 4, users, 8, 16, 32}):
             per_rows[k] = timed(steps, step_rows(k, users), 3 if k <= 8 else 2)
-        one, together = per_rows[1], per_rows[users]
-        fill = fresh(steps, [0] * prompt)  # one user's prompt, alone
-        fill_all = fresh(steps, [s for s in range(users) for _ in range(prompt)])  # all at once
-        sequential = users * (fill + (tokens - 1) * one)
-        batched = fill_all + (tokens - 1) * together
+        # The ratios from rounds that measure both sides back to back (median): the machine's
+        # speed drifts between minutes, not within a round.
+        decode, work = [], []
+        for _ in range(ROUNDS):
+            fill = fresh(steps, [0] * prompt, 1)  # one user's prompt, alone
+            fill_all = fresh(steps, [s for s in range(users) for _ in range(prompt)], 1)
+            pairs = [(steps.decode([0]), steps.decode(list(range(users)))) for _ in range(4)]
+            one, together = (statistics.mean(side) for side in zip(*pairs, strict=True))
+            decode.append(users * one / together)
+            sequential = users * (fill + (tokens - 1) * one)
+            batched = fill_all + (tokens - 1) * together
+            work.append((sequential / batched, sequential, batched))
+        ratio, sequential, batched = sorted(work)[len(work) // 2]
         return {
             "users": users,
             "step_ms_by_rows": {k: round(v * 1000, 1) for k, v in per_rows.items()},
             "ms_per_token_by_rows": {k: round(v * 1000 / k, 1) for k, v in per_rows.items()},
-            "decode_ceiling": users * one / together,
+            "decode_ceiling": statistics.median(decode),
+            "decode_ceiling_rounds": [round(r, 3) for r in decode],
             "workload": {"prompt_tokens": prompt, "tokens": tokens},
             "workload_sequential_s": sequential,
             "workload_batched_s": batched,
-            "workload_ceiling": sequential / batched,
+            "workload_ceiling": ratio,
+            "workload_ceiling_rounds": [round(w[0], 3) for w in work],
         }
     finally:
         free_model(lo)
