@@ -44,7 +44,7 @@ Event = dict[str, Any]
 
 def default_parallel() -> int:
     """Slots: each costs only a row of logits (the KV cache is shared). On 2 cores, where
-    decoding is compute-bound, 4 slots still give four users 1.33x the tokens/s of one and
+    decoding is compute-bound, 4 slots still give four users 1.33-1.50x the tokens/s of one and
     half the p95 time to first token (bench/README.md): 2 per core, at most 4."""
     return max(1, min(4, 2 * default_threads()))
 
