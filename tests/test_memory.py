@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,10 @@ def test_not_a_gguf_is_refused(tmp_path: Path) -> None:
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"GGML" + bytes(100))
     with pytest.raises(GGUFMetaError):
+        read_shape(junk)
+    # A garbage key count is refused from the preamble, not walked key by key.
+    junk.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 1, 1 << 40) + bytes(100))
+    with pytest.raises(GGUFMetaError, match="implausible"):
         read_shape(junk)
 
 

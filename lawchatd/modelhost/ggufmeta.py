@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from lawchatd.gguf import NotGGUF, read_preamble
+
 # GGUF value types: fixed-size scalars (struct format), 8 = string, 9 = array.
 _SCALAR = {
     0: "B",
@@ -88,11 +90,11 @@ def read_shape(path: Path) -> ModelShape:
     path = Path(path)
     kv: dict[str, Any] = {}
     with open(path, "rb", buffering=1 << 16) as f:
-        if f.read(4) != b"GGUF":
-            raise GGUFMetaError(f"{path.name} is not a GGUF file")
-        _read(f, "I")  # version
-        _read(f, "Q")  # tensor count
-        for _ in range(_read(f, "Q")):
+        try:
+            _, _, n_keys = read_preamble(f, path.name)
+        except NotGGUF as exc:
+            raise GGUFMetaError(str(exc)) from None
+        for _ in range(n_keys):
             key = _string(f).decode("utf-8", "replace")
             kv[key] = _skip_or_read(f, _read(f, "I"))
     arch = kv.get("general.architecture", b"llama").decode()
