@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -173,23 +175,33 @@ def test_unexpected_errors_are_sentences_not_taskgroup_texts():
 # ---- a store that cannot be written --------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def manager_of_nowhere(
+    store: Store, spec: ModelSpec, data_dir: Path, seen: list, **settings
+) -> AsyncIterator[DownloadManager]:
+    """A manager whose hub is a closed port: every download of it ends while resolving."""
+    config = Settings(_env_file=None, data_dir=data_dir, **settings)  # type: ignore[call-arg]
+    async with aiohttp.ClientSession() as session:
+        hub = HubClient(session, "http://127.0.0.1:9", None)
+        yield DownloadManager(config, Catalog([spec]), store, hub, seen.append)
+
+
+async def run_to_its_end(manager: DownloadManager, variant: str, **start) -> str:
+    said = await manager.start(variant, **start)
+    assert manager._task is not None
+    await asyncio.wait({manager._task}, timeout=10)
+    return said
+
+
 async def test_a_read_only_store_ends_the_download_in_an_error_not_downloading(tmp_path):
     store = await Store.open(tmp_path / "db.sqlite3")
     await store.close()
     db = await aiosqlite.connect(f"file:{tmp_path / 'db.sqlite3'}?mode=ro", uri=True)
     db.row_factory = aiosqlite.Row
-    read_only = Store(db)
     spec = ModelSpec("v", "o/r", "f.gguf", len(DATA))
-    settings = Settings(_env_file=None, data_dir=tmp_path / "data")  # type: ignore[call-arg]
     seen = []
-    async with aiohttp.ClientSession() as session:
-        manager = DownloadManager(
-            settings, Catalog([spec]), read_only, HubClient(session, "http://127.0.0.1:9", None),
-            seen.append,
-        )  # fmt: skip
-        await manager.start("v")
-        assert manager._task is not None
-        await asyncio.wait({manager._task}, timeout=10)
+    async with manager_of_nowhere(Store(db), spec, tmp_path / "data", seen) as manager:
+        await run_to_its_end(manager, "v")
         snap = manager.snapshot()
         assert snap.status == "error", snap
         assert "state database cannot be written" in (snap.error or "")
@@ -203,16 +215,9 @@ async def test_a_forced_download_does_not_show_the_old_files_size_while_resolvin
     size = len(DATA)
     await store.save(DownloadRow("v", "f.gguf", "completed", total_size=size, downloaded_size=size))
     spec = ModelSpec("v", "o/r", "f.gguf", size)
-    settings = Settings(_env_file=None, data_dir=tmp_path / "data", max_retries=1)  # type: ignore[call-arg]
     seen = []
-    async with aiohttp.ClientSession() as session:
-        manager = DownloadManager(
-            settings, Catalog([spec]), store, HubClient(session, "http://127.0.0.1:9", None),
-            seen.append,
-        )  # fmt: skip
-        assert await manager.start("v", force=True) == "download_started"
-        assert manager._task is not None
-        await asyncio.wait({manager._task}, timeout=10)
+    async with manager_of_nowhere(store, spec, tmp_path / "data", seen, max_retries=1) as manager:
+        assert await run_to_its_end(manager, "v", force=True) == "download_started"
     downloading = [snap for snap in seen if snap.status == "downloading"]
     assert downloading and all(snap.done == 0 for snap in downloading), downloading
     await store.close()
