@@ -42,6 +42,12 @@ def head(method: str, path: str, *lines: str, host: str = "127.0.0.1", length: i
     return ("\r\n".join(fields) + "\r\n").encode()
 
 
+async def raw_post(
+    daemon: Daemon, path: str, body: bytes, *lines: str, host: str = "127.0.0.1"
+) -> tuple[int, dict]:
+    return await raw_request(daemon, head("POST", path, *lines, host=host, length=len(body)), body)
+
+
 async def nothing_changed(daemon: Daemon, mirror: Mirror) -> None:
     assert (await daemon.get("/models/download-progress"))["status"] == "idle"
     assert not any((daemon.data_dir / "models").iterdir())
@@ -62,16 +68,12 @@ DOWNLOAD = json.dumps({"model_variant": "tiny-small"}).encode()
 
 async def test_a_foreign_origin_cannot_start_or_cancel_a_download(keyless: Daemon, mirror):
     for origin in ("https://evil.example", "http://127.0.0.1:1", "null"):
-        status, reply = await raw_request(
+        status, reply = await raw_post(
             keyless,
-            head(
-                "POST",
-                "/models/download",
-                f"Origin: {origin}",
-                "Content-Type: text/plain",
-                length=len(DOWNLOAD),
-            ),
+            "/models/download",
             DOWNLOAD,
+            f"Origin: {origin}",
+            "Content-Type: text/plain",
         )
         assert status == 403 and "another site" in reply["detail"], (origin, reply)
         status, _ = await raw_request(
@@ -85,16 +87,12 @@ async def test_a_rebound_host_name_reads_nothing(keyless: Daemon, mirror):
     for path in ("/models/available", "/healthz", "/", "/metrics"):
         status, reply = await raw_request(keyless, head("GET", path, host="evil.example:8000"))
         assert status == 421 and "Host" in reply["detail"], (path, reply)
-    status, _ = await raw_request(
+    status, _ = await raw_post(
         keyless,
-        head(
-            "POST",
-            "/models/download",
-            "Content-Type: application/json",
-            host="evil.example",
-            length=len(DOWNLOAD),
-        ),
+        "/models/download",
         DOWNLOAD,
+        "Content-Type: application/json",
+        host="evil.example",
     )
     assert status == 421
     await nothing_changed(keyless, mirror)
@@ -180,16 +178,12 @@ def _nested(depth: int) -> bytes:
     ],
 )
 async def test_hostile_json_is_a_422_and_changes_nothing(daemon: Daemon, mirror, payload, words):
-    status, reply = await raw_request(
+    status, reply = await raw_post(
         daemon,
-        head(
-            "POST",
-            "/models/download",
-            f"Authorization: Bearer {API_KEY}",
-            "Content-Type: application/json",
-            length=len(payload),
-        ),
+        "/models/download",
         payload,
+        f"Authorization: Bearer {API_KEY}",
+        "Content-Type: application/json",
     )
     assert status == 422 and words in reply["detail"], reply
     await nothing_changed(daemon, mirror)
@@ -214,16 +208,12 @@ async def test_a_lone_surrogate_in_chat_content_is_422(daemon: Daemon):
 
 
 async def test_a_bogus_charset_is_415(daemon: Daemon, mirror):
-    status, reply = await raw_request(
+    status, reply = await raw_post(
         daemon,
-        head(
-            "POST",
-            "/models/download",
-            f"Authorization: Bearer {API_KEY}",
-            "Content-Type: application/json; charset=x-bogus",
-            length=len(DOWNLOAD),
-        ),
+        "/models/download",
         DOWNLOAD,
+        f"Authorization: Bearer {API_KEY}",
+        "Content-Type: application/json; charset=x-bogus",
     )
     assert status == 415 and "UTF-8" in reply["detail"]
     await nothing_changed(daemon, mirror)
@@ -247,17 +237,13 @@ async def test_what_the_http_parser_refuses_is_a_json_400(daemon: Daemon, reques
 
 async def test_a_compressed_body_is_415(daemon: Daemon, mirror):
     payload = gzip.compress(DOWNLOAD)
-    status, reply = await raw_request(
+    status, reply = await raw_post(
         daemon,
-        head(
-            "POST",
-            "/models/download",
-            f"Authorization: Bearer {API_KEY}",
-            "Content-Type: application/json",
-            "Content-Encoding: gzip",
-            length=len(payload),
-        ),
+        "/models/download",
         payload,
+        f"Authorization: Bearer {API_KEY}",
+        "Content-Type: application/json",
+        "Content-Encoding: gzip",
     )
     assert status == 415 and "Content-Encoding" in reply["detail"]
     await nothing_changed(daemon, mirror)
