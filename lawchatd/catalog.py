@@ -50,6 +50,11 @@ BUILTIN: tuple[ModelSpec, ...] = (
 )  # fmt: skip
 
 
+class UnknownVariant(LookupError):
+    def __init__(self, variant: str, known: list[str]) -> None:
+        super().__init__(f"Unknown model variant {variant!r}; available: {', '.join(known)}")
+
+
 class Catalog:
     """Variants by name, in catalog order."""
 
@@ -75,6 +80,12 @@ class Catalog:
 
     def get(self, variant: str) -> ModelSpec | None:
         return self._by_variant.get(variant)
+
+    def require(self, variant: str) -> ModelSpec:
+        """The spec of ``variant``; UnknownVariant (naming the known ones) if there is none."""
+        if (spec := self._by_variant.get(variant)) is None:
+            raise UnknownVariant(variant, self.variants)
+        return spec
 
     @property
     def variants(self) -> list[str]:

@@ -39,10 +39,6 @@ def _settings() -> Settings:
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         settings = _load_settings()
-        try:
-            settings.refuse_unsafe_bind()
-        except SystemExit as exc:
-            raise StartupError(EX_CONFIG, str(exc.code).removeprefix("lawchatd: ")) from None
         preflight(settings)  # before the heavy imports: a broken start is told at once
         from lawchatd.logs import setup_logging
         from lawchatd.server import serve

@@ -197,11 +197,3 @@ class Settings(BaseSettings):
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False  # a host name: assume it can be reached from outside
-
-    def refuse_unsafe_bind(self) -> None:
-        """An open port without a key would let anyone on the network fill the disk."""
-        if self.api_key is None and not self.bind_is_loopback():
-            raise SystemExit(
-                f"lawchatd: refusing to listen on {self.host} without an API key; "
-                "set LAWCHATD_API_KEY (or bind LAWCHATD_HOST=127.0.0.1)"
-            )

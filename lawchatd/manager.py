@@ -30,11 +30,6 @@ DISK_RESERVE = 64 << 20  # leave room for the database and logs
 CANCEL_WAIT = 1.0
 
 
-class UnknownVariant(LookupError):
-    def __init__(self, variant: str, known: list[str]) -> None:
-        super().__init__(f"Unknown model variant {variant!r}; available: {', '.join(known)}")
-
-
 class Busy(RuntimeError):
     def __init__(self, variant: str) -> None:
         super().__init__(f"Another model ({variant}) is currently downloading")
@@ -143,9 +138,7 @@ class DownloadManager:
 
     async def start(self, variant: str, force: bool = False, queue: bool = False) -> str:
         """`queue`: wait behind a running download instead of Busy (old clients never ask)."""
-        spec = self.catalog.get(variant)
-        if spec is None:
-            raise UnknownVariant(variant, self.catalog.variants)
+        spec = self.catalog.require(variant)
         async with self._start_lock:
             await self._let_a_stopping_download_end()
             if self.running:

@@ -38,7 +38,9 @@ class StartupError(Exception):
 
 
 def preflight(settings: Settings) -> None:
-    """Refuse to start, in words, when the daemon could not keep its state."""
+    """Refuse to start, in words, when the daemon would be open to anyone or could not
+    keep its state."""
+    refuse_unsafe_bind(settings)
     _data_dir(settings.data_dir)
     _writable(settings.data_dir, PROBE_BYTES)  # the database must be able to grow
     # Only writable: a full models disk still serves chat, and a download says 507.
@@ -48,6 +50,16 @@ def preflight(settings: Settings) -> None:
     _database(settings.db_path, SCHEMA_VERSION)
     _database(settings.sessions_path, None)
     _can_listen(settings)
+
+
+def refuse_unsafe_bind(settings: Settings) -> None:
+    """An open port without a key would let anyone on the network fill the disk."""
+    if settings.api_key is None and not settings.bind_is_loopback():
+        raise StartupError(
+            EX_CONFIG,
+            f"refusing to listen on {settings.host} without an API key; "
+            "set LAWCHATD_API_KEY (or bind LAWCHATD_HOST=127.0.0.1)",
+        )
 
 
 def _can_listen(settings: Settings) -> None:

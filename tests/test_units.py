@@ -12,6 +12,7 @@ from aioresponses import aioresponses
 from lawchatd.catalog import BUILTIN, Catalog, CatalogError, ModelSpec, load_catalog
 from lawchatd.config import Settings
 from lawchatd.hub import HubClient, HubError, TransientHubError
+from lawchatd.startup import StartupError, refuse_unsafe_bind
 from lawchatd.store import SCHEMA_VERSION, DownloadRow, Part, Store
 
 HUB = "https://hub.example"
@@ -92,11 +93,11 @@ def test_settings_env_file(tmp_path, monkeypatch):
 def test_public_bind_needs_a_key(host, refused):
     settings = Settings(_env_file=None, host=host)
     if refused:
-        with pytest.raises(SystemExit, match="without an API key"):
-            settings.refuse_unsafe_bind()
-        Settings(_env_file=None, host=host, api_key="k").refuse_unsafe_bind()
+        with pytest.raises(StartupError, match="without an API key"):
+            refuse_unsafe_bind(settings)
+        refuse_unsafe_bind(Settings(_env_file=None, host=host, api_key="k"))
     else:
-        settings.refuse_unsafe_bind()
+        refuse_unsafe_bind(settings)
 
 
 async def test_store_round_trip_and_schema_version(tmp_path):

@@ -5,8 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
 
+from lawchatd.catalog import UnknownVariant
 from lawchatd.download import Snapshot
-from lawchatd.manager import Busy, NotEnoughSpace, UnknownVariant
+from lawchatd.manager import Busy, NotEnoughSpace
 from lawchatd.web.errors import error, read_json
 from lawchatd.web.keys import CATALOG, MANAGER
 

@@ -12,11 +12,10 @@ import asyncio
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
 
-from lawchatd.manager import UnknownVariant
 from lawchatd.modelhost import LoadInProgress, ModelLoadError, ModelTooLarge
 from lawchatd.web.errors import error, read_json
-from lawchatd.web.keys import ACTIVATOR, CATALOG, MANAGER, MODEL_HOST
-from lawchatd.web.routes_old import loaded_body
+from lawchatd.web.keys import ACTIVATOR, MANAGER, MODEL_HOST
+from lawchatd.web.routes_old import known_spec, loaded_body
 
 routes = web.RouteTableDef()
 
@@ -40,10 +39,7 @@ def _answer(request: web.Request, variant: str, message: str, loaded: bool = Tru
 @routes.post("/models/load")
 async def post_load(request: web.Request) -> web.Response:
     body = await read_json(request, LoadRequest)
-    catalog = request.app[CATALOG]
-    spec = catalog.get(body.model_variant)
-    if spec is None:
-        raise error(400, str(UnknownVariant(body.model_variant, catalog.variants)))
+    spec = known_spec(request, body.model_variant)
     manager = request.app[MANAGER]
     if not manager.is_downloaded(spec):
         raise error(404, f"{spec.variant} is not downloaded; download it first")
@@ -51,12 +47,9 @@ async def post_load(request: web.Request) -> web.Response:
         return web.json_response(_answer(request, spec.variant, f"{spec.variant} is loaded"))
     try:
         task = request.app[ACTIVATOR].begin(spec, manager.final_path(spec))
-    except LoadInProgress as exc:
-        raise error(409, str(exc)) from None
-    try:
         # Shielded: a client that hangs up does not abort a swap half-way.
         await asyncio.shield(task)
-    except LoadInProgress as exc:  # the host was already loading (a keep-alive wake)
+    except LoadInProgress as exc:  # ours, or the host's own (a keep-alive wake)
         raise error(409, str(exc)) from None
     except ModelTooLarge as exc:
         raise error(507, f"Loading {spec.variant} refused: {exc}") from None

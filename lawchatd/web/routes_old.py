@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from lawchatd.activation import ACTIVE_KEY
-from lawchatd.manager import UnknownVariant
+from lawchatd.catalog import ModelSpec, UnknownVariant
 from lawchatd.web.errors import error
 from lawchatd.web.keys import CATALOG, MODEL_HOST, STORE
 
@@ -72,10 +72,15 @@ def _variant_query(request: web.Request) -> str:
     variant = request.query.get("model_variant")
     if not variant:
         raise error(422, "model_variant: the query parameter is required")
-    catalog = request.app[CATALOG]
-    if catalog.get(variant) is None:
-        raise error(400, str(UnknownVariant(variant, catalog.variants)))
-    return variant
+    return known_spec(request, variant).variant
+
+
+def known_spec(request: web.Request, variant: str) -> ModelSpec:
+    """The catalog's spec of ``variant``, or 400 naming the variants it has."""
+    try:
+        return request.app[CATALOG].require(variant)
+    except UnknownVariant as exc:
+        raise error(400, str(exc)) from None
 
 
 @routes.post("/models/unload")
