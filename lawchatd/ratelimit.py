@@ -7,7 +7,7 @@ not use at once stays its credit for its next chunks. So every connection that w
 the same share whatever its chunk sizes, and one that cannot use its share (a slow link, the
 tail) is served without waiting behind the rest.
 
-Pay per read of at most `QUANTUM` bytes (`iter_chunked(QUANTUM)`): a 2 MB chunk is paid for in
+Pay per read of at most `QUANTUM` bytes (`content.read(QUANTUM)`): a 2 MB chunk is paid for in
 one lump after it arrived, which makes any 5 s window up to a few % off when several land at
 its edges; with quantum-sized reads the bytes let through stay within ~1 % of the cap.
 """

@@ -36,6 +36,7 @@ FLUSH_SECONDS = 0.05  # a slow line still writes often: a kill loses little, pro
 MAX_WAIT = 600.0  # the longest Retry-After honoured as given
 RETRYABLE = (aiohttp.ClientError, TimeoutError, ConnectionError, TransientHubError)  # Transient too
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+RANGE_TRIES = 3  # 200s to a range request before one stream is read instead
 
 
 class Limiter(Protocol):
@@ -83,7 +84,6 @@ class Fetcher:
         resolve: Callable[[], Awaitable[None]] | None = None,
         on_written: Callable[[], None] = lambda: None,
         limiter: Limiter | None = None,
-        range_tries: int = 3,
     ) -> None:
         self._link, self._partial, self._plan = link, partial, plan
         self._counters = counters
@@ -92,7 +92,6 @@ class Fetcher:
         self._resolve = resolve
         self._on_written = on_written
         self._limiter = limiter
-        self._range_tries = range_tries
 
     async def fill(self, part: Part) -> None:
         """Fetch the part to its (possibly moving) end, retrying what a retry may cure."""
@@ -121,12 +120,12 @@ class Fetcher:
         assert link.url is not None
         end = None if part.end == self._plan.size else part.end
         async with link.hub.get_range(link.url, part.offset, end, link.etag) as resp:
-            skip = self._check(resp, part, ranged=part.offset > 0 or end is not None)
+            skip = self._check(resp, part)
             await self._stream(resp, part, skip)
         if part.remaining > 0:
             raise ConnectionLost(f"the server closed the connection {part.remaining} bytes early")
 
-    def _check(self, resp: aiohttp.ClientResponse, part: Part, ranged: bool) -> int:
+    def _check(self, resp: aiohttp.ClientResponse, part: Part) -> int:
         """Raise unless the answer continues the part; return the bytes to skip first."""
         status, headers = resp.status, resp.headers
         if is_transient(status):
@@ -144,7 +143,7 @@ class Fetcher:
         etag = headers.get("ETag")
         strong = etag if etag and not etag.startswith("W/") else None
         if status == 200:
-            return self._whole_file(strong, part, ranged)
+            return self._whole_file(strong, part)
         match = _CONTENT_RANGE.match(headers.get("Content-Range", ""))
         if not match or int(match[1]) != part.offset:
             raise Transient(
@@ -155,9 +154,9 @@ class Fetcher:
         self._link.refusals = 0  # only refusals in a row lead to one stream
         return 0
 
-    def _whole_file(self, etag: str | None, part: Part, ranged: bool) -> int:
+    def _whole_file(self, etag: str | None, part: Part) -> int:
         link = self._link
-        if not ranged or part.offset == 0:  # the stream starts where the part does
+        if part.offset == 0:  # the stream starts where the part does
             link.etag = link.etag or etag
             return 0
         if link.etag is not None and etag is not None and etag != link.etag:
@@ -167,7 +166,7 @@ class Fetcher:
         # read one stream and skip to where the part goes on.
         if not link.single_stream:
             link.refusals += 1
-            if link.refusals < self._range_tries:
+            if link.refusals < RANGE_TRIES:
                 raise RangeRefused("the server ignored the byte range; asking again")
             link.single_stream = True
             raise OneStream("the server keeps ignoring byte ranges: going on with one stream")

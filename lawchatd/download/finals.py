@@ -5,24 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 
 from lawchatd.catalog import ModelSpec
-from lawchatd.download.verify import Stopped, hash_file, record_of, unchanged
+from lawchatd.download.verify import Stopped, hash_file, record_of, stat_key, unchanged
 from lawchatd.store import Store, Verified
 
 log = logging.getLogger(__name__)
-
-
-def _stat_key(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 class FinalFiles:
@@ -42,7 +33,7 @@ class FinalFiles:
         self._failed.pop(record.filename, None)
 
     def has_size(self, spec: ModelSpec) -> bool:
-        key = _stat_key(self._dir / spec.filename)
+        key = stat_key(self._dir / spec.filename)
         return key is not None and key[0] == spec.size
 
     def is_verified(self, spec: ModelSpec) -> bool:
@@ -58,7 +49,7 @@ class FinalFiles:
         name = spec.filename
         if name in self._checks or not self.has_size(spec):
             return
-        if name in self._failed and self._failed[name] == _stat_key(self._dir / name):
+        if name in self._failed and self._failed[name] == stat_key(self._dir / name):
             return  # already found wrong, and not changed since
         task = asyncio.get_running_loop().create_task(self._check(spec), name=f"verify {name}")
         self._checks[name] = task
@@ -66,7 +57,7 @@ class FinalFiles:
 
     async def _check(self, spec: ModelSpec) -> None:
         path = self._dir / spec.filename
-        before = _stat_key(path)
+        before = stat_key(path)
         row = await self._store.get(spec.variant)
         want = spec.sha256 or (row.upstream_sha256 if row else None)
         try:
@@ -76,7 +67,7 @@ class FinalFiles:
         except OSError as exc:
             log.warning("cannot check %s: %s", path, exc)
             return
-        if _stat_key(path) != before:
+        if stat_key(path) != before:
             return  # replaced while hashing: the next look checks the new one
         if want and digest != want:
             log.warning(

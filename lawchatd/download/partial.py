@@ -123,8 +123,13 @@ def read_into(fd: int, view: memoryview, offset: int) -> int:
 def _publish(fd: int, part_file: Path, final: Path) -> None:
     os.fsync(fd)
     os.replace(part_file, final)
-    dir_fd = os.open(final.parent, os.O_RDONLY)
+    fsync_dir(final.parent)  # the rename itself must survive a power cut
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the folder's entries (a rename into it) durable."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)  # the rename itself must survive a power cut
+        os.fsync(fd)
     finally:
-        os.close(dir_fd)
+        os.close(fd)

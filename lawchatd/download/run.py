@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from lawchatd.catalog import ModelSpec
 from lawchatd.config import Settings
@@ -26,7 +24,7 @@ from lawchatd.download.plan import PartPlan
 from lawchatd.download.resolve import resolve_into
 from lawchatd.download.status import Phase, Snapshot, SpeedMeter, Status
 from lawchatd.download.takeover import Paces
-from lawchatd.download.verify import check_bytes, record_of
+from lawchatd.download.verify import check_bytes, record_of, stat_key
 from lawchatd.download.waits import Waits
 from lawchatd.hub import HubClient, Resolved
 from lawchatd.store import DownloadRow, Store, Verified
@@ -181,7 +179,8 @@ class Download:
 
     async def _prepare(self, resolved: Resolved) -> None:
         stored = trusted(await self._store.parts(self.spec.variant), self.row.boot_id)
-        on_disk = await asyncio.to_thread(_file_size, self.partial.path)
+        key = await asyncio.to_thread(stat_key, self.partial.path)
+        on_disk = None if key is None else key[0]
         same_file = resolved.sha256 is None or self.row.upstream_sha256 in (None, resolved.sha256)
         plan = PartPlan.resume(self.spec.size, stored, on_disk) if same_file else None
         await self.partial.open(truncate=plan is None)
@@ -307,10 +306,3 @@ class Download:
         record = await asyncio.to_thread(record_of, self.spec.filename, self.final_path, digest)
         await self._store.set_verified(self.spec.filename, record)
         self.published = record
-
-
-def _file_size(path: Path) -> int | None:
-    try:
-        return os.stat(path).st_size
-    except FileNotFoundError:
-        return None

@@ -28,6 +28,15 @@ def check_bytes(
     return None
 
 
+def stat_key(path: Path) -> tuple[int, int, int] | None:
+    """(size, mtime_ns, inode): what tells a file apart from a replaced one; None if absent."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
 def record_of(name: str, path: Path, sha256: str) -> Verified:
     """What was verified, kept under the spec's filename (a mirror's may hold a folder:
     two files of one base name are two records)."""
@@ -39,11 +48,7 @@ def unchanged(path: Path, record: Verified | None) -> bool:
     """The file is still the one that was verified (same size, mtime and inode)."""
     if record is None:
         return False
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return False
-    return (st.st_size, st.st_mtime_ns, st.st_ino) == (record.size, record.mtime_ns, record.inode)
+    return stat_key(path) == (record.size, record.mtime_ns, record.inode)
 
 
 class Stopped(Exception):

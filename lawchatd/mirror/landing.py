@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+from lawchatd.download.partial import fsync_dir
 from lawchatd.mirror.paths import SIDECAR, inside, may_create
 from lawchatd.mirror.upstream import UpstreamFile
 
@@ -40,8 +41,4 @@ def publish(verified: Path, target: Path, file: UpstreamFile, root: Path) -> Non
         tmp = sidecar.with_name(f".{sidecar.name}.tmp")  # hidden until renamed
         tmp.write_text(f"{file.sha256}  {target.name}\n")
         os.replace(tmp, sidecar)
-    fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(target.parent)
