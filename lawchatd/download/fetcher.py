@@ -10,7 +10,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import aiohttp
 from yarl import URL
@@ -34,6 +34,7 @@ from lawchatd.store import Part
 WRITE_SIZE = 2 << 20  # bytes gathered before one write: few thread hops, little memory
 FLUSH_SECONDS = 0.05  # a slow line still writes often: a kill loses little, progress moves
 MAX_WAIT = 600.0  # the longest Retry-After honoured as given
+T = TypeVar("T")
 RETRYABLE = (aiohttp.ClientError, TimeoutError, ConnectionError, TransientHubError)  # Transient too
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 RANGE_TRIES = 3  # 200s to a range request before one stream is read instead
@@ -95,23 +96,22 @@ class Fetcher:
 
     async def fill(self, part: Part) -> None:
         """Fetch the part to its (possibly moving) end, retrying what a retry may cure."""
-        failures = 0
-        while part.remaining > 0:
-            before = part.done
-            try:
-                await self._attempt(part)
-            except RETRYABLE as exc:
-                failures = 1 if part.done > before else failures + 1
-                if failures > self._max_retries:
-                    raise DownloadFailed(
-                        f"connection lost: {describe(exc)} (gave up after {self._max_retries} "
-                        "retries; the partial file is kept)"
-                    ) from exc
-                self._counters.retries += 1
-                delay = backoff_delay(failures, exc, self._backoff_base)
-                await self._backoff(delay, exc, getattr(exc, "note", None))
+        await with_retries(
+            lambda: self._attempt(part),
+            max_retries=self._max_retries,
+            base=self._backoff_base,
+            backoff=self._backoff,
+            counters=self._counters,
+            failed=lambda why: (
+                f"connection lost: {why} (gave up after {self._max_retries} retries; "
+                "the partial file is kept)"
+            ),
+            progress=lambda: part.done,
+        )
 
     async def _attempt(self, part: Part) -> None:
+        if part.remaining <= 0:
+            return  # another connection took the rest over while this one waited
         link = self._link
         if link.url is None:
             if self._resolve is None:
@@ -227,6 +227,32 @@ class Fetcher:
             raise disk_error(exc, self._partial.path, self._plan.done, self._plan.size) from exc
         self._plan.record(part, written)
         self._on_written()
+
+
+async def with_retries(
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    max_retries: int,
+    base: float,
+    backoff: Backoff,
+    counters: Counters,
+    failed: Callable[[str], str],
+    progress: Callable[[], int] = lambda: 0,
+) -> T:
+    """``attempt()`` until it succeeds, waiting ``backoff`` between tries. A try that moved
+    ``progress`` on starts the count again; past ``max_retries`` failures in a row,
+    DownloadFailed with ``failed(why)``."""
+    failures = 0
+    while True:
+        before = progress()
+        try:
+            return await attempt()
+        except RETRYABLE as exc:
+            failures = 1 if progress() > before else failures + 1
+            if failures > max_retries:
+                raise DownloadFailed(failed(describe(exc))) from exc
+            counters.retries += 1
+            await backoff(backoff_delay(failures, exc, base), exc, getattr(exc, "note", None))
 
 
 def backoff_delay(failures: int, exc: BaseException, base: float) -> float:

@@ -7,8 +7,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from lawchatd.download.errors import DownloadFailed, describe
-from lawchatd.download.fetcher import RETRYABLE, Counters, backoff_delay
+from lawchatd.download.errors import describe
+from lawchatd.download.fetcher import Counters, with_retries
 from lawchatd.download.status import Phase, Status
 from lawchatd.store import DownloadRow
 
@@ -52,14 +52,11 @@ class Waits:
         self, attempt: Callable[[], Awaitable[T]], max_retries: int, backoff: float
     ) -> T:
         """`attempt()` until it succeeds, waiting between tries; DownloadFailed at the limit."""
-        failures = 0
-        while True:
-            try:
-                return await attempt()
-            except RETRYABLE as exc:
-                failures += 1
-                if failures > max_retries:
-                    raise DownloadFailed(f"cannot reach the Hub: {describe(exc)}") from exc
-                self._counters.retries += 1
-                delay = backoff_delay(failures, exc, backoff)
-                await self.wait(delay, exc, getattr(exc, "note", None))
+        return await with_retries(
+            attempt,
+            max_retries=max_retries,
+            base=backoff,
+            backoff=self.wait,
+            counters=self._counters,
+            failed=lambda why: f"cannot reach the Hub: {why}",
+        )
