@@ -7,6 +7,7 @@ strings), ``memory`` (model cost and the room the daemon has), ``loader``, ``ggu
 
 from lawchatd.chat_types import Sampling
 from lawchatd.modelhost.errors import (
+    InvalidRequest,
     LoadInProgress,
     ModelHostError,
     ModelLoadError,
@@ -19,6 +20,7 @@ from lawchatd.modelhost.errors import (
 from lawchatd.modelhost.host import ModelHost
 
 __all__ = [
+    "InvalidRequest",
     "LoadInProgress",
     "ModelHost",
     "ModelHostError",

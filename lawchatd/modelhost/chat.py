@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from lawchatd.chat_types import Chunk, Completion, Message, Sampling
 from lawchatd.modelhost.engine import Finish, Seq
 from lawchatd.modelhost.errors import (
+    InvalidRequest,
     ModelWaitTimeout,
     NoModelLoaded,
     PromptTooLong,
@@ -60,7 +61,7 @@ class ChatMixin:
         self, messages: Sequence[Message], sampling: Sampling
     ) -> AsyncIterator[Chunk]:
         """Text pieces, the last with finish_reason and usage. Errors before the first
-        token (NoModelLoaded, QueueFull, ModelWaitTimeout, PromptTooLong, ValueError) are
+        token (NoModelLoaded, QueueFull, ModelWaitTimeout, PromptTooLong, InvalidRequest) are
         raised at the first ``__anext__``; closing the iterator cancels this request only."""
         llama2_turns(messages)  # a bad conversation fails now
         model, seq = await self._enqueue(messages, sampling)
@@ -114,7 +115,10 @@ class ChatMixin:
         lo = model.engine.loaded
         bad = [t for t in s.logit_bias if not 0 <= int(t) < lo.n_vocab]
         if bad:
-            raise ValueError(f"logit_bias: token {bad[0]} is not in the vocabulary ({lo.n_vocab})")
+            raise InvalidRequest(
+                f"logit_bias: token {bad[0]} is not in the vocabulary ({lo.n_vocab})",
+                param="logit_bias",
+            )
         return encode_llama2(messages, lambda t: tokenize(lo.vocab, t), lo.bos, lo.eos)
 
     async def _answering_model(self) -> _Model:

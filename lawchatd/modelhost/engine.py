@@ -255,10 +255,13 @@ class Engine:
 
     def _release(self, seq: Seq) -> None:
         self.active.remove(seq)
-        if seq.chain is not None:
+        self._drop_chain(seq)
+        self._slots.give_back(seq.seq_id, seq.tokens[: seq.n_past])
+
+    def _drop_chain(self, seq: Seq) -> None:
+        if seq.chain is not None:  # freed by the engine thread at its next step
             self._chains_to_free.append(seq.chain)
             seq.chain = None
-        self._slots.give_back(seq.seq_id, seq.tokens[: seq.n_past])
 
     def _preempt(self) -> None:
         victim = self.active[-1]
@@ -281,9 +284,7 @@ class Engine:
         while self.waiting:
             seq = self.waiting.popleft()
             seq.out.put_nowait(error)
-            if seq.chain is not None:  # a preempted request already had one
-                self._chains_to_free.append(seq.chain)
-                seq.chain = None
+            self._drop_chain(seq)  # a preempted request already had one
 
     # --- engine thread ---
 

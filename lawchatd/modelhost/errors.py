@@ -45,3 +45,12 @@ class ModelWaitTimeout(ModelHostError):
 
 class PromptTooLong(ModelHostError):
     """The prompt does not fit the context window (HTTP 400)."""
+
+
+class InvalidRequest(ModelHostError, ValueError):
+    """A request the loaded model cannot take, e.g. a logit_bias token outside its vocabulary
+    (HTTP 400); ``param`` names the request's field."""
+
+    def __init__(self, message: str, *, param: str) -> None:
+        super().__init__(message)
+        self.param = param

@@ -18,7 +18,9 @@ from aiohttp import web
 
 from lawchatd.chat_types import Chunk, Completion, Usage
 from lawchatd.modelhost import (
+    InvalidRequest,
     ModelHostError,
+    ModelWaitTimeout,
     NoModelLoaded,
     PromptTooLong,
     QueueFull,
@@ -36,6 +38,8 @@ _ERRORS: list[tuple[type[ModelHostError], int, str, str | None, int | None]] = [
     (NoModelLoaded, 503, "model_not_loaded", None, None),
     (QueueFull, 429, "rate_limit_exceeded", None, 1),
     (PromptTooLong, 400, "context_length_exceeded", "messages", None),
+    (InvalidRequest, 400, "invalid_value", None, None),  # the error names its param
+    (ModelWaitTimeout, 503, "model_not_ready", None, None),  # and says when to come back
 ]
 
 
@@ -102,18 +106,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return web.json_response(_completion_object(await host.chat(messages, sampling)))
     except ModelHostError as exc:
         raise _http_error(exc) from None
-    except ValueError as exc:  # what the loaded model cannot take, e.g. a logit_bias token
-        param = str(exc).partition(":")[0] if str(exc).startswith("logit_bias:") else None
-        raise openai_error(400, str(exc), param=param, code="invalid_value") from None
 
 
 def _http_error(exc: ModelHostError) -> web.HTTPException:
     for kind, status, code, param, retry_after in _ERRORS:
         if isinstance(exc, kind):
+            param = getattr(exc, "param", param)
+            retry_after = getattr(exc, "retry_after", retry_after)
             return openai_error(status, str(exc), param=param, code=code, retry_after=retry_after)
-    retry_after = getattr(exc, "retry_after", None)
-    if retry_after is not None:  # waited too long for a model being loaded: try again later
-        return openai_error(503, str(exc), code="model_not_ready", retry_after=retry_after)
     return openai_error(500, str(exc))
 
 

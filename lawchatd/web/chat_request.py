@@ -129,7 +129,7 @@ def _check_parameters(body: ChatRequest) -> None:
         raise _refuse(
             "response_format", "only {'type': 'text'} and {'type': 'json_object'} are supported"
         )
-    stops = [body.stop] if isinstance(body.stop, str) else body.stop or []
+    stops = _stops(body)
     if len(stops) > 4 or "" in stops:
         raise _refuse("stop", "up to 4 non-empty strings", code="invalid_value")
 
@@ -187,16 +187,19 @@ def _logit_bias(raw: dict[str, float] | None) -> dict[int, float]:
     return bias
 
 
+def _stops(body: ChatRequest) -> tuple[str, ...]:
+    return (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+
+
 def sampling_of(body: ChatRequest) -> Sampling:
     """The `Sampling` the body asks for; raises a 400 for what lawchatd cannot honour."""
     _check_parameters(body)
     default = Sampling()
-    stops = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     return Sampling(
         max_tokens=_max_tokens(body),
         temperature=default.temperature if body.temperature is None else body.temperature,
         top_p=default.top_p if body.top_p is None else body.top_p,
-        stop=stops,
+        stop=_stops(body),
         seed=body.seed,
         presence_penalty=body.presence_penalty or 0.0,
         frequency_penalty=body.frequency_penalty or 0.0,
