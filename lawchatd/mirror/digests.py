@@ -31,6 +31,11 @@ def read_sidecar(path: Path) -> str | None:
     return token if _SHA256_RE.fullmatch(token) else None
 
 
+def sidecar_or_hash(path: Path) -> str:
+    """Blocking: the sidecar's sha256, or the file's own."""
+    return read_sidecar(path) or hash_file(path)
+
+
 class Digests:
     """Bounded by the files in DIR: one cached value per path, replaced when the file changes."""
 
@@ -39,9 +44,9 @@ class Digests:
         self._running: dict[tuple[str, _Key], asyncio.Task[str]] = {}
 
     async def sha256(self, entry: Entry) -> str:
-        if sidecar := await asyncio.to_thread(read_sidecar, entry.path):
-            return sidecar
-        return await self._get("sha256", entry, hash_file)
+        """From `<file>.sha256` when there is one, else hashed; either once per version (a
+        publish replaces the file with its sidecar, and so the cache key)."""
+        return await self._get("sha256", entry, sidecar_or_hash)
 
     async def blob_oid(self, entry: Entry) -> str:
         return await self._get("blob", entry, blob_oid_file)

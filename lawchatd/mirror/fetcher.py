@@ -89,7 +89,6 @@ class EngineFetch:
             hub=HubClient(session, endpoint, token),
             on_change=lambda _d: on_change(),
         )
-        self.size = size
 
     @property
     def part_file(self) -> Path:

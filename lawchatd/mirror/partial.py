@@ -18,8 +18,6 @@ WAKE_SECONDS = 1.0  # readers look again at least this often, whatever the fetch
 class Fetcher(Protocol):
     """What pull-through needs of a download (fetcher.EngineFetch, stream_fetch.StreamFetch)."""
 
-    size: int
-
     @property
     def part_file(self) -> Path: ...
     @property
@@ -36,7 +34,7 @@ class Fetch:
     file: UpstreamFile
     target: Path  # where it lands in DIR
     started: float = field(default_factory=time.time)
-    fetcher: Fetcher | None = None  # set right after construction (it reports to notify)
+    fetcher: Fetcher = field(init=False)  # set right after construction: it reports to notify
     task: asyncio.Task[Path | None] | None = None
     failed: str | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -53,12 +51,10 @@ class Fetch:
         """The end of the bytes that can be read without a gap from `offset`."""
         if self.task is not None and self.task.done() and self.failed is None:
             return self.file.size
-        return self.fetcher.available(offset) if self.fetcher is not None else offset
+        return self.fetcher.available(offset)
 
     def names(self) -> list[Path]:
         """Where the bytes are, in the order they move: partial, verified, in DIR."""
-        if self.fetcher is None:
-            return [self.target]
         return [self.fetcher.part_file, self.fetcher.verified_file, self.target]
 
 

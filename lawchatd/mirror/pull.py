@@ -109,7 +109,7 @@ class PullThrough:
                 "repo": f.file.repo_id,
                 "path": f.file.relpath,
                 "size": f.file.size,
-                "downloaded": f.fetcher.downloaded() if f.fetcher else 0,
+                "downloaded": f.fetcher.downloaded(),
                 "sha256": f.file.sha256,
                 "started_at": f.started,
             }
@@ -262,7 +262,6 @@ class PullThrough:
     ) -> Path | None:
         """Fetch, verify, publish; never raises but CancelledError (`fetch.failed` says why).
         `after`: a cancelled fetch of an older version of the file, to wait for first."""
-        assert fetch.fetcher is not None
         try:
             if after is not None:
                 await asyncio.gather(after, return_exceptions=True)

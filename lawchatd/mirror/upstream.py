@@ -36,10 +36,6 @@ class UpstreamFile:
     sha256: str | None  # LFS files: X-Linked-Etag
     blob_oid: str | None  # small files: the ETag, a git blob id
 
-    @property
-    def lfs(self) -> bool:
-        return self.sha256 is not None
-
 
 class Upstream:
     def __init__(self, session: aiohttp.ClientSession, endpoint: str, token: str | None) -> None:
