@@ -27,6 +27,7 @@ class ModelSpec:
     sha256: str | None = None
     revision: str = "main"
     label: str = ""
+    gguf: bool = True  # the file must be a GGUF model (a mirror's other LFS files are not)
 
 
 _LAW_CHAT = "TheBloke/law-chat-GGUF"

@@ -389,3 +389,22 @@ async def test_only_the_repos_allowed_are_filled(
         assert status == 200 and len(body) == model.size
     finally:
         await office.runner.cleanup()
+
+
+async def test_a_large_file_that_is_not_gguf_is_fetched_in_parallel_and_verified(
+    mirror: Mirror, office: Mirror, hub_root: Path, tmp_path: Path
+) -> None:
+    weights = hub_root / REPO / "weights.safetensors"  # LFS by the default patterns
+    weights.write_bytes(os.urandom(12 << 20))  # parts of 4 MB at the least
+    try:
+        await mirror.fresh_count()
+        status, body, _ = await _get(f"{office.url}/{REPO}/resolve/main/{weights.name}")
+        assert status == 200 and body == weights.read_bytes()
+        await _fetches(office, lambda f: not f)
+        kept = tmp_path / "office" / REPO / weights.name
+        assert sha256_of(kept) == sha256_of(weights)
+        # The engine's connections (FAST: 2), each asking for its own range of the file.
+        ranged = {r.range for r in mirror.stats.requests if r.path.startswith("/cdn/") and r.range}
+        assert len(ranged) >= 2, mirror.stats.requests
+    finally:
+        weights.unlink()

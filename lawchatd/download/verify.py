@@ -21,10 +21,11 @@ def check_bytes(
     for name, want in (("catalog", spec.sha256), ("Hub", row.upstream_sha256)):
         if want and digest != want:
             return f"sha256 mismatch: the {name} expects {want}, the bytes hash to {digest}"
-    try:
-        check_header(path)
-    except NotGGUF as exc:
-        return str(exc)
+    if spec.gguf:
+        try:
+            check_header(path)
+        except NotGGUF as exc:
+            return str(exc)
     return None
 
 

@@ -7,7 +7,7 @@ paths (nothing outside DIR), repo (files, LFS, commit id), digests, ranges, sign
 paths-info, commits), core (what routes share), app (the aiohttp application); for
 pull-through: pull (one shared fetch per file), partial (serving a fetch as it arrives),
 upstream (asking the upstream), fetcher (the one adapter to lawchatd's downloader) and
-stream_fetch (a plain fetch for non-GGUF files).
+stream_fetch (a plain fetch for small, non-LFS files).
 """
 
 from lawchatd.mirror.app import create_mirror_app, run_mirror

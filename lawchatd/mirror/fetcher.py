@@ -6,8 +6,8 @@ session factory and the engine's store can be plugged in at this one place.
 What it needs from the engine: a download of (repo, filename, revision, size, sha256) from an
 endpoint with a token into a folder, parallel and resumable through a Store, that verifies the
 sha256 and reports progress; and, to stream bytes to clients as they arrive, which byte ranges
-are on disk (`Download.parts`: start, end, done) plus the partial file's path. The downloader
-also checks the GGUF header, so the mirror sends only *.gguf files through it (pull.py).
+are on disk (`Download.parts`: start, end, done) plus the partial file's path. Every LFS file
+(one with a sha256) comes this way; the GGUF header is checked for *.gguf files only.
 """
 
 from __future__ import annotations
@@ -81,7 +81,10 @@ class EngineFetch:
             retry_backoff=options.retry_backoff,
             stall_timeout=options.stall_timeout,
         )
-        spec = ModelSpec(f"{repo_id}/{relpath}", repo_id, relpath, size, sha256, revision=commit)
+        spec = ModelSpec(
+            f"{repo_id}/{relpath}", repo_id, relpath, size, sha256, revision=commit,
+            gguf=relpath.endswith(".gguf"),
+        )  # fmt: skip
         self._download = Download(
             spec,
             settings=settings,

@@ -245,7 +245,7 @@ class PullThrough:
     def _fetcher(self, file: UpstreamFile, on_change: Callable[[], None]) -> Fetcher:
         assert self._upstream is not None and self._store is not None
         staging = self.core.root / STAGING
-        if file.sha256 is not None and file.relpath.endswith(".gguf"):
+        if file.sha256 is not None:  # LFS: parallel, resumable, hashed as it arrives
             return EngineFetch(
                 store=self._store, session=self._upstream.session, endpoint=self.endpoint,
                 token=self._token, staging=staging, repo_id=file.repo_id, relpath=file.relpath,

@@ -1,7 +1,5 @@
-"""A plain fetch for files the GGUF downloader does not take: one connection, resumed with Range.
-
-Small files (README.md, config.json) and non-GGUF LFS files come this way; the bytes are checked
-against the upstream's sha256 (LFS) or git blob id (small files) before they reach DIR.
+"""A plain fetch for small (non-LFS) files, README.md or config.json: one connection, resumed
+with Range, the bytes checked against the upstream's git blob id before they reach DIR.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ from yarl import URL
 from lawchatd.download.errors import describe
 from lawchatd.download.fetcher import backoff_delay
 from lawchatd.download.partial import PartialFile
-from lawchatd.download.verify import hash_file
 from lawchatd.mirror.digests import blob_oid_file
 from lawchatd.mirror.fetcher import FetchFailed, FetchOptions
 from lawchatd.mirror.upstream import Upstream, UpstreamFile
@@ -115,9 +112,6 @@ def _check(path: Path, file: UpstreamFile) -> str | None:
     data_size = path.stat().st_size
     if data_size != file.size:
         return f"size mismatch: the upstream said {file.size} bytes, got {data_size}"
-    if file.sha256:
-        ok = hash_file(path) == file.sha256
-        return None if ok else f"sha256 mismatch for {file.relpath}"
     if file.blob_oid:
         ok = blob_oid_file(path) == file.blob_oid
         return None if ok else f"git blob id mismatch for {file.relpath}"
