@@ -121,15 +121,15 @@ class DownloadManager:
     async def partial_bytes(self) -> dict[str, int]:
         """Bytes kept in partial files, by variant: what a Download would resume from."""
         rows = {row.variant: row for row in await self._store.all()}
-        kept = {}
-        for spec in self.catalog:
-            row = rows.get(spec.variant)
-            if (
-                row
-                and row.status != Status.COMPLETED
-                and part_path(self._settings.models_dir, spec).exists()
-            ):
-                kept[spec.variant] = row.downloaded_size
+        models = self._settings.models_dir
+        with_part = await asyncio.to_thread(
+            lambda: {s.variant for s in self.catalog if part_path(models, s).exists()}
+        )
+        kept = {
+            variant: row.downloaded_size
+            for variant, row in rows.items()
+            if variant in with_part and row.status != Status.COMPLETED
+        }
         if self.current and self.running:
             kept[self.current.spec.variant] = self.current.downloaded
         return kept
