@@ -33,6 +33,7 @@ from lawchatd.mirror.fetcher import (
 from lawchatd.mirror.landing import load_commits, publish, save_json
 from lawchatd.mirror.partial import Fetch, Fetcher, PartialSource
 from lawchatd.mirror.paths import may_create, open_inside
+from lawchatd.mirror.repo import Entry
 from lawchatd.mirror.stream_fetch import StreamFetch
 from lawchatd.mirror.upstream import METADATA_TIMEOUT, Upstream, UpstreamError, UpstreamFile
 from lawchatd.store import Store
@@ -168,12 +169,13 @@ class PullThrough:
         if not await asyncio.to_thread(may_create, self.core.root, self._target(file)):
             return error(404, "RepoNotFound", "Repository not found")  # a link out of DIR
         if file.sha256 is not None:
-            if not await self._have(file):
+            if await self._local(file) is None:
                 self._start(file)
             meta = FileMeta(file.commit, file.sha256, file.size, f'"{file.sha256}"')
             return files.redirect(request, meta, relpath)
         # A small file: fetched whole (it is small), then answered from DIR like any other.
-        if not await self._have(file):
+        entry = await self._local(file)
+        if entry is None:
             fetch = self._start(file)
             assert fetch.task is not None
             await asyncio.shield(fetch.task)  # returns None on failure, with fetch.failed set
@@ -181,9 +183,9 @@ class PullThrough:
                 return error(
                     502, None, f"fetching {relpath} from the upstream failed: {fetch.failed}"
                 )
+            repo = await self.core.scan(org, name)
+            entry = repo.entries.get(relpath) if repo else None
         meta = FileMeta(file.commit, None, file.size, f'"{file.blob_oid}"')
-        repo = await self.core.scan(org, name)
-        entry = repo.entries.get(relpath) if repo else None
         if entry is None:  # removed from DIR in the meantime
             return error(404, "EntryNotFound", "Entry not found")
         return await files.serve(request, meta, await files.open_local(entry), entry.size)
@@ -203,7 +205,7 @@ class PullThrough:
                 return None
             if not await asyncio.to_thread(may_create, self.core.root, self._target(file)):
                 return None
-            if await self._have(file):  # the fetch ended between the caller's look and ours
+            if await self._local(file) is not None:  # the fetch ended since the caller looked
                 target = self.core.root / file.repo_id / relpath
                 fd = await asyncio.to_thread(open_inside, self.core.root, target)
                 return FileSource(fd), file.size
@@ -212,15 +214,17 @@ class PullThrough:
 
     # ---- fetching ---------------------------------------------------------------------------
 
-    async def _have(self, file: UpstreamFile) -> bool:
-        """Whether DIR already holds exactly this file (a fetch that finished meanwhile)."""
+    async def _local(self, file: UpstreamFile) -> Entry | None:
+        """DIR's entry when it holds exactly this file (a fetch may have finished meanwhile)."""
         repo = await self.core.scan(*file.repo_id.split("/"))
         entry = repo.entries.get(file.relpath) if repo else None
         if entry is None or entry.size != file.size:
-            return False
+            return None
         if file.sha256 is not None:
-            return await self.core.digests.sha256(entry) == file.sha256
-        return file.blob_oid is None or await self.core.digests.blob_oid(entry) == file.blob_oid
+            same = await self.core.digests.sha256(entry) == file.sha256
+        else:
+            same = file.blob_oid is None or await self.core.digests.blob_oid(entry) == file.blob_oid
+        return entry if same else None
 
     def _target(self, file: UpstreamFile) -> Path:
         return self.core.root / file.repo_id / file.relpath
