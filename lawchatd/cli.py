@@ -13,9 +13,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from lawchatd import __version__
-from lawchatd.config import Settings
-from lawchatd.sdnotify import Notifier
-from lawchatd.startup import EX_CONFIG, StartupError, preflight
+from lawchatd.process.config import Settings
+from lawchatd.process.sdnotify import Notifier
+from lawchatd.process.startup import EX_CONFIG, StartupError, preflight
 
 
 def _load_settings() -> Settings:
@@ -40,8 +40,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         settings = _load_settings()
         preflight(settings)  # before the heavy imports: a broken start is told at once
-        from lawchatd.logs import setup_logging
-        from lawchatd.server import serve
+        from lawchatd.process.logs import setup_logging
+        from lawchatd.process.server import serve
 
         setup_logging(settings.log_level)
         asyncio.run(serve(settings))
@@ -61,7 +61,7 @@ def _exit_at_once(exc: StartupError) -> None:
 
 
 def _cmd_mirror(args: argparse.Namespace) -> int:
-    from lawchatd.logs import setup_logging
+    from lawchatd.process.logs import setup_logging
     from lawchatd.mirror import run_mirror
 
     setup_logging("INFO")

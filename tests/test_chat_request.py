@@ -11,9 +11,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from lawchatd.chat_types import Sampling
+from lawchatd.modelhost.chat_types import Sampling
 from lawchatd.modelhost import ModelHost
-from lawchatd.web.chat import add_chat_routes
+from lawchatd.web.routes.openai import add_chat_routes
 from lawchatd.web.chat_request import ChatRequest, messages_of, sampling_of
 from lawchatd.web.errors import json_errors
 from lawchatd.web.keys import MODEL_HOST

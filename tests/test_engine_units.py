@@ -17,16 +17,16 @@ import aiosqlite
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from lawchatd.catalog import Catalog, ModelSpec
-from lawchatd.config import Settings
-from lawchatd.download.errors import DownloadFailed, unexpected
-from lawchatd.download.fetcher import Counters, Fetcher, Link
-from lawchatd.download.partial import PartialFile
-from lawchatd.download.plan import PartPlan
-from lawchatd.download.verify import HASH_CHUNK, Stopped, hash_file, record_of
-from lawchatd.hub import HubClient, retry_after
-from lawchatd.manager import DownloadManager
-from lawchatd.store import DownloadRow, Part, Store
+from lawchatd.downloads.catalog import Catalog, ModelSpec
+from lawchatd.process.config import Settings
+from lawchatd.fetch.errors import DownloadFailed, unexpected
+from lawchatd.fetch.fetcher import Counters, Fetcher, Link
+from lawchatd.fetch.partial import PartialFile
+from lawchatd.fetch.plan import PartPlan
+from lawchatd.fetch.verify import HASH_CHUNK, Stopped, hash_file, record_of
+from lawchatd.hub.client import HubClient, retry_after
+from lawchatd.downloads.manager import DownloadManager
+from lawchatd.state.store import DownloadRow, Part, Store
 from tests.flaky_hub import Faults, FlakyHub, start_flaky_hub
 
 DATA = os.urandom(3 << 20)

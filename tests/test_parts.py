@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from lawchatd.download.plan import MIN_PART, PartPlan, tiles
-from lawchatd.store import Part
+from lawchatd.fetch.plan import MIN_PART, PartPlan, tiles
+from lawchatd.state.store import Part
 
 MiB = 1 << 20
 
@@ -67,7 +67,7 @@ def test_resume_trusts_the_store_only_as_far_as_the_disk_holds():
 
 
 def test_after_a_reboot_only_synced_bytes_are_trusted():
-    from lawchatd.download.journal import boot_id, trusted
+    from lawchatd.fetch.journal import boot_id, trusted
 
     here = [Part(0, 10, 8, 3)]
     assert trusted(here, boot_id())[0].done == 8  # a killed process: the page cache has them

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lawchatd.chat_types import Sampling
+from lawchatd.modelhost.chat_types import Sampling
 from lawchatd.modelhost import ModelHost
 from lawchatd.modelhost.sampling import TextOut
 from tests.ggufgen import make_tiny_llama

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lawchatd.startup import (
+from lawchatd.process.startup import (
     EX_CANTCREAT,
     EX_CONFIG,
     EX_DATAERR,
@@ -132,9 +132,9 @@ def test_a_failure_inside_the_running_loop_releases_everything(env, tmp_path):
     (tmp_path / "data" / "lawchatd.sqlite3").write_bytes(os.urandom(8192))
     code = (
         "import asyncio, sys\n"
-        "from lawchatd.config import Settings\n"
-        "from lawchatd.server import serve\n"
-        "from lawchatd.startup import StartupError\n"
+        "from lawchatd.process.config import Settings\n"
+        "from lawchatd.process.server import serve\n"
+        "from lawchatd.process.startup import StartupError\n"
         "try:\n"
         "    asyncio.run(serve(Settings()))\n"
         "except StartupError as exc:\n"

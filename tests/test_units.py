@@ -9,11 +9,11 @@ import aiohttp
 import pytest
 from aioresponses import aioresponses
 
-from lawchatd.catalog import BUILTIN, Catalog, CatalogError, ModelSpec, load_catalog
-from lawchatd.config import Settings
-from lawchatd.hub import HubClient, HubError, TransientHubError
-from lawchatd.startup import StartupError, refuse_unsafe_bind
-from lawchatd.store import SCHEMA_VERSION, DownloadRow, Part, Store
+from lawchatd.downloads.catalog import BUILTIN, Catalog, CatalogError, ModelSpec, load_catalog
+from lawchatd.process.config import Settings
+from lawchatd.hub.client import HubClient, HubError, TransientHubError
+from lawchatd.process.startup import StartupError, refuse_unsafe_bind
+from lawchatd.state.store import SCHEMA_VERSION, DownloadRow, Part, Store
 
 HUB = "https://hub.example"
 SPEC = ModelSpec("v", "org/repo", "model.gguf", 100, "a" * 64)
@@ -194,7 +194,7 @@ def test_the_token_goes_to_the_hub_host_only():
 
 
 def test_error_texts_drop_presigned_url_signatures():
-    from lawchatd.download import describe
+    from lawchatd.fetch import describe
 
     text = describe(Exception("url='https://cdn.example/b?X-Amz-Signature=s3cret&Expires=9'"))
     assert "s3cret" not in text and "https://cdn.example/b?..." in text

@@ -8,7 +8,7 @@ import time
 import aiohttp
 import pytest
 
-from lawchatd.progress import ProgressHub
+from lawchatd.state.progress import ProgressHub
 from tests.harness import API_KEY, Daemon, Mirror
 
 PROGRESS_FIELDS = {

@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from lawchatd.download.verify import hash_file
+from lawchatd.fetch.verify import hash_file
 from lawchatd.mirror.paths import SIDECAR
 from lawchatd.mirror.repo import Entry, git_blob_oid
 

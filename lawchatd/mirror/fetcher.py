@@ -1,4 +1,4 @@
-"""The ONE place the mirror uses lawchatd's downloader (lawchatd.download.Download).
+"""The ONE place the mirror uses lawchatd's downloader (lawchatd.fetch.Download).
 
 Also here: the HTTP session to the upstream and the downloader's store, so that the proxy/CA
 session factory and the engine's store can be plugged in at this one place.
@@ -19,12 +19,12 @@ from pathlib import Path
 import aiohttp
 
 from lawchatd import __version__
-from lawchatd.catalog import ModelSpec
-from lawchatd.config import Settings
-from lawchatd.download import Download
-from lawchatd.http import client_session
-from lawchatd.hub import HubClient
-from lawchatd.store import Store
+from lawchatd.downloads.catalog import ModelSpec
+from lawchatd.process.config import Settings
+from lawchatd.fetch import Download
+from lawchatd.hub.session import client_session
+from lawchatd.hub.client import HubClient
+from lawchatd.state.store import Store
 
 
 def upstream_session(options: FetchOptions, endpoint: str) -> aiohttp.ClientSession:

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from lawchatd.download.partial import fsync_dir
+from lawchatd.fetch.partial import fsync_dir
 from lawchatd.mirror.paths import SIDECAR, inside, may_create
 from lawchatd.mirror.upstream import UpstreamFile
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
-from lawchatd.download.errors import describe
+from lawchatd.fetch.errors import describe
 from lawchatd.mirror.body import FileSource, Source
 from lawchatd.mirror.core import Core, error
 from lawchatd.mirror.fetcher import (
@@ -36,7 +36,7 @@ from lawchatd.mirror.paths import may_create, open_inside
 from lawchatd.mirror.repo import Entry
 from lawchatd.mirror.stream_fetch import StreamFetch
 from lawchatd.mirror.upstream import METADATA_TIMEOUT, Upstream, UpstreamError, UpstreamFile
-from lawchatd.store import Store
+from lawchatd.state.store import Store
 
 if TYPE_CHECKING:
     from lawchatd.mirror.files import Files

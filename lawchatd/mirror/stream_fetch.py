@@ -13,9 +13,9 @@ from pathlib import Path
 import aiohttp
 from yarl import URL
 
-from lawchatd.download.errors import describe
-from lawchatd.download.fetcher import backoff_delay
-from lawchatd.download.partial import PartialFile
+from lawchatd.fetch.errors import describe
+from lawchatd.fetch.fetcher import backoff_delay
+from lawchatd.fetch.partial import PartialFile
 from lawchatd.mirror.digests import blob_oid_file
 from lawchatd.mirror.fetcher import FetchFailed, FetchOptions
 from lawchatd.mirror.upstream import Upstream, UpstreamFile

@@ -9,8 +9,8 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from lawchatd.download.errors import describe
-from lawchatd.hub import HubClient, strip_etag
+from lawchatd.fetch.errors import describe
+from lawchatd.hub.client import HubClient, strip_etag
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # Metadata calls must answer before the client's own timeout (huggingface_hub: 10 s), so that

@@ -5,7 +5,7 @@ batching over llama_batch/llama_decode), ``sampling`` (sampler chains, text and 
 strings), ``memory`` (model cost and the room the daemon has), ``loader``, ``ggufmeta``.
 """
 
-from lawchatd.chat_types import Sampling
+from lawchatd.modelhost.chat_types import Sampling
 from lawchatd.modelhost.errors import (
     InvalidRequest,
     LoadInProgress,

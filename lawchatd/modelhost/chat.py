@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from lawchatd.chat_types import Chunk, Completion, Message, Sampling
+from lawchatd.modelhost.chat_types import Chunk, Completion, Message, Sampling
 from lawchatd.modelhost.engine import Finish, Seq
 from lawchatd.modelhost.errors import (
     InvalidRequest,
@@ -20,7 +20,7 @@ from lawchatd.modelhost.errors import (
     QueueFull,
 )
 from lawchatd.modelhost.sampling import tokenize
-from lawchatd.prompt import encode_llama2, llama2_turns
+from lawchatd.modelhost.prompt import encode_llama2, llama2_turns
 
 if TYPE_CHECKING:
     from lawchatd.modelhost.host import _Asleep, _Model

@@ -30,7 +30,7 @@ from typing import Any
 
 import llama_cpp
 
-from lawchatd.chat_types import FinishReason, Sampling, Usage
+from lawchatd.modelhost.chat_types import FinishReason, Sampling, Usage
 from lawchatd.modelhost.errors import ModelHostError
 from lawchatd.modelhost.loader import Loaded, free_model
 from lawchatd.modelhost.sampling import TextOut, build_chain, token_piece

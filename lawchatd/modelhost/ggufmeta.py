@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from lawchatd.gguf import NotGGUF, read_preamble
+from lawchatd.fetch.gguf import NotGGUF, read_preamble
 
 # GGUF value types: fixed-size scalars (struct format), 8 = string, 9 = array.
 _SCALAR = {

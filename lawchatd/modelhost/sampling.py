@@ -13,7 +13,7 @@ import ctypes
 import llama_cpp
 from llama_cpp.llama_grammar import JSON_GBNF
 
-from lawchatd.chat_types import Sampling
+from lawchatd.modelhost.chat_types import Sampling
 
 
 def build_chain(vocab: llama_cpp.llama_vocab_p, n_vocab: int, s: Sampling, n_ctx: int) -> int:

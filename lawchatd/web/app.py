@@ -10,26 +10,23 @@ from pathlib import Path
 from aiohttp import WSCloseCode, web
 
 from lawchatd import __version__
-from lawchatd.activation import Activator
-from lawchatd.catalog import Catalog, load_catalog
-from lawchatd.config import Settings
-from lawchatd.http import client_session
-from lawchatd.hub import HubClient
-from lawchatd.manager import DownloadManager
+from lawchatd.modelhost.activation import Activator
+from lawchatd.downloads.catalog import Catalog, load_catalog
+from lawchatd.process.config import Settings
+from lawchatd.hub.session import client_session
+from lawchatd.hub.client import HubClient
+from lawchatd.downloads.manager import DownloadManager
 from lawchatd.modelhost import ModelHost
-from lawchatd.progress import ProgressHub
-from lawchatd.store import Store
-from lawchatd.web import (
-    metrics,
-    routes_compat,
-    routes_models,
-    routes_network,
-    routes_old,
-    session,
-    ws,
-)
+from lawchatd.state.progress import ProgressHub
+from lawchatd.state.store import Store
+from lawchatd.web import session
+from lawchatd.web.routes import bandwidth
+from lawchatd.web.routes import downloads
+from lawchatd.web.routes import legacy
+from lawchatd.web.routes import metrics, ws
+from lawchatd.web.routes import models
 from lawchatd.web.auth import require_api_key
-from lawchatd.web.chat import add_chat_routes
+from lawchatd.web.routes.openai import add_chat_routes
 from lawchatd.web.errors import BODY_TIMEOUT, json_errors
 from lawchatd.web.guard import (
     HOSTS,
@@ -50,8 +47,8 @@ from lawchatd.web.keys import (
     WEBSOCKETS,
 )
 from lawchatd.web.openai_errors import openai_errors
-from lawchatd.web.routes_compat import progress_message
-from lawchatd.web.routes_queue import queue_message, queue_routes
+from lawchatd.web.routes.downloads import progress_message
+from lawchatd.web.routes.queue import queue_message, queue_routes
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent.parent.parent / "static"
@@ -70,7 +67,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> web.Applic
     app[CATALOG] = catalog or load_catalog(settings.catalog)
     app[PROGRESS] = ProgressHub()
     app[WEBSOCKETS] = set()
-    routes_network.setup(app)  # the download cap (app[BANDWIDTH].limiter) and its routes
+    bandwidth.setup(app)  # the download cap (app[BANDWIDTH].limiter) and its routes
     # Registered in this order, cleaned up in reverse: the download stops before the store closes.
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(session.sessions_ctx)
@@ -81,10 +78,10 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> web.Applic
     app.on_startup.append(learn_machine_names)
 
     app.router.add_get("/healthz", healthz)
-    app.add_routes(routes_compat.routes)
+    app.add_routes(downloads.routes)
     app.add_routes(queue_routes)
-    app.add_routes(routes_models.routes)
-    app.add_routes(routes_old.routes)
+    app.add_routes(models.routes)
+    app.add_routes(legacy.routes)
     app.add_routes(ws.routes)
     app.add_routes(metrics.routes)
     app.add_routes(session.routes)

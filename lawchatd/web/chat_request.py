@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
-from lawchatd.chat_types import Sampling
+from lawchatd.modelhost.chat_types import Sampling
 from lawchatd.web.openai_errors import openai_error
 
 # Roles Llama-2 chat knows; OpenAI's newer "developer" role is its system prompt.

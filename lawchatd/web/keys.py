@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from lawchatd.activation import Activator
-from lawchatd.catalog import Catalog
-from lawchatd.config import Settings
-from lawchatd.manager import DownloadManager
+from lawchatd.modelhost.activation import Activator
+from lawchatd.downloads.catalog import Catalog
+from lawchatd.process.config import Settings
+from lawchatd.downloads.manager import DownloadManager
 from lawchatd.modelhost import ModelHost
-from lawchatd.progress import ProgressHub
-from lawchatd.rateschedule import Bandwidth
-from lawchatd.store import Store
+from lawchatd.state.progress import ProgressHub
+from lawchatd.downloads.bandwidth import Bandwidth
+from lawchatd.state.store import Store
 
 SETTINGS = web.AppKey("settings", Settings)
 CATALOG = web.AppKey("catalog", Catalog)

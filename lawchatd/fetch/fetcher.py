@@ -1,0 +1,276 @@
+"""One connection filling one part: the request, the checks on the answer, the byte loop.
+
+Every byte that arrives reaches the file, even when the connection then drops: the retry
+re-fetches at most what was in flight. A bandwidth limiter plugs in at one place (`_take`).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import aiohttp
+from yarl import URL
+
+from lawchatd.fetch.errors import (
+    ConnectionLost,
+    DownloadFailed,
+    OneStream,
+    RangeRefused,
+    RestartFromZero,
+    Transient,
+    describe,
+    disk_error,
+)
+from lawchatd.fetch.partial import PartialFile
+from lawchatd.fetch.plan import PartPlan
+from lawchatd.hub.client import HubClient, TransientHubError, is_transient, transient
+from lawchatd.fetch.ratelimit import QUANTUM
+from lawchatd.state.store import Part
+
+WRITE_SIZE = 2 << 20  # bytes gathered before one write: few thread hops, little memory
+FLUSH_SECONDS = 0.05  # a slow line still writes often: a kill loses little, progress moves
+MAX_WAIT = 600.0  # the longest Retry-After honoured as given
+T = TypeVar("T")
+RETRYABLE = (aiohttp.ClientError, TimeoutError, ConnectionError, TransientHubError)  # Transient too
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+RANGE_TRIES = 3  # 200s to a range request before one stream is read instead
+
+
+class Limiter(Protocol):
+    """lawchatd.fetch.ratelimit.RateLimiter: the cap shared by every connection."""
+
+    @property
+    def rate(self) -> int | None: ...
+
+    async def acquire(self, n: int, owner: object | None = None) -> None: ...
+
+
+@dataclass
+class Link:
+    """Where the bytes are, shared by every connection of one download."""
+
+    hub: HubClient
+    url: URL | None = None  # None: resolve again before the next request
+    etag: str | None = None  # the CDN's own strong ETag for the bytes on disk (If-Range)
+    refusals: int = 0  # 200s in a row to ranged requests for the same file
+    single_stream: bool = False  # the server keeps refusing ranges: one stream, skip the prefix
+
+
+@dataclass
+class Counters:
+    fetched: int = 0  # bytes taken from the network, skipped ones included
+    retries: int = 0
+    restarts: int = 0
+
+
+class Backoff(Protocol):
+    async def __call__(self, delay: float, exc: BaseException, note: str | None) -> None: ...
+
+
+class Fetcher:
+    def __init__(
+        self,
+        link: Link,
+        partial: PartialFile,
+        plan: PartPlan,
+        *,
+        counters: Counters,
+        max_retries: int,
+        backoff_base: float,
+        backoff: Backoff,
+        resolve: Callable[[], Awaitable[None]] | None = None,
+        on_written: Callable[[], None] = lambda: None,
+        limiter: Limiter | None = None,
+    ) -> None:
+        self._link, self._partial, self._plan = link, partial, plan
+        self._counters = counters
+        self._max_retries, self._backoff_base = max_retries, backoff_base
+        self._backoff = backoff
+        self._resolve = resolve
+        self._on_written = on_written
+        self._limiter = limiter
+
+    async def fill(self, part: Part) -> None:
+        """Fetch the part to its (possibly moving) end, retrying what a retry may cure."""
+        await with_retries(
+            lambda: self._attempt(part),
+            max_retries=self._max_retries,
+            base=self._backoff_base,
+            backoff=self._backoff,
+            counters=self._counters,
+            failed=lambda why: (
+                f"connection lost: {why} (gave up after {self._max_retries} retries; "
+                "the partial file is kept)"
+            ),
+            progress=lambda: part.done,
+        )
+
+    async def _attempt(self, part: Part) -> None:
+        if part.remaining <= 0:
+            return  # another connection took the rest over while this one waited
+        link = self._link
+        if link.url is None:
+            if self._resolve is None:
+                raise DownloadFailed("the file's address expired and cannot be renewed")
+            await self._resolve()  # a HubError arrives as DownloadFailed (resolve_into)
+        assert link.url is not None
+        end = None if part.end == self._plan.size else part.end
+        async with link.hub.get_range(link.url, part.offset, end, link.etag) as resp:
+            skip = self._check(resp, part)
+            await self._stream(resp, part, skip)
+        if part.remaining > 0:
+            raise ConnectionLost(f"the server closed the connection {part.remaining} bytes early")
+
+    def _check(self, resp: aiohttp.ClientResponse, part: Part) -> int:
+        """Raise unless the answer continues the part; return the bytes to skip first."""
+        status, headers = resp.status, resp.headers
+        if is_transient(status):
+            raise transient("the server", resp)
+        if status in (401, 403, 404, 410):
+            self._link.url = None  # a presigned URL may have expired: resolve again first
+            raise Transient(f"the file server answered {status} {resp.reason}")
+        if status == 416:
+            raise RestartFromZero("the server cannot satisfy the range of the partial file")
+        if status not in (200, 206):
+            raise DownloadFailed(f"the file server answered {status} {resp.reason}")
+        encoding = headers.get("Content-Encoding", "identity").lower()
+        if encoding != "identity":
+            raise Transient(f"the server compressed the bytes ({encoding}) despite identity")
+        etag = headers.get("ETag")
+        strong = etag if etag and not etag.startswith("W/") else None
+        if status == 200:
+            return self._whole_file(strong, part)
+        match = _CONTENT_RANGE.match(headers.get("Content-Range", ""))
+        if not match or int(match[1]) != part.offset:
+            raise Transient(
+                f"the server sent {headers.get('Content-Range')!r} for bytes from {part.offset}"
+            )
+        if self._link.etag is None and strong:
+            self._link.etag = strong  # If-Range must carry the CDN's own ETag, never the sha256
+        self._link.refusals = 0  # only refusals in a row lead to one stream
+        return 0
+
+    def _whole_file(self, etag: str | None, part: Part) -> int:
+        link = self._link
+        if part.offset == 0:  # the stream starts where the part does
+            link.etag = link.etag or etag
+            return 0
+        if link.etag is not None and etag is not None and etag != link.etag:
+            raise RestartFromZero("the server sent another version of the file to a range request")
+        # Without two validators to compare, the sha256 check at the end still guards.
+        # The same file, ranges ignored (a proxy, a CDN edge): ask again a few times, then
+        # read one stream and skip to where the part goes on.
+        if not link.single_stream:
+            link.refusals += 1
+            if link.refusals < RANGE_TRIES:
+                raise RangeRefused("the server ignored the byte range; asking again")
+            link.single_stream = True
+            raise OneStream("the server keeps ignoring byte ranges: going on with one stream")
+        self._counters.restarts += 1
+        if self._counters.restarts > self._max_retries:
+            raise DownloadFailed(
+                "the server ignores byte ranges and the connection keeps dropping: gave up after "
+                f"{self._max_retries} restarts from the start of the file; the partial file is kept"
+            )
+        return part.offset
+
+    async def _stream(self, resp: aiohttp.ClientResponse, part: Part, skip: int) -> None:
+        # Chunks are kept as they arrive and written with one pwritev: no copy into a buffer.
+        chunks: list = []
+        buffered = 0
+        flush_at = time.monotonic() + FLUSH_SECONDS
+        try:
+            while chunk := await self._read(resp.content):
+                await self._take(chunk)
+                if skip:
+                    if len(chunk) <= skip:
+                        skip -= len(chunk)
+                        continue
+                    chunk, skip = memoryview(chunk)[skip:], 0
+                chunks.append(chunk)
+                buffered += len(chunk)
+                if buffered >= part.remaining:  # another connection may own the rest now
+                    chunks = clip(chunks, part.remaining)
+                    break
+                if buffered >= WRITE_SIZE or time.monotonic() >= flush_at:
+                    pending, chunks, buffered = chunks, [], 0
+                    await self._write(part, pending)
+                    flush_at = time.monotonic() + FLUSH_SECONDS
+        finally:
+            # Whatever ends the loop (a drop, a stall, a cancel), what arrived is kept.
+            if chunks:
+                await self._write(part, chunks)
+
+    async def _read(self, content: aiohttp.StreamReader) -> bytes:
+        """The next bytes (b"" at the end). Under a cap, at most QUANTUM: paid for as they
+        come, not in the multi-MB lumps a full socket buffer hands over (checked per read, so
+        a cap set mid-response applies at once); uncapped, all there is (measured faster)."""
+        if self._limiter is not None and self._limiter.rate:
+            return await content.read(QUANTUM)
+        return await content.readany()
+
+    async def _take(self, chunk: bytes) -> None:
+        self._counters.fetched += len(chunk)
+        if self._limiter is None or not self._limiter.rate:
+            return
+        # Owned by this connection (one Fetcher per worker): a per-task owner loses its credit.
+        await self._limiter.acquire(len(chunk), owner=self)
+
+    async def _write(self, part: Part, chunks: list) -> None:
+        try:
+            written = await self._partial.write(chunks, part.offset)
+        except OSError as exc:
+            raise disk_error(exc, self._partial.path, self._plan.done, self._plan.size) from exc
+        self._plan.record(part, written)
+        self._on_written()
+
+
+async def with_retries(
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    max_retries: int,
+    base: float,
+    backoff: Backoff,
+    counters: Counters,
+    failed: Callable[[str], str],
+    progress: Callable[[], int] = lambda: 0,
+) -> T:
+    """``attempt()`` until it succeeds, waiting ``backoff`` between tries. A try that moved
+    ``progress`` on starts the count again; past ``max_retries`` failures in a row,
+    DownloadFailed with ``failed(why)``."""
+    failures = 0
+    while True:
+        before = progress()
+        try:
+            return await attempt()
+        except RETRYABLE as exc:
+            failures = 1 if progress() > before else failures + 1
+            if failures > max_retries:
+                raise DownloadFailed(failed(describe(exc))) from exc
+            counters.retries += 1
+            await backoff(backoff_delay(failures, exc, base), exc, getattr(exc, "note", None))
+
+
+def backoff_delay(failures: int, exc: BaseException, base: float) -> float:
+    """The wait before the next try: what the server asked for (Retry-After), else an
+    exponential backoff from `base`, capped at 30 s."""
+    wait = getattr(exc, "wait", None)
+    if wait is not None:
+        return min(wait, MAX_WAIT)
+    return min(30.0, base * 2 ** (failures - 1))
+
+
+def clip(chunks: list, limit: int) -> list:
+    """The first `limit` bytes of `chunks`."""
+    kept, total = [], 0
+    for chunk in chunks:
+        if total + len(chunk) >= limit:
+            kept.append(memoryview(chunk)[: limit - total])
+            return kept
+        kept.append(chunk)
+        total += len(chunk)
+    return kept

@@ -1,0 +1,135 @@
+"""PartialFile: the `.part` file's descriptor and every thread that uses it.
+
+Writes, syncs and hashes run in threads. A cancelled `await` does not stop its thread, so the
+descriptor is closed only after every thread started on it has returned (`aclose`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from lawchatd.downloads.catalog import ModelSpec
+
+IOV_MAX = 1024  # chunks per pwritev call (the Linux limit)
+T = TypeVar("T")
+
+
+def final_path(models_dir: Path, spec: ModelSpec) -> Path:
+    return models_dir / spec.filename
+
+
+def part_path(models_dir: Path, spec: ModelSpec) -> Path:
+    return models_dir / f"{spec.filename}.part"
+
+
+class PartialFile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._threads: set[asyncio.Future] = set()
+
+    @property
+    def fd(self) -> int:
+        if self._fd is None:
+            raise RuntimeError("the partial file is not open")
+        return self._fd
+
+    async def open(self, *, truncate: bool) -> None:
+        def do() -> int:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if truncate else 0)
+            return os.open(self.path, flags, 0o644)
+
+        self._fd = await asyncio.to_thread(do)
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        """Run `fn(fd, *args)` in a thread that `aclose` will wait for."""
+        future = asyncio.ensure_future(asyncio.to_thread(fn, self.fd, *args))
+        self._threads.add(future)
+        future.add_done_callback(self._threads.discard)
+        # The thread runs on if this await is cancelled; `aclose` waits for it.
+        return await asyncio.shield(future)
+
+    async def write(self, chunks: list, offset: int) -> int:
+        return await self.run(pwrite_all, chunks, offset)
+
+    async def sync(self) -> None:
+        await self.run(os.fdatasync)
+
+    async def truncate(self) -> None:
+        await self.settle()  # a write still running would land after the truncate
+        await self.run(os.ftruncate, 0)
+
+    async def settle(self) -> None:
+        """Wait for every thread started on the descriptor (cancelled awaits included)."""
+        while self._threads:
+            await asyncio.shield(asyncio.wait(set(self._threads)))
+
+    def unlinked(self) -> bool:
+        """Someone deleted the file under us: every byte written now would be lost."""
+        return os.fstat(self.fd).st_nlink == 0  # a few microseconds: no thread needed
+
+    async def size(self) -> int:
+        return (await self.run(os.fstat)).st_size
+
+    async def publish(self, final: Path) -> None:
+        await self.run(_publish, self.path, final)
+
+    async def discard(self) -> None:
+        await self.run(lambda _fd: self.path.unlink(missing_ok=True))
+
+    async def aclose(self) -> None:
+        """Close once every thread on the descriptor has returned (even when cancelled)."""
+        if self._fd is None:
+            return
+        cancelled = False
+        while self._threads:
+            try:
+                await asyncio.shield(asyncio.wait(set(self._threads)))
+            except asyncio.CancelledError:
+                cancelled = True  # close anyway, then pass the cancel on
+        os.close(self._fd)
+        self._fd = None
+        if cancelled:
+            raise asyncio.CancelledError
+
+
+def pwrite_all(fd: int, chunks: list, offset: int) -> int:
+    """Write every chunk at `offset` on, in few system calls; pwritev may write short."""
+    views = [memoryview(c) for c in chunks]
+    total = 0
+    while views:
+        written = os.pwritev(fd, views[:IOV_MAX], offset + total)
+        total += written
+        while views and written >= len(views[0]):
+            written -= len(views.pop(0))
+        if views and written:
+            views[0] = views[0][written:]
+    return total
+
+
+def read_into(fd: int, view: memoryview, offset: int) -> int:
+    count = os.preadv(fd, [view], offset)
+    if not count:
+        raise OSError(errno.EIO, "the partial file is shorter than its finished parts")
+    return count
+
+
+def _publish(fd: int, part_file: Path, final: Path) -> None:
+    os.fsync(fd)
+    os.replace(part_file, final)
+    fsync_dir(final.parent)  # the rename itself must survive a power cut
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the folder's entries (a rename into it) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,107 @@
+"""PartPlan: which bytes are where, and which connection fills what. Pure: no I/O, no clock."""
+
+from __future__ import annotations
+
+from lawchatd.state.store import Part
+
+# Parts smaller than this are not worth their own connection: the initial split and an idle
+# connection's steal (half of the largest running part) both respect it.
+MIN_PART = 4 << 20
+
+
+def tiles(parts: list[Part], size: int) -> bool:
+    """The parts cover [0, size) in order, without gap or overlap."""
+    if not parts or parts[0].start != 0 or parts[-1].end != size:
+        return False
+    return all(a.end == b.start for a, b in zip(parts, parts[1:], strict=False))
+
+
+class PartPlan:
+    def __init__(self, size: int, parts: list[Part]) -> None:
+        self.size = size
+        self.parts = parts
+        self.busy: set[int] = set()  # starts of parts a connection is filling
+
+    @classmethod
+    def split(cls, size: int, connections: int) -> PartPlan:
+        count = max(1, min(connections, size // MIN_PART or 1))
+        step = -(-size // count) or 1
+        return cls(size, [Part(start, min(start + step, size)) for start in range(0, size, step)])
+
+    @classmethod
+    def resume(cls, size: int, stored: list[Part], on_disk: int | None) -> PartPlan | None:
+        """The stored parts, never trusted past what the file holds; None if unusable."""
+        if on_disk is None or not tiles(stored, size):
+            return None
+        for part in stored:
+            part.done = max(0, min(part.done, on_disk - part.start, part.end - part.start))
+            part.synced = min(part.synced, part.done)
+        return cls(size, stored)
+
+    @property
+    def done(self) -> int:
+        return sum(p.done for p in self.parts)
+
+    @property
+    def complete(self) -> bool:
+        return all(p.remaining <= 0 for p in self.parts)
+
+    def frontier(self) -> int:
+        """The end of the contiguous prefix of finished bytes (what a hasher may read)."""
+        for part in self.parts:  # parts tile the file in order
+            if part.remaining > 0:
+                return part.offset
+        return self.size
+
+    def one_stream(self) -> PartPlan:
+        """One part for the whole file, done up to the frontier (for a server without ranges)."""
+        synced = 0
+        for part in self.parts:  # the durable prefix carries over, for a power cut
+            synced = part.start + part.synced
+            if part.synced < part.end - part.start:
+                break
+        frontier = self.frontier()
+        return PartPlan(self.size, [Part(0, self.size, frontier, min(synced, frontier))])
+
+    def snapshot(self) -> list[Part]:
+        return [Part(p.start, p.end, p.done, p.synced) for p in self.parts]
+
+    def claim(self) -> Part | None:
+        """Work for an idle connection: an unclaimed part, else half of the largest running."""
+        for part in self.parts:
+            if part.remaining > 0 and part.start not in self.busy:
+                self.busy.add(part.start)
+                return part
+        running = [p for p in self.parts if p.start in self.busy and p.remaining > 2 * MIN_PART]
+        if not running:
+            return None
+        largest = max(running, key=lambda p: p.remaining)
+        middle = largest.offset + largest.remaining // 2
+        stolen = Part(middle, largest.end)
+        largest.end = middle  # its connection sees the new end and stops there
+        self.parts.insert(self.parts.index(largest) + 1, stolen)
+        self.busy.add(stolen.start)
+        return stolen
+
+    def take_over(self, part: Part) -> Part | None:
+        """The whole rest of a running part, for another connection (takeover.py)."""
+        if part.remaining <= 0 or part.done == 0:  # a new part must not share a start
+            return None
+        rest = Part(part.offset, part.end)
+        part.end = part.offset  # its connection sees its part end and stops
+        self.parts.insert(self.parts.index(part) + 1, rest)
+        self.busy.add(rest.start)
+        return rest
+
+    def release(self, part: Part) -> None:
+        self.busy.discard(part.start)
+
+    def record(self, part: Part, written: int) -> int:
+        """Count bytes written at `part.offset`; returns how many belonged to this part.
+
+        A steal may have moved the part's end below the batch: the extra bytes belong to
+        the new part (which writes the same bytes again) and must not be counted twice.
+        """
+        counted = max(0, min(written, part.end - part.offset))
+        part.done += counted
+        return counted

@@ -1,0 +1,73 @@
+"""Is this file the model? Checked before it gets its final name, and again when it changed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+from lawchatd.downloads.catalog import ModelSpec
+from lawchatd.fetch.gguf import NotGGUF, check_header
+from lawchatd.state.store import DownloadRow, Verified
+
+
+def check_bytes(
+    spec: ModelSpec, row: DownloadRow, size: int, digest: str, path: Path
+) -> str | None:
+    """What is wrong with a finished partial file, in words; None when it is the model."""
+    if size != spec.size:
+        return f"size mismatch: expected {spec.size} bytes, got {size}"
+    for name, want in (("catalog", spec.sha256), ("Hub", row.upstream_sha256)):
+        if want and digest != want:
+            return f"sha256 mismatch: the {name} expects {want}, the bytes hash to {digest}"
+    if spec.gguf:
+        try:
+            check_header(path)
+        except NotGGUF as exc:
+            return str(exc)
+    return None
+
+
+def stat_key(path: Path) -> tuple[int, int, int] | None:
+    """(size, mtime_ns, inode): what tells a file apart from a replaced one; None if absent."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def record_of(name: str, path: Path, sha256: str) -> Verified:
+    """What was verified, kept under the spec's filename (a mirror's may hold a folder:
+    two files of one base name are two records)."""
+    st = os.stat(path)
+    return Verified(name, st.st_size, st.st_mtime_ns, st.st_ino, sha256)
+
+
+def unchanged(path: Path, record: Verified | None) -> bool:
+    """The file is still the one that was verified (same size, mtime and inode)."""
+    if record is None:
+        return False
+    return stat_key(path) == (record.size, record.mtime_ns, record.inode)
+
+
+class Stopped(Exception):
+    """A hash was given up because the daemon is stopping."""
+
+
+HASH_CHUNK = 8 << 20
+
+
+def hash_file(path: Path, stop: threading.Event | None = None) -> str:
+    """The sha256 of a file, read in chunks so a stopping daemon need not wait for a 7 GB
+    file: the thread checks `stop` between chunks (asyncio cannot cancel a thread)."""
+    digest = hashlib.sha256()
+    buffer = bytearray(HASH_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            if stop is not None and stop.is_set():
+                raise Stopped(path.name)
+            digest.update(view[:n])
+    return digest.hexdigest()

@@ -1,0 +1,59 @@
+"""`POST /models/load`: put a downloaded variant in front of the chat API (the hot-swap path).
+
+The body is the old app's (`{"message", "model_variant", "status": "loaded"|"failed",
+"loaded"}`, its page reads them), with the body of `GET /models/loaded` beside it as
+`loaded_model` for lawchatd's dashboard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
+
+from lawchatd.modelhost import LoadInProgress, ModelLoadError, ModelTooLarge
+from lawchatd.web.errors import error, read_json
+from lawchatd.web.keys import ACTIVATOR, MANAGER, MODEL_HOST
+from lawchatd.web.routes.legacy import known_spec, loaded_body
+
+routes = web.RouteTableDef()
+
+
+class LoadRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model_variant: StrictStr
+    force_reload: StrictBool = False
+
+
+def _answer(request: web.Request, variant: str, message: str, loaded: bool = True) -> dict:
+    return {
+        "message": message,
+        "model_variant": variant,
+        "status": "loaded" if loaded else "failed",
+        "loaded": loaded,
+        "loaded_model": loaded_body(request),
+    }
+
+
+@routes.post("/models/load")
+async def post_load(request: web.Request) -> web.Response:
+    body = await read_json(request, LoadRequest)
+    spec = known_spec(request, body.model_variant)
+    manager = request.app[MANAGER]
+    if not manager.is_downloaded(spec):
+        raise error(404, f"{spec.variant} is not downloaded; download it first")
+    if request.app[MODEL_HOST].model_variant == spec.variant and not body.force_reload:
+        return web.json_response(_answer(request, spec.variant, f"{spec.variant} is loaded"))
+    try:
+        task = request.app[ACTIVATOR].begin(spec, manager.final_path(spec))
+        # Shielded: a client that hangs up does not abort a swap half-way.
+        await asyncio.shield(task)
+    except LoadInProgress as exc:  # ours, or the host's own (a keep-alive wake)
+        raise error(409, str(exc)) from None
+    except ModelTooLarge as exc:
+        raise error(507, f"Loading {spec.variant} refused: {exc}") from None
+    except ModelLoadError as exc:
+        message = f"Loading {spec.variant} failed: {exc}"
+        raise error(500, message, **_answer(request, spec.variant, message, loaded=False)) from None
+    return web.json_response(_answer(request, spec.variant, f"{spec.variant} is loaded"))

@@ -1,0 +1,61 @@
+"""`/ws/progress`: a snapshot on connect, then the latest state as it changes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiohttp import WSCloseCode, web
+
+from lawchatd.web.keys import BANDWIDTH, MANAGER, MODEL_HOST, PROGRESS, WEBSOCKETS
+from lawchatd.web.routes.downloads import available_models, progress_fields
+from lawchatd.web.routes.queue import downloads
+
+log = logging.getLogger(__name__)
+routes = web.RouteTableDef()
+SEND_TIMEOUT = 10.0  # a client that takes longer to accept one message is dropped
+
+
+@routes.get("/ws/progress")
+async def ws_progress(request: web.Request) -> web.WebSocketResponse:
+    app = request.app
+    ws = web.WebSocketResponse(heartbeat=20)
+    await ws.prepare(request)
+    app[WEBSOCKETS].add(ws)
+    # Subscribe before the snapshot is built, so no change can fall between the two.
+    subscriber = app[PROGRESS].subscribe()
+    sender: asyncio.Task | None = None
+    try:
+        await ws.send_json(
+            {
+                "type": "snapshot",
+                **progress_fields(app[MANAGER].snapshot()),
+                "available_models": await available_models(app),
+                "loaded_model": app[MODEL_HOST].status(),
+                "bandwidth": app[BANDWIDTH].status(),  # later: `bandwidth` messages
+                "downloads": downloads(app),  # later: `queue` messages
+            }
+        )
+        sender = asyncio.create_task(_pump(ws, subscriber))
+        async for _ in ws:  # the client has nothing to say; reading notices when it leaves
+            pass
+    finally:
+        if sender:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+        app[PROGRESS].unsubscribe(subscriber)
+        app[WEBSOCKETS].discard(ws)
+    return ws
+
+
+async def _pump(ws: web.WebSocketResponse, subscriber) -> None:
+    while not ws.closed:
+        for published in await subscriber.next_batch():
+            try:
+                await asyncio.wait_for(ws.send_str(published.text), SEND_TIMEOUT)
+            except (TimeoutError, ConnectionError):
+                log.info("dropping a WebSocket client that stopped reading")
+                await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"too slow")
+                return

@@ -1,0 +1,116 @@
+"""The house's shape: no import cycle between lawchatd's modules, and the engine stands alone.
+
+Imports are read from the source, `if TYPE_CHECKING:` blocks included: two modules that need
+each other's names are one idea split in two, whether or not Python can import them."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import lawchatd
+
+ROOT = Path(lawchatd.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(tree: ast.Module, modules: set[str]) -> set[str]:
+    found: set[str] = set()
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, ast.If):
+                visit(node.body)
+                visit(node.orelse)
+            elif isinstance(node, ast.Try):
+                visit(node.body)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names if a.name in modules)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:  # `from pkg import module` names a module
+                    sub = f"{node.module}.{alias.name}"
+                    found.add(sub if sub in modules else node.module)
+
+    visit(tree.body)
+    return {m for m in found if m in modules}
+
+
+def import_graph() -> dict[str, set[str]]:
+    paths = {_module_name(p): p for p in ROOT.rglob("*.py")}
+    modules = set(paths)
+    return {
+        name: _imports(ast.parse(path.read_text()), modules) - {name}
+        for name, path in paths.items()
+    }
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    # Tarjan's strongly connected components; any component of two or more is a cycle.
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def strong(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                strong(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            strong(v)
+    return found
+
+
+def _reaches(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for nxt in graph[todo.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_no_import_cycle() -> None:
+    # A package's __init__ that re-exports its modules is not a cycle of ideas: leave it out.
+    graph = import_graph()
+    inits = {m for m in graph if (ROOT.parent / m.replace(".", "/") / "__init__.py").exists()}
+    pruned = {m: deps - inits for m, deps in graph.items() if m not in inits}
+    assert _cycles(pruned) == []
+
+
+def test_fetch_engine_knows_nothing_of_the_daemon() -> None:
+    graph = import_graph()
+    engine = [m for m in graph if m.startswith("lawchatd.fetch")]
+    for module in engine:
+        outside = {
+            m for m in _reaches(graph, module)
+            if not m.startswith(("lawchatd.fetch", "lawchatd.hub"))
+            and m not in ("lawchatd", "lawchatd.errors")
+        }
+        assert outside == set(), f"{module} reaches {sorted(outside)}"
