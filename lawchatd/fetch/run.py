@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from lawchatd.downloads.catalog import ModelSpec
 from lawchatd.fetch.errors import (
@@ -26,8 +27,10 @@ from lawchatd.fetch.takeover import Paces
 from lawchatd.fetch.verify import check_bytes, record_of, stat_key
 from lawchatd.fetch.waits import Waits
 from lawchatd.hub.client import HubClient, Resolved
-from lawchatd.process.config import Settings
 from lawchatd.state.store import DownloadRow, Store, Verified
+
+if TYPE_CHECKING:  # read, never built here
+    from lawchatd.process.config import Settings
 
 log = logging.getLogger(__name__)
 REPORT_SECONDS = 0.1  # the contract's "about 10 progress messages a second"

@@ -11,13 +11,15 @@ import re
 import ssl
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from yarl import URL
 
 from lawchatd import __version__
-from lawchatd.process.config import Settings
+
+if TYPE_CHECKING:  # the settings are read, never built here: no import of the process at run time
+    from lawchatd.process.config import Settings
 
 log = logging.getLogger(__name__)
 
