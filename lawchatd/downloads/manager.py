@@ -22,6 +22,7 @@ from lawchatd.fetch import Download, Phase, Snapshot, Status, final_path, part_p
 from lawchatd.fetch.fetcher import Limiter
 from lawchatd.hub.client import HubClient
 from lawchatd.process.config import Settings
+from lawchatd.state.histograms import download_seconds
 from lawchatd.state.store import DownloadRow, Store
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ class DownloadManager:
         self.finished_bytes = 0
         self.finished_retries = 0
         self.finished_seconds = 0.0
+        self.download_seconds = download_seconds()  # runs that verified their file
 
     # ---- state ---------------------------------------------------------------------------
 
@@ -214,6 +216,7 @@ class DownloadManager:
         try:
             await download.run()
             if download.published:
+                self.download_seconds.observe(time.monotonic() - started)
                 self.finals.remember(download.published)
                 await self._hand_over(download)
                 await download.complete()

@@ -8,7 +8,8 @@ refused by the web layer with a 400, never ignored.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -71,3 +72,14 @@ class Chunk:
     text: str = ""
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+
+
+async def gathered(chunks: AsyncIterator[Chunk]) -> Completion:
+    """The whole answer of a stream of chunks (closed at the end, or on an error)."""
+    text: list[str] = []
+    last: Chunk | None = None
+    async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+        async for last in chunks:
+            text.append(last.text)
+    assert last is not None and last.finish_reason is not None and last.usage is not None
+    return Completion(last.model_variant, "".join(text), last.finish_reason, last.usage)

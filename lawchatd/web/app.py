@@ -79,7 +79,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> web.Applic
     app.add_routes(models.routes)
     app.add_routes(legacy.routes)
     app.add_routes(ws.routes)
-    app.add_routes(metrics.routes)
+    metrics.setup(app)  # /metrics and the registry it renders
     app.add_routes(session.routes)
     add_chat_routes(app)
     if STATIC_DIR.is_dir():

@@ -10,6 +10,7 @@ from lawchatd.downloads.manager import DownloadManager
 from lawchatd.modelhost import ModelHost
 from lawchatd.modelhost.activation import Activator
 from lawchatd.process.config import Settings
+from lawchatd.state.histograms import ChatTimings
 from lawchatd.state.progress import ProgressHub
 from lawchatd.state.store import Store
 
@@ -22,3 +23,4 @@ WEBSOCKETS = web.AppKey("websockets", set)
 ACTIVATOR = web.AppKey("activator", Activator)
 MODEL_HOST = web.AppKey("model_host", ModelHost)
 BANDWIDTH = web.AppKey("bandwidth", Bandwidth)
+CHAT_TIMINGS = web.AppKey("chat_timings", ChatTimings)

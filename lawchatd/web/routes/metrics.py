@@ -1,67 +1,97 @@
-"""`GET /metrics`: Prometheus text, read from the objects that hold the state (never kept twice)."""
+"""`GET /metrics`: Prometheus text written by prometheus_client.
+
+Counters and gauges are read from the objects that hold the state when scraped (never kept
+twice); the histograms (`state/histograms.py`) are held by whoever observes them. Each app
+has its own registry, so two apps in one process do not share or collide.
+"""
 
 from __future__ import annotations
 
-from aiohttp import web
+from collections.abc import Iterable
 
-from lawchatd.web.keys import MANAGER, MODEL_HOST, WEBSOCKETS
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.metrics_core import Metric
+
+from lawchatd.web.keys import CHAT_TIMINGS, MANAGER, MODEL_HOST, WEBSOCKETS
 
 routes = web.RouteTableDef()
+REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
 
 
-def _family(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> list[str]:
-    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-    # repr keeps every digit: a byte counter must not round (6760832, not 6.76083e+06).
-    lines += [f"{name}{labels} {value!r}" for labels, value in samples]
-    return lines
+def setup(app: web.Application) -> None:
+    registry = CollectorRegistry()
+    registry.register(_Live(app))  # no describe(): nothing is read before a scrape
+    app[REGISTRY] = registry
+    app.add_routes(routes)
 
 
-def render(app: web.Application) -> str:
-    manager, host = app[MANAGER], app[MODEL_HOST]
-    running = manager.current if manager.running else None
-    fetched = manager.finished_bytes + (running.fetched if running else 0)
-    retries = manager.finished_retries + (running.retries if running else 0)
-    outcomes = [(f'{{outcome="{o}"}}', n) for o, n in sorted(manager.outcomes.items())]
-    chat = [
-        ('{outcome="accepted"}', host.chat_requests),
-        ('{outcome="rejected"}', host.chat_rejected),
-        ('{outcome="failed"}', host.chat_failures),
-        ('{outcome="cancelled"}', host.chat_cancelled),
-    ]
-    lines = [
-        *_family("lawchatd_download_bytes_total", "counter",
-                 "Bytes received from upstream and written to partial files.", [("", fetched)]),
-        *_family("lawchatd_downloads_total", "counter",
-                 "Finished download runs by outcome.", outcomes),
-        *_family("lawchatd_download_seconds_total", "counter",
-                 "Seconds spent in finished download runs.", [("", manager.finished_seconds)]),
-        *_family("lawchatd_download_retries_total", "counter",
-                 "Connection attempts retried after an error or a stall.", [("", retries)]),
-        *_family("lawchatd_download_running", "gauge",
-                 "1 while a download runs.", [("", 1 if running else 0)]),
-        *_family("lawchatd_websocket_clients", "gauge",
-                 "Connected /ws/progress clients.", [("", len(app[WEBSOCKETS]))]),
-        *_family("lawchatd_model_loads_total", "counter",
-                 "Model loads attempted.", [("", host.loads_total)]),
-        *_family("lawchatd_model_load_failures_total", "counter",
-                 "Model loads that failed.", [("", host.load_failures)]),
-        *_family("lawchatd_model_load_seconds", "gauge",
-                 "Duration of the last model load.", [("", host.load_seconds or 0)]),
-        *_family("lawchatd_model_loaded", "gauge",
-                 "1 while a model answers chat.", [("", 1 if host.model_variant else 0)]),
-        *_family("lawchatd_chat_requests_total", "counter",
-                 "Chat completion requests by outcome.", chat),
-        *_family("lawchatd_chat_seconds_total", "counter",
-                 "Seconds spent answering accepted chat requests.", [("", host.chat_seconds)]),
-        *_family("lawchatd_chat_queue_waiting", "gauge",
-                 "Chat requests waiting for the model.", [("", host.queue_waiting)]),
-    ]  # fmt: skip
-    return "\n".join(lines) + "\n"
+def _counter(name: str, help_text: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, help_text, value=value)
+
+
+def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, help_text, value=value)
+
+
+def _by_outcome(name: str, help_text: str, counts: Iterable[tuple[str, int]]) -> Metric:
+    family = CounterMetricFamily(name, help_text, labels=["outcome"])
+    for outcome, n in counts:
+        family.add_metric([outcome], n)
+    return family
+
+
+class _Live:
+    """A custom collector: reads the download manager, the model host and the sockets."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+
+    def collect(self) -> Iterable[Metric]:
+        app = self._app
+        manager, host = app[MANAGER], app[MODEL_HOST]
+        running = manager.current if manager.running else None
+        fetched = manager.finished_bytes + (running.fetched if running else 0)
+        retries = manager.finished_retries + (running.retries if running else 0)
+        chat = [
+            ("accepted", host.chat_requests),
+            ("rejected", host.chat_rejected),
+            ("failed", host.chat_failures),
+            ("cancelled", host.chat_cancelled),
+        ]
+        yield from (
+            _counter("lawchatd_download_bytes_total",
+                     "Bytes received from upstream and written to partial files.", fetched),
+            _by_outcome("lawchatd_downloads_total",
+                        "Finished download runs by outcome.", sorted(manager.outcomes.items())),
+            _counter("lawchatd_download_seconds_total",
+                     "Seconds spent in finished download runs.", manager.finished_seconds),
+            _counter("lawchatd_download_retries_total",
+                     "Connection attempts retried after an error or a stall.", retries),
+            _gauge("lawchatd_download_running", "1 while a download runs.", 1 if running else 0),
+            _gauge("lawchatd_websocket_clients",
+                   "Connected /ws/progress clients.", len(app[WEBSOCKETS])),
+            _counter("lawchatd_model_loads_total", "Model loads attempted.", host.loads_total),
+            _counter("lawchatd_model_load_failures_total",
+                     "Model loads that failed.", host.load_failures),
+            _gauge("lawchatd_model_load_seconds",
+                   "Duration of the last model load.", host.load_seconds or 0),
+            _gauge("lawchatd_model_loaded",
+                   "1 while a model answers chat.", 1 if host.model_variant else 0),
+            _by_outcome("lawchatd_chat_requests_total", "Chat completion requests by outcome.", chat),
+            _counter("lawchatd_chat_seconds_total",
+                     "Seconds spent answering accepted chat requests.", host.chat_seconds),
+            _gauge("lawchatd_chat_queue_waiting",
+                   "Chat requests waiting for the model.", host.queue_waiting),
+        )  # fmt: skip
+        yield from manager.download_seconds.collect()
+        yield from app[CHAT_TIMINGS].collect()
 
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(
-        text=render(request.app),
-        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
-    )
+    # Rendering reads plain attributes, no I/O: quick enough for the event loop.
+    body = generate_latest(request.app[REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})

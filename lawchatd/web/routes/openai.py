@@ -24,11 +24,12 @@ from lawchatd.modelhost import (
     PromptTooLong,
     QueueFull,
 )
-from lawchatd.modelhost.chat_types import Chunk, Completion, Usage
+from lawchatd.modelhost.chat_types import Chunk, Completion, Usage, gathered
 from lawchatd.modelhost.prompt import llama2_turns
+from lawchatd.state.histograms import ChatTimings
 from lawchatd.web.chat_request import ChatRequest, include_usage, messages_of, sampling_of
 from lawchatd.web.errors import read_json
-from lawchatd.web.keys import MODEL_HOST
+from lawchatd.web.keys import CHAT_TIMINGS, MODEL_HOST
 from lawchatd.web.openai_errors import openai_error
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ _ERRORS: list[tuple[type[ModelHostError], int, str, str | None, int | None]] = [
 
 
 def add_chat_routes(app: web.Application) -> None:
+    app[CHAT_TIMINGS] = ChatTimings()  # the latency histograms /metrics shows
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model_id}", get_model)
     app.router.add_post("/v1/chat/completions", chat_completions)
@@ -100,10 +102,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             400, f"{param}: must be at most {n_ctx} (n_ctx)", param=param, code="invalid_value"
         )
     try:
+        chunks = request.app[CHAT_TIMINGS].observe(host.chat_stream(messages, sampling))
         if body.stream:
-            chunks = host.chat_stream(messages, sampling)
             return await _sse(request, chunks, include_usage(body))
-        return web.json_response(_completion_object(await host.chat(messages, sampling)))
+        return web.json_response(_completion_object(await gathered(chunks)))
     except ModelHostError as exc:
         raise _http_error(exc) from None
 
