@@ -72,7 +72,11 @@ async def test_histograms_after_a_download_and_two_chats(make_daemon, mirror: Mi
     assert timed <= 2 and (timed == 0 or rate > 0)  # an answer of one piece has no speed
     # The counters are still there beside them.
     families = {f.name for f in text_string_to_metric_families(text)}
-    assert {"lawchatd_download_bytes", "lawchatd_chat_requests", "lawchatd_model_loaded"} <= families
+    assert {
+        "lawchatd_download_bytes",
+        "lawchatd_chat_requests",
+        "lawchatd_model_loaded",
+    } <= families
 
     if promtool := shutil.which("promtool"):
         check = await asyncio.to_thread(

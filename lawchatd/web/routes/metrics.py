@@ -18,13 +18,13 @@ from prometheus_client.metrics_core import Metric
 from lawchatd.web.keys import CHAT_TIMINGS, MANAGER, MODEL_HOST, WEBSOCKETS
 
 routes = web.RouteTableDef()
-REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
+_REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
 
 
 def setup(app: web.Application) -> None:
     registry = CollectorRegistry()
     registry.register(_Live(app))  # no describe(): nothing is read before a scrape
-    app[REGISTRY] = registry
+    app[_REGISTRY] = registry
     app.add_routes(routes)
 
 
@@ -93,5 +93,5 @@ class _Live:
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
     # Rendering reads plain attributes, no I/O: quick enough for the event loop.
-    body = generate_latest(request.app[REGISTRY])
+    body = generate_latest(request.app[_REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
