@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from lawchatd.mirror.fetcher import FetchOptions
+from lawchatd.mirror.engine_fetch import FetchOptions
 from tests.harness import (
     REPO,
     Daemon,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import aiohttp
 
-from lawchatd.mirror.fetcher import FetchOptions
+from lawchatd.mirror.engine_fetch import FetchOptions
 from tests.harness import REPO, Mirror, free_port, start_mirror
 from tests.netproxy import Proxy
 from tests.test_network import clean_env, firm_mirror, make_settings, proxy  # noqa: F401 - fixtures

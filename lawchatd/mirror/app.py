@@ -15,10 +15,11 @@ from lawchatd.mirror.api import Api
 from lawchatd.mirror.core import Core, Refused
 from lawchatd.mirror.digests import Digests
 from lawchatd.mirror.files import Files
+from lawchatd.mirror.index import RepoIndex
 from lawchatd.mirror.signing import Signer
 
 if TYPE_CHECKING:
-    from lawchatd.mirror.fetcher import FetchOptions
+    from lawchatd.mirror.engine_fetch import FetchOptions
 
 log = logging.getLogger("lawchatd.mirror")
 
@@ -57,6 +58,7 @@ def create_mirror_app(
         signer=Signer(token) if token else None,
         cdn_base=cdn_base.rstrip("/") if cdn_base else None,
         digests=Digests(),
+        index=RepoIndex(real_root),
     )
     app = web.Application(middlewares=[_refusals])
     app[CORE] = core
@@ -64,8 +66,9 @@ def create_mirror_app(
         from lawchatd.mirror.pull import PullThrough
 
         core.pull = PullThrough(
-            core, upstream.rstrip("/"), upstream_token, fetch_options, upstream_repos
-        )
+            core.index, core.digests, upstream.rstrip("/"), upstream_token, fetch_options,
+            upstream_repos,
+        )  # fmt: skip
         app.cleanup_ctx.append(core.pull.lifetime)
     app.router.add_get("/_mirror/status", _status)
     app.add_routes(Files(core).routes())

@@ -17,7 +17,7 @@ from lawchatd.fetch.errors import describe
 from lawchatd.fetch.fetcher import backoff_delay
 from lawchatd.fetch.partial import PartialFile
 from lawchatd.mirror.digests import blob_oid_file
-from lawchatd.mirror.fetcher import FetchFailed, FetchOptions
+from lawchatd.mirror.engine_fetch import FetchFailed, FetchOptions
 from lawchatd.mirror.upstream import Upstream, UpstreamFile
 
 log = logging.getLogger("lawchatd.mirror")

@@ -1,4 +1,4 @@
-"""A fetch in progress, and the bytes it has so far handed to clients as they reach the disk."""
+"""A fetch in flight, and the bytes it has so far handed to clients as they reach the disk."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from lawchatd.mirror.upstream import UpstreamFile
 WAKE_SECONDS = 1.0  # readers look again at least this often, whatever the fetch reports
 
 
-class Fetcher(Protocol):
-    """What pull-through needs of a download (fetcher.EngineFetch, stream_fetch.StreamFetch)."""
+class Transfer(Protocol):
+    """What pull-through needs of a download (engine_fetch.EngineFetch, stream_fetch.StreamFetch)."""
 
     @property
     def part_file(self) -> Path: ...
@@ -34,7 +34,7 @@ class Fetch:
     file: UpstreamFile
     target: Path  # where it lands in DIR
     started: float = field(default_factory=time.time)
-    fetcher: Fetcher = field(init=False)  # set right after construction: it reports to notify
+    transfer: Transfer = field(init=False)  # set right after construction: it reports to notify
     task: asyncio.Task[Path | None] | None = None
     failed: str | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -51,14 +51,14 @@ class Fetch:
         """The end of the bytes that can be read without a gap from `offset`."""
         if self.task is not None and self.task.done() and self.failed is None:
             return self.file.size
-        return self.fetcher.available(offset)
+        return self.transfer.available(offset)
 
     def names(self) -> list[Path]:
         """Where the bytes are, in the order they move: partial, verified, in DIR."""
-        return [self.fetcher.part_file, self.fetcher.verified_file, self.target]
+        return [self.transfer.part_file, self.transfer.verified_file, self.target]
 
 
-class PartialSource:
+class FillingSource:
     """Bytes of a fetch in progress (a body.Source), handed out as they reach the disk."""
 
     def __init__(self, fetch: Fetch) -> None:
