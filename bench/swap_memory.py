@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lawchatd.modelhost.chat_types import Sampling  # noqa: E402
 from lawchatd.modelhost import ModelHost  # noqa: E402
+from lawchatd.modelhost.chat_types import Sampling  # noqa: E402
 from tests.ggufgen import Shape, make_tiny_llama  # noqa: E402
 
 # About 260 MB of F32 weights: big enough that a leaked model would show plainly in RSS.

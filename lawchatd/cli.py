@@ -61,8 +61,8 @@ def _exit_at_once(exc: StartupError) -> None:
 
 
 def _cmd_mirror(args: argparse.Namespace) -> int:
-    from lawchatd.process.logs import setup_logging
     from lawchatd.mirror import run_mirror
+    from lawchatd.process.logs import setup_logging
 
     setup_logging("INFO")
     if not args.dir.is_dir():

@@ -11,13 +11,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from lawchatd.modelhost.chat_types import Sampling
 from lawchatd.modelhost import ModelHost
-from lawchatd.web.routes.openai import add_chat_routes
+from lawchatd.modelhost.chat_types import Sampling
 from lawchatd.web.chat_request import ChatRequest, messages_of, sampling_of
 from lawchatd.web.errors import json_errors
 from lawchatd.web.keys import MODEL_HOST
 from lawchatd.web.openai_errors import openai_errors
+from lawchatd.web.routes.openai import add_chat_routes
 
 USER = [{"role": "user", "content": "What is a tort?"}]
 

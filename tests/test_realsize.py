@@ -17,18 +17,18 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from lawchatd.modelhost.activation import Activator
 from lawchatd.downloads.catalog import ModelSpec
-from lawchatd.modelhost.chat_types import Sampling
 from lawchatd.modelhost import ModelHost, ModelLoadError, ModelTooLarge, ModelWaitTimeout
+from lawchatd.modelhost.activation import Activator
+from lawchatd.modelhost.chat_types import Sampling
 from lawchatd.modelhost.engine import MIXED_STEP_ROWS, ROW_TILE, Engine, mixed_step_rows
 from lawchatd.modelhost.ggufmeta import read_shape
 from lawchatd.modelhost.memory import model_cost, process_rss
 from lawchatd.state.store import Store
-from lawchatd.web.routes.openai import add_chat_routes
 from lawchatd.web.errors import json_errors
 from lawchatd.web.keys import MODEL_HOST
 from lawchatd.web.openai_errors import openai_errors
+from lawchatd.web.routes.openai import add_chat_routes
 from tests.lawchat_gguf import LawChatShape, make_lawchat_gguf
 
 USER = [{"role": "user", "content": "Is a verbal contract binding?"}]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from lawchatd.modelhost.chat_types import Sampling
 from lawchatd.modelhost import ModelHost
+from lawchatd.modelhost.chat_types import Sampling
 from lawchatd.modelhost.sampling import TextOut
 from tests.ggufgen import make_tiny_llama
 

@@ -27,8 +27,8 @@ from lawchatd.fetch.errors import (
 )
 from lawchatd.fetch.partial import PartialFile
 from lawchatd.fetch.plan import PartPlan
-from lawchatd.hub.client import HubClient, TransientHubError, is_transient, transient
 from lawchatd.fetch.ratelimit import QUANTUM
+from lawchatd.hub.client import HubClient, TransientHubError, is_transient, transient
 from lawchatd.state.store import Part
 
 WRITE_SIZE = 2 << 20  # bytes gathered before one write: few thread hops, little memory

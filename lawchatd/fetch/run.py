@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable
 
 from lawchatd.downloads.catalog import ModelSpec
-from lawchatd.process.config import Settings
 from lawchatd.fetch.errors import (
     DownloadFailed,
     OneStream,
@@ -27,6 +26,7 @@ from lawchatd.fetch.takeover import Paces
 from lawchatd.fetch.verify import check_bytes, record_of, stat_key
 from lawchatd.fetch.waits import Waits
 from lawchatd.hub.client import HubClient, Resolved
+from lawchatd.process.config import Settings
 from lawchatd.state.store import DownloadRow, Store, Verified
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,8 @@ from lawchatd.modelhost.errors import (
     PromptTooLong,
     QueueFull,
 )
-from lawchatd.modelhost.sampling import tokenize
 from lawchatd.modelhost.prompt import encode_llama2, llama2_turns
+from lawchatd.modelhost.sampling import tokenize
 
 if TYPE_CHECKING:
     from lawchatd.modelhost.host import _Asleep, _Model

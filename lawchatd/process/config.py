@@ -11,8 +11,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lawchatd.fetch.ratelimit import parse_rate
 from lawchatd.downloads.bandwidth import parse_schedule
+from lawchatd.fetch.ratelimit import parse_rate
 
 
 def _default_data_dir() -> Path:

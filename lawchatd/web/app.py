@@ -10,23 +10,17 @@ from pathlib import Path
 from aiohttp import WSCloseCode, web
 
 from lawchatd import __version__
-from lawchatd.modelhost.activation import Activator
 from lawchatd.downloads.catalog import Catalog, load_catalog
-from lawchatd.process.config import Settings
-from lawchatd.hub.session import client_session
-from lawchatd.hub.client import HubClient
 from lawchatd.downloads.manager import DownloadManager
+from lawchatd.hub.client import HubClient
+from lawchatd.hub.session import client_session
 from lawchatd.modelhost import ModelHost
+from lawchatd.modelhost.activation import Activator
+from lawchatd.process.config import Settings
 from lawchatd.state.progress import ProgressHub
 from lawchatd.state.store import Store
 from lawchatd.web import session
-from lawchatd.web.routes import bandwidth
-from lawchatd.web.routes import downloads
-from lawchatd.web.routes import legacy
-from lawchatd.web.routes import metrics, ws
-from lawchatd.web.routes import models
 from lawchatd.web.auth import require_api_key
-from lawchatd.web.routes.openai import add_chat_routes
 from lawchatd.web.errors import BODY_TIMEOUT, json_errors
 from lawchatd.web.guard import (
     HOSTS,
@@ -47,7 +41,9 @@ from lawchatd.web.keys import (
     WEBSOCKETS,
 )
 from lawchatd.web.openai_errors import openai_errors
+from lawchatd.web.routes import bandwidth, downloads, legacy, metrics, models, ws
 from lawchatd.web.routes.downloads import progress_message
+from lawchatd.web.routes.openai import add_chat_routes
 from lawchatd.web.routes.queue import queue_message, queue_routes
 
 log = logging.getLogger(__name__)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from lawchatd.modelhost.activation import Activator
+from lawchatd.downloads.bandwidth import Bandwidth
 from lawchatd.downloads.catalog import Catalog
-from lawchatd.process.config import Settings
 from lawchatd.downloads.manager import DownloadManager
 from lawchatd.modelhost import ModelHost
+from lawchatd.modelhost.activation import Activator
+from lawchatd.process.config import Settings
 from lawchatd.state.progress import ProgressHub
-from lawchatd.downloads.bandwidth import Bandwidth
 from lawchatd.state.store import Store
 
 SETTINGS = web.AppKey("settings", Settings)

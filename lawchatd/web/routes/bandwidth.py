@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from lawchatd.fetch.ratelimit import RateLimiter
 from lawchatd.downloads.bandwidth import Bandwidth, parse_schedule
+from lawchatd.fetch.ratelimit import RateLimiter
 from lawchatd.web.errors import read_json
 from lawchatd.web.keys import BANDWIDTH, PROGRESS, SETTINGS
 

@@ -6,8 +6,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
 
 from lawchatd.downloads.catalog import UnknownVariant
-from lawchatd.fetch import Snapshot
 from lawchatd.downloads.manager import Busy, NotEnoughSpace
+from lawchatd.fetch import Snapshot
 from lawchatd.web.errors import error, read_json
 from lawchatd.web.keys import CATALOG, MANAGER
 

@@ -12,8 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
-from lawchatd.modelhost.activation import ACTIVE_KEY
 from lawchatd.downloads.catalog import ModelSpec, UnknownVariant
+from lawchatd.modelhost.activation import ACTIVE_KEY
 from lawchatd.web.errors import error
 from lawchatd.web.keys import CATALOG, MODEL_HOST, STORE
 

@@ -16,7 +16,6 @@ from typing import Any
 
 from aiohttp import web
 
-from lawchatd.modelhost.chat_types import Chunk, Completion, Usage
 from lawchatd.modelhost import (
     InvalidRequest,
     ModelHostError,
@@ -25,6 +24,7 @@ from lawchatd.modelhost import (
     PromptTooLong,
     QueueFull,
 )
+from lawchatd.modelhost.chat_types import Chunk, Completion, Usage
 from lawchatd.modelhost.prompt import llama2_turns
 from lawchatd.web.chat_request import ChatRequest, include_usage, messages_of, sampling_of
 from lawchatd.web.errors import read_json

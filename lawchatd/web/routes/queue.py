@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from lawchatd.fetch import Status
 from lawchatd.downloads.manager import DownloadManager
+from lawchatd.fetch import Status
 from lawchatd.web.errors import error
 from lawchatd.web.keys import CATALOG, MANAGER
 from lawchatd.web.routes.downloads import progress_fields
