@@ -18,14 +18,14 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from lawchatd.downloads.catalog import Catalog, ModelSpec
-from lawchatd.process.config import Settings
+from lawchatd.downloads.manager import DownloadManager
 from lawchatd.fetch.errors import DownloadFailed, unexpected
 from lawchatd.fetch.fetcher import Counters, Fetcher, Link
 from lawchatd.fetch.partial import PartialFile
 from lawchatd.fetch.plan import PartPlan
 from lawchatd.fetch.verify import HASH_CHUNK, Stopped, hash_file, record_of
 from lawchatd.hub.client import HubClient, retry_after
-from lawchatd.downloads.manager import DownloadManager
+from lawchatd.process.config import Settings
 from lawchatd.state.store import DownloadRow, Part, Store
 from tests.flaky_hub import Faults, FlakyHub, start_flaky_hub
 

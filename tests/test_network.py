@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 import trustme
 
-from lawchatd.process.config import Settings
 from lawchatd.hub.session import client_session, describe_error, proxy_for, redact, ssl_context
 from lawchatd.mirror import create_mirror_app
+from lawchatd.process.config import Settings
 from tests.harness import REPO, Mirror, ModelFile, daemon_env, free_port, served, start_mirror
 from tests.netproxy import Proxy, start_proxy
 

@@ -14,8 +14,8 @@ import pytest
 import trustme
 from aiohttp import web
 
-from lawchatd.process.config import Settings
 from lawchatd.hub.session import client_session, describe_error
+from lawchatd.process.config import Settings
 from tests.harness import Mirror, free_port, served
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from lawchatd.process.config import Settings
-from lawchatd.hub.session import client_session
-from lawchatd.fetch.ratelimit import QUANTUM, RateLimiter, format_rate, parse_rate
 from lawchatd.downloads.bandwidth import Bandwidth, parse_schedule
+from lawchatd.fetch.ratelimit import QUANTUM, RateLimiter, format_rate, parse_rate
+from lawchatd.hub.session import client_session
+from lawchatd.process.config import Settings
 from tests.harness import REPO, Mirror, ModelFile, make_big_gguf, start_mirror
 
 CAP = 16_000_000  # bytes/s: far below what loopback does, so the limiter is the only limit

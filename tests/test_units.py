@@ -10,8 +10,8 @@ import pytest
 from aioresponses import aioresponses
 
 from lawchatd.downloads.catalog import BUILTIN, Catalog, CatalogError, ModelSpec, load_catalog
-from lawchatd.process.config import Settings
 from lawchatd.hub.client import HubClient, HubError, TransientHubError
+from lawchatd.process.config import Settings
 from lawchatd.process.startup import StartupError, refuse_unsafe_bind
 from lawchatd.state.store import SCHEMA_VERSION, DownloadRow, Part, Store
 
@@ -139,7 +139,7 @@ async def resolve_with_reply(status: int, headers: dict[str, str]):
     with aioresponses() as upstream:
         upstream.head(RESOLVE, response_class=CompatResponse, status=status, headers=headers)
         async with aiohttp.ClientSession() as session:
-            return await HubClient(session, HUB, None).resolve(SPEC, "main")
+            return await HubClient(session, HUB, None).resolve(SPEC.repo, "main", SPEC.filename)
 
 
 async def test_resolve_reads_the_redirect_without_following_it():

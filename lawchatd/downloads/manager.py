@@ -16,12 +16,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from lawchatd.downloads.catalog import Catalog, ModelSpec
-from lawchatd.process.config import Settings
-from lawchatd.fetch import Download, Phase, Snapshot, Status, final_path, part_path
-from lawchatd.fetch.fetcher import Limiter
+from lawchatd.downloads.download import Download, final_path, part_path
 from lawchatd.downloads.finals import FinalFiles
 from lawchatd.downloads.queue import DownloadQueue
+from lawchatd.fetch import Limiter, Phase, Snapshot, Status
 from lawchatd.hub.client import HubClient
+from lawchatd.process.config import Settings
 from lawchatd.state.store import DownloadRow, Store
 
 log = logging.getLogger(__name__)

@@ -7,8 +7,8 @@ import re
 
 import aiohttp
 
-from lawchatd.hub.session import describe_error
 from lawchatd.hub.client import TransientHubError
+from lawchatd.hub.session import describe_error
 
 
 class DownloadFailed(Exception):

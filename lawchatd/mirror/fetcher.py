@@ -20,10 +20,10 @@ import aiohttp
 
 from lawchatd import __version__
 from lawchatd.downloads.catalog import ModelSpec
-from lawchatd.process.config import Settings
-from lawchatd.fetch import Download
-from lawchatd.hub.session import client_session
+from lawchatd.downloads.download import Download
 from lawchatd.hub.client import HubClient
+from lawchatd.hub.session import client_session
+from lawchatd.process.config import Settings
 from lawchatd.state.store import Store
 
 
