@@ -20,7 +20,7 @@ import aiohttp
 
 from lawchatd import __version__
 from lawchatd.downloads.catalog import ModelSpec
-from lawchatd.fetch import Download
+from lawchatd.downloads.download import Download
 from lawchatd.hub.client import HubClient
 from lawchatd.hub.session import client_session
 from lawchatd.process.config import Settings
