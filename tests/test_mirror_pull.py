@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from lawchatd.mirror.engine_fetch import FetchOptions
+from lawchatd.fetch import FetchOptions
 from tests.harness import (
     REPO,
     Daemon,

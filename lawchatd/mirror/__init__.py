@@ -7,8 +7,8 @@ it holds), digests, ranges, signing (presigned /cdn/ URLs), body (streaming byte
 (resolve and /cdn/), api (model_info, tree, refs, paths-info, commits), core (what routes
 share), app (the aiohttp application); for pull-through: pull (one shared fetch per file; it
 answers with answers.py's data, which files.py renders), inflight (serving a fetch as it
-arrives), upstream (asking the upstream), landing (what enters DIR), engine_fetch (the one
-adapter to lawchatd's downloader) and stream_fetch (a plain fetch for small, non-LFS files).
+arrives), upstream (the upstream's session, and what a file is), landing (what enters DIR)
+and engine_fetch (the one adapter to lawchatd's download engine, for every file).
 """
 
 from lawchatd.mirror.app import create_mirror_app, run_mirror

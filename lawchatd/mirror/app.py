@@ -19,7 +19,8 @@ from lawchatd.mirror.index import RepoIndex
 from lawchatd.mirror.signing import Signer
 
 if TYPE_CHECKING:
-    from lawchatd.mirror.engine_fetch import FetchOptions
+    from lawchatd.fetch import FetchOptions
+    from lawchatd.hub.session import NetworkSettings
 
 log = logging.getLogger("lawchatd.mirror")
 
@@ -45,11 +46,13 @@ def create_mirror_app(
     upstream_token: str | None = None,
     fetch_options: FetchOptions | None = None,
     upstream_repos: Sequence[str] = (),
+    network: NetworkSettings | None = None,
 ) -> web.Application:
     """An aiohttp app serving ``root/<org>/<repo>/<file>`` like the Hub (see files.py, api.py).
 
     With `upstream`, files DIR lacks are fetched from there on first request (pull.py), for
-    the repos matching `upstream_repos` (fnmatch patterns; none given: every repo).
+    the repos matching `upstream_repos` (fnmatch patterns; none given: every repo), through
+    the proxy and CA files of `network` (`lawchatd mirror` passes the daemon's Settings).
     """
     real_root = Path(os.path.realpath(root))
     core = Core(
@@ -67,7 +70,7 @@ def create_mirror_app(
 
         core.pull = PullThrough(
             core.index, core.digests, upstream.rstrip("/"), upstream_token, fetch_options,
-            upstream_repos,
+            upstream_repos, network,
         )  # fmt: skip
         app.cleanup_ctx.append(core.pull.lifetime)
     app.router.add_get("/_mirror/status", _status)
@@ -121,6 +124,7 @@ async def run_mirror(
     upstream: str | None = None,
     upstream_token: str | None = None,
     upstream_repos: Sequence[str] = (),
+    network: NetworkSettings | None = None,
 ) -> None:
     """Serve ``root`` until cancelled."""
     root = Path(root)
@@ -133,6 +137,7 @@ async def run_mirror(
         upstream=upstream,
         upstream_token=upstream_token,
         upstream_repos=upstream_repos,
+        network=network,
     )
     # A short shutdown: a multi-GB response in flight must not hold up Ctrl-C for a minute.
     runner = web.AppRunner(app, shutdown_timeout=2.0)

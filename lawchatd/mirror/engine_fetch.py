@@ -1,121 +1,79 @@
-"""The ONE place the mirror uses lawchatd's downloader (lawchatd.fetch.Download).
+"""The ONE place the mirror uses lawchatd's download engine (lawchatd.fetch.FileFetch).
 
-Also here: the HTTP session to the upstream and the downloader's store, so that the proxy/CA
-session factory and the engine's store can be plugged in at this one place.
-
-What it needs from the engine: a download of (repo, filename, revision, size, sha256) from an
-endpoint with a token into a folder, parallel and resumable through a Store, that verifies the
-sha256 and reports progress; and, to stream bytes to clients as they arrive, which byte ranges
-are on disk (`Download.parts`: start, end, done) plus the partial file's path. Every LFS file
-(one with a sha256) comes this way; the GGUF header is checked for *.gguf files only.
+Every file comes this way, LFS or small: parallel byte ranges, resumable (the parts are kept
+in a journal beside the `.part`, so a fetch cut by an outage or a restart goes on where it
+stopped), the sha256 checked as the bytes arrive, the GGUF header for *.gguf files only. A
+small file has no sha256 on the Hub: its git blob id is checked here, before DIR sees it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
-
-from lawchatd import __version__
-from lawchatd.downloads.catalog import ModelSpec
-from lawchatd.downloads.download import Download
+from lawchatd.fetch import DownloadFailed, FetchOptions, FileFetch, FileJournal, FileRef, part_path
 from lawchatd.hub.client import HubClient
-from lawchatd.hub.session import client_session
-from lawchatd.process.config import Settings
-from lawchatd.state.store import Store
-
-
-def upstream_session(options: FetchOptions, endpoint: str) -> aiohttp.ClientSession:
-    """The session for everything the mirror asks of its upstream (metadata and bytes).
-
-    The daemon's own: an office mirror honours HTTPS_PROXY/LAWCHATD_PROXY and
-    LAWCHATD_CA_BUNDLE like `lawchatd serve` (read from the environment unless given).
-    """
-    network = options.network or Settings()
-    settings = network.model_copy(
-        update={"hf_endpoint": endpoint, "stall_timeout": options.stall_timeout}
-    )
-    session = client_session(settings)
-    session.headers["User-Agent"] = f"lawchatd-mirror/{__version__}"
-    return session
+from lawchatd.mirror.digests import blob_oid_file
+from lawchatd.mirror.upstream import UpstreamFile
 
 
 class FetchFailed(Exception):
-    """The download ended without a verified file; the message is for people."""
-
-
-@dataclass(frozen=True)
-class FetchOptions:
-    connections: int = 4
-    max_retries: int = 10
-    retry_backoff: float = 0.5
-    stall_timeout: float = 30.0
-    network: Settings | None = None  # proxy and CA settings; None: from the environment
+    """The fetch ended without a verified file; the message is for people."""
 
 
 class EngineFetch:
-    """One file fetched by lawchatd's downloader into `staging/<repo>/models/<relpath>`."""
+    """One file fetched by the engine into `staging/<repo>/<relpath>` (hidden from clients)."""
 
     def __init__(
         self,
         *,
-        store: Store,
-        session: aiohttp.ClientSession,
-        endpoint: str,
-        token: str | None,
+        hub: HubClient,
+        file: UpstreamFile,
         staging: Path,
-        repo_id: str,
-        relpath: str,
-        commit: str,
-        size: int,
-        sha256: str,
         options: FetchOptions,
         on_change: Callable[[], None],
     ) -> None:
-        settings = Settings.model_construct(
-            data_dir=staging / repo_id,
-            connections=options.connections,
-            max_retries=options.max_retries,
-            retry_backoff=options.retry_backoff,
-            stall_timeout=options.stall_timeout,
-        )
-        spec = ModelSpec(
-            f"{repo_id}/{relpath}", repo_id, relpath, size, sha256, revision=commit,
-            gguf=relpath.endswith(".gguf"),
+        self._file = file
+        self.verified_file = staging / file.repo_id / file.relpath
+        ref = FileRef(
+            size=file.size, sha256=file.sha256, repo=file.repo_id, path=file.relpath,
+            revision=file.commit, gguf=file.relpath.endswith(".gguf"), expected_by="upstream",
         )  # fmt: skip
-        self._download = Download(
-            spec,
-            settings=settings,
-            store=store,
-            hub=HubClient(session, endpoint, token),
-            on_change=lambda _d: on_change(),
+        self._journal = FileJournal(
+            self.verified_file.with_name(self.verified_file.name + ".part.json")
         )
+        self._fetch = FileFetch(
+            ref, self.verified_file, hub=hub, journal=self._journal, options=options,
+            on_progress=lambda _progress: on_change(), name=f"{file.repo_id}/{file.relpath}",
+        )  # fmt: skip
 
     @property
     def part_file(self) -> Path:
-        return self._download.partial.path
-
-    @property
-    def verified_file(self) -> Path:
-        return self._download.final_path
+        return part_path(self.verified_file)
 
     def downloaded(self) -> int:
-        return self._download.downloaded
+        return self._fetch.done
 
     def available(self, offset: int) -> int:
         """The end of the bytes on disk that run without a gap from `offset`."""
-        end = offset
-        plan = self._download.plan
-        for part in plan.parts if plan else []:  # the plan keeps them in file order
-            if part.start <= end < part.start + part.done:
-                end = part.start + part.done
-        return end
+        return self._fetch.available(offset)
 
     async def run(self) -> Path:
-        await self._download.run()
-        if self._download.published is None:
-            row = self._download.row
-            raise FetchFailed(row.error or f"the download ended {row.status}")
-        return self.verified_file
+        try:
+            fetched = await self._fetch.run()
+        except DownloadFailed as exc:
+            raise FetchFailed(str(exc)) from exc
+        await asyncio.to_thread(self._journal.forget)
+        if self._file.blob_oid is not None:
+            problem = await asyncio.to_thread(_check_blob, fetched.path, self._file)
+            if problem:
+                raise FetchFailed(problem)
+        return fetched.path
+
+
+def _check_blob(path: Path, file: UpstreamFile) -> str | None:
+    if blob_oid_file(path) == file.blob_oid:
+        return None
+    path.unlink(missing_ok=True)
+    return f"git blob id mismatch for {file.relpath}: the bytes were deleted"

@@ -8,23 +8,11 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
+from lawchatd.mirror.engine_fetch import EngineFetch
 from lawchatd.mirror.upstream import UpstreamFile
 
 WAKE_SECONDS = 1.0  # readers look again at least this often, whatever the fetch reports
-
-
-class Transfer(Protocol):
-    """What pull-through needs of a download (engine_fetch.EngineFetch, stream_fetch.StreamFetch)."""
-
-    @property
-    def part_file(self) -> Path: ...
-    @property
-    def verified_file(self) -> Path: ...
-    def downloaded(self) -> int: ...
-    def available(self, offset: int) -> int: ...
-    async def run(self) -> Path: ...
 
 
 @dataclass
@@ -34,7 +22,7 @@ class Fetch:
     file: UpstreamFile
     target: Path  # where it lands in DIR
     started: float = field(default_factory=time.time)
-    transfer: Transfer = field(init=False)  # set right after construction: it reports to notify
+    transfer: EngineFetch = field(init=False)  # set right after construction: it reports to notify
     task: asyncio.Task[Path | None] | None = None
     failed: str | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)

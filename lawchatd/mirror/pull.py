@@ -20,23 +20,25 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from lawchatd.fetch import FetchOptions
 from lawchatd.fetch.errors import describe
+from lawchatd.hub.session import NetworkSettings
 from lawchatd.mirror.answers import FileMeta, Filling, Forwarded, InDir, Refusal, ToCdn
 from lawchatd.mirror.digests import Digests
-from lawchatd.mirror.engine_fetch import (
-    EngineFetch,
-    FetchFailed,
-    FetchOptions,
-    upstream_session,
-)
+from lawchatd.mirror.engine_fetch import EngineFetch, FetchFailed
 from lawchatd.mirror.index import RepoIndex
-from lawchatd.mirror.inflight import Fetch, Transfer
+from lawchatd.mirror.inflight import Fetch
 from lawchatd.mirror.landing import load_commits, publish, save_json
 from lawchatd.mirror.paths import may_create
 from lawchatd.mirror.repo import Entry
-from lawchatd.mirror.stream_fetch import StreamFetch
-from lawchatd.mirror.upstream import METADATA_TIMEOUT, Upstream, UpstreamError, UpstreamFile
-from lawchatd.state.store import Store
+from lawchatd.mirror.upstream import (
+    METADATA_TIMEOUT,
+    Upstream,
+    UpstreamError,
+    UpstreamFile,
+    UpstreamNetwork,
+    upstream_session,
+)
 
 log = logging.getLogger("lawchatd.mirror")
 
@@ -53,24 +55,23 @@ class PullThrough:
         token: str | None,
         options: FetchOptions | None = None,
         repos: Sequence[str] = (),
+        network: NetworkSettings | None = None,
     ) -> None:
         self.index, self.digests = index, digests
         self.root = index.root
         self.endpoint, self._token = endpoint, token
         self.options = options or FetchOptions()
+        self._network = UpstreamNetwork.of(endpoint, self.options.stall_timeout, network)
         self._repos = tuple(repos)  # fnmatch patterns of repos that may be fetched; () = all
         self._commits: dict[str, set[str]] = {}  # upstream commits handed out, per repo
         self._saving = asyncio.Lock()
         self._fetches: dict[str, Fetch] = {}  # in flight, by "<repo>/<path>"
         self._upstream: Upstream | None = None
-        self._store: Store | None = None
 
     async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
-        """aiohttp cleanup_ctx: the upstream session and the downloader's store."""
-        session = upstream_session(self.options, self.endpoint)
+        """aiohttp cleanup_ctx: the upstream session, and the commits handed out before."""
+        session = upstream_session(self._network)
         self._upstream = Upstream(session, self.endpoint, self._token)
-        # The downloader's state (parts done per file), so fetches resume across restarts.
-        self._store = await Store.open(self.root / STAGING / "fetches.sqlite3")
         self._commits = await asyncio.to_thread(load_commits, self.root / STAGING / COMMITS)
         try:
             yield
@@ -79,7 +80,6 @@ class PullThrough:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)  # partials kept for next time
-            await self._store.close()
             await session.close()
 
     # ---- what the routes ask --------------------------------------------------------------
@@ -249,19 +249,11 @@ class PullThrough:
         log.info("fetching %s (%d bytes) from %s", key, file.size, self.endpoint)
         return fetch
 
-    def _transfer(self, file: UpstreamFile, on_change: Callable[[], None]) -> Transfer:
-        assert self._upstream is not None and self._store is not None
-        staging = self.root / STAGING
-        if file.sha256 is not None:  # LFS: parallel, resumable, hashed as it arrives
-            return EngineFetch(
-                store=self._store, session=self._upstream.session, endpoint=self.endpoint,
-                token=self._token, staging=staging, repo_id=file.repo_id, relpath=file.relpath,
-                commit=file.commit, size=file.size, sha256=file.sha256, options=self.options,
-                on_change=on_change,
-            )  # fmt: skip
-        return StreamFetch(
-            upstream=self._upstream, file=file, staging=staging, options=self.options,
-            on_change=on_change,
+    def _transfer(self, file: UpstreamFile, on_change: Callable[[], None]) -> EngineFetch:
+        assert self._upstream is not None
+        return EngineFetch(
+            hub=self._upstream.hub, file=file, staging=self.root / STAGING,
+            options=self.options, on_change=on_change,
         )  # fmt: skip
 
     async def _run(
