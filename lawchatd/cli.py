@@ -84,6 +84,8 @@ def _cmd_mirror(args: argparse.Namespace) -> int:
                 upstream=upstream,
                 upstream_token=upstream_token,
                 upstream_repos=args.upstream_repo,
+                # The daemon's proxy and CA settings (LAWCHATD_PROXY, LAWCHATD_CA_BUNDLE).
+                network=_settings() if upstream else None,
             )
         )
     return 0

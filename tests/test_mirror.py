@@ -251,6 +251,28 @@ async def test_cdn_404_when_sha256_is_not_the_current_one(
     assert (await fetch(http, url))[0] == 404
 
 
+async def test_cdn_requests_reuse_the_repo_scan_until_the_repo_changes(
+    mirror: Mirror, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A daemon sends a /cdn/ request per part and per retry: none of them walks the repo again.
+    from lawchatd.mirror import index
+    from lawchatd.mirror.repo import Repo
+
+    monkeypatch.setattr(index, "RACY_NS", 0)  # the files were written a moment ago
+    scans: list[Path] = []
+    real_scan = Repo.scan
+    monkeypatch.setattr(Repo, "scan", lambda root, d: scans.append(d) or real_scan(root, d))
+    url = await cdn_url(http, mirror)
+    for start in range(0, SIZE, SIZE // 4):
+        status, _, _ = await fetch(http, url, Range=f"bytes={start}-{start + 9}")
+        assert status == 206
+    assert len(scans) == 1
+    time.sleep(0.01)  # a new mtime for the folder, whatever the clock's tick
+    (mirror.path.parent / "new.gguf").write_bytes(b"x")
+    assert (await resolve(http, mirror.resolve_url("new.gguf"))).status == 302
+    assert len(scans) == 2
+
+
 # --- tree and auth -----------------------------------------------------------------------------
 
 

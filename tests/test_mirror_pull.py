@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from lawchatd.mirror.fetcher import FetchOptions
+from lawchatd.fetch import FetchOptions
 from tests.harness import (
     REPO,
     Daemon,
@@ -408,3 +408,23 @@ async def test_a_large_file_that_is_not_gguf_is_fetched_in_parallel_and_verified
         assert len(ranged) >= 2, mirror.stats.requests
     finally:
         weights.unlink()
+
+
+async def test_small_files_come_through_the_engine_too(tmp_path: Path) -> None:
+    # An empty file and one in a subfolder: no LFS sha256, checked by their git blob id.
+    hub = tmp_path / "hub"
+    (hub / REPO / "sub").mkdir(parents=True)
+    (hub / REPO / "empty.txt").write_bytes(b"")
+    (hub / REPO / "sub" / "config.json").write_text('{"a": 1}')
+    upstream = await start_mirror(hub)
+    office = await start_mirror(tmp_path / "office", upstream=upstream.url, fetch_options=FAST)
+    try:
+        for name, want in (("empty.txt", b""), ("sub/config.json", b'{"a": 1}')):
+            status, body, headers = await _get(f"{office.url}/{REPO}/resolve/main/{name}")
+            assert (status, body) == (200, want)
+            assert "X-Linked-Etag" not in headers
+            assert (tmp_path / "office" / REPO / name).read_bytes() == want
+        assert (await _status(office))["fetches"] == []
+    finally:
+        await office.runner.cleanup()
+        await upstream.runner.cleanup()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import aiohttp
 
-from lawchatd.mirror.fetcher import FetchOptions
+from lawchatd.fetch import FetchOptions
 from tests.harness import REPO, Mirror, free_port, start_mirror
 from tests.netproxy import Proxy
 from tests.test_network import clean_env, firm_mirror, make_settings, proxy  # noqa: F401 - fixtures
@@ -36,11 +36,13 @@ async def test_an_office_mirror_reaches_its_upstream_through_the_proxy(
         max_retries=3,
         retry_backoff=0.05,
         stall_timeout=5.0,
-        network=make_settings(tmp_path, proxy=proxy.url),
     )
     (tmp_path / "office").mkdir()
     office = await start_mirror(
-        tmp_path / "office", upstream=firm_mirror.url, fetch_options=options
+        tmp_path / "office",
+        upstream=firm_mirror.url,
+        fetch_options=options,
+        network=make_settings(tmp_path, proxy=proxy.url),
     )
     try:
         model = models["tiny-small"]

@@ -139,7 +139,7 @@ async def resolve_with_reply(status: int, headers: dict[str, str]):
     with aioresponses() as upstream:
         upstream.head(RESOLVE, response_class=CompatResponse, status=status, headers=headers)
         async with aiohttp.ClientSession() as session:
-            return await HubClient(session, HUB, None).resolve(SPEC, "main")
+            return await HubClient(session, HUB, None).resolve(SPEC.repo, "main", SPEC.filename)
 
 
 async def test_resolve_reads_the_redirect_without_following_it():

@@ -16,10 +16,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from lawchatd.downloads.catalog import Catalog, ModelSpec
+from lawchatd.downloads.download import Download, final_path, part_path
 from lawchatd.downloads.finals import FinalFiles
 from lawchatd.downloads.queue import DownloadQueue
-from lawchatd.fetch import Download, Phase, Snapshot, Status, final_path, part_path
-from lawchatd.fetch.fetcher import Limiter
+from lawchatd.fetch import Limiter, Phase, Snapshot, Status
 from lawchatd.hub.client import HubClient
 from lawchatd.process.config import Settings
 from lawchatd.state.histograms import download_seconds

@@ -26,10 +26,9 @@ from lawchatd.fetch.errors import (
     disk_error,
 )
 from lawchatd.fetch.partial import PartialFile
-from lawchatd.fetch.plan import PartPlan
+from lawchatd.fetch.plan import Part, PartPlan
 from lawchatd.fetch.ratelimit import QUANTUM
 from lawchatd.hub.client import HubClient, TransientHubError, is_transient, transient
-from lawchatd.state.store import Part
 
 WRITE_SIZE = 2 << 20  # bytes gathered before one write: few thread hops, little memory
 FLUSH_SECONDS = 0.05  # a slow line still writes often: a kill loses little, progress moves
@@ -85,8 +84,10 @@ class Fetcher:
         resolve: Callable[[], Awaitable[None]] | None = None,
         on_written: Callable[[], None] = lambda: None,
         limiter: Limiter | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
     ) -> None:
         self._link, self._partial, self._plan = link, partial, plan
+        self._timeout = timeout  # None: the session's
         self._counters = counters
         self._max_retries, self._backoff_base = max_retries, backoff_base
         self._backoff = backoff
@@ -119,7 +120,8 @@ class Fetcher:
             await self._resolve()  # a HubError arrives as DownloadFailed (resolve_into)
         assert link.url is not None
         end = None if part.end == self._plan.size else part.end
-        async with link.hub.get_range(link.url, part.offset, end, link.etag) as resp:
+        request = link.hub.get_range(link.url, part.offset, end, link.etag, timeout=self._timeout)
+        async with request as resp:
             skip = self._check(resp, part)
             await self._stream(resp, part, skip)
         if part.remaining > 0:

@@ -1,26 +1,50 @@
-"""Progress records: often without fsync (a killed process loses at most one interval), and
-less often after an fdatasync (what a power cut keeps).
+"""The journal: where the engine keeps which bytes of the `.part` file are done, so that a
+cancel, a dropped line, a restart or a kill -9 resumes instead of starting over.
 
-Bytes written by a killed process are still in the page cache, so a record is trusted as long
-as the kernel has not rebooted: each record carries the boot id, and after a reboot only the
+The engine owns what goes in (`Entry`); the caller owns where it goes (`Journal`): the daemon's
+SQLite store, a JSON file beside the `.part` (`FileJournal`), or memory (`MemoryJournal`).
+
+Bytes written by a killed process are still in the page cache, so an entry is trusted as long
+as the kernel has not rebooted: each entry carries the boot id, and after a reboot only the
 `synced` counts (written after an fdatasync) are trusted.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
+import json
+import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-from lawchatd.fetch.errors import DownloadFailed
-from lawchatd.fetch.fetcher import Link
-from lawchatd.fetch.partial import PartialFile
-from lawchatd.fetch.plan import PartPlan
-from lawchatd.state.store import DownloadRow, Part, Store
+from lawchatd.fetch.plan import Part
 
-RECORD_SECONDS = 0.05  # a kill -9 loses about this much transfer (and what is in flight)
-SYNC_SECONDS = 2.0  # a power cut loses at most about this much (plus the fsync itself)
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What the bytes of a `.part` file are: enough to go on where they end."""
+
+    parts: list[Part] = field(default_factory=list)  # empty: nothing worth keeping
+    boot_id: str | None = None  # the kernel boot whose page cache holds the unsynced bytes
+    sha256: str | None = None  # the upstream's sha256 of the file the bytes belong to
+    commit: str | None = None  # the Hub commit they were resolved at
+    etag: str | None = None  # the server's own strong ETag of those bytes (If-Range)
+
+    @property
+    def done(self) -> int:
+        return sum(p.done for p in self.parts)
+
+
+class Journal(Protocol):
+    """Keeps the engine's latest Entry. `save` is called up to ~20 times a second, and only
+    when something changed; `load` once, before the first byte."""
+
+    async def load(self) -> Entry | None: ...
+
+    async def save(self, entry: Entry) -> None: ...
 
 
 def boot_id() -> str | None:
@@ -38,59 +62,53 @@ def trusted(stored: list[Part], recorded_boot: str | None) -> list[Part]:
     return stored
 
 
-class Journal:
-    def __init__(
-        self, store: Store, row: DownloadRow, plan: PartPlan, partial: PartialFile, link: Link
-    ) -> None:
-        self._store, self._row, self._plan, self._partial = store, row, plan, partial
-        self._link = link
-        self._boot = boot_id()
-        self._saved: tuple[list[Part], DownloadRow] | None = None  # what the store holds
+class MemoryJournal:
+    """A journal that lives as long as the object: resumes within one process."""
 
-    def follow(self, plan: PartPlan) -> None:
-        self._plan = plan  # a restart or a switch to one stream made a new plan
+    def __init__(self, entry: Entry | None = None) -> None:
+        self.entry = entry
 
-    async def record(self) -> None:
-        """Save what pwritev has returned for: the page cache holds it."""
-        if self._partial.unlinked():
-            raise DownloadFailed(
-                f"the partial file {self._partial.path} was deleted by another program while "
-                "downloading; download again to start over"
-            )
-        snapshot = self._plan.snapshot()
-        self._row.downloaded_size = sum(p.done for p in snapshot)
-        self._row.boot_id = self._boot
-        self._row.cdn_etag = self._link.etag  # the If-Range validator of the bytes on disk
-        # A stall or a long Retry-After changes nothing: no transaction 20 times a second.
-        saved = (snapshot, replace(self._row, updated_at=None))
-        if saved == self._saved:
-            return
-        await self._store.save(self._row, snapshot)
-        self._saved = saved
+    async def load(self) -> Entry | None:
+        return _copy(self.entry) if self.entry else None
 
-    async def sync(self) -> None:
-        """fdatasync, then mark what it covered as durable."""
-        before = {p.start: p.done for p in self._plan.parts}
-        plan = self._plan
-        await self._partial.sync()
-        if plan is not self._plan:
-            return
-        for part in plan.parts:
-            part.synced = max(part.synced, min(part.done, before.get(part.start, 0)))
-        await self.record()
+    async def save(self, entry: Entry) -> None:
+        self.entry = _copy(entry)
 
-    async def run(self) -> None:
-        syncing = asyncio.create_task(self._sync_loop())
+
+class FileJournal:
+    """A journal in a small JSON file (beside the `.part`, say), replaced atomically.
+
+    Not fsynced: after a power cut it may be older than the bytes, which only loses work
+    (the boot id makes the engine trust only the synced counts then); never newer.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    async def load(self) -> Entry | None:
+        return await asyncio.to_thread(self._read)
+
+    async def save(self, entry: Entry) -> None:
+        await asyncio.to_thread(self._write, entry)
+
+    def forget(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def _read(self) -> Entry | None:
         try:
-            while True:
-                await asyncio.sleep(RECORD_SECONDS)
-                await self.record()
-                if syncing.done():
-                    syncing.result()  # an fdatasync error ends the download
-        finally:
-            syncing.cancel()
+            data = json.loads(self.path.read_text())
+            parts = [Part(**p) for p in data.pop("parts")]
+            return Entry(parts=parts, **data)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return None  # none, or unreadable: start over, which is always safe
 
-    async def _sync_loop(self) -> None:
-        while True:
-            await asyncio.sleep(SYNC_SECONDS)
-            await self.sync()
+    def _write(self, entry: Entry) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary.write_text(json.dumps(asdict(entry)))
+        os.replace(temporary, self.path)
+
+
+def _copy(entry: Entry) -> Entry:
+    parts = [Part(p.start, p.end, p.done, p.synced) for p in entry.parts]
+    return Entry(parts, entry.boot_id, entry.sha256, entry.commit, entry.etag)

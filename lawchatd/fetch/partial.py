@@ -13,18 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from lawchatd.downloads.catalog import ModelSpec
-
 IOV_MAX = 1024  # chunks per pwritev call (the Linux limit)
 T = TypeVar("T")
 
 
-def final_path(models_dir: Path, spec: ModelSpec) -> Path:
-    return models_dir / spec.filename
-
-
-def part_path(models_dir: Path, spec: ModelSpec) -> Path:
-    return models_dir / f"{spec.filename}.part"
+def part_path(final: Path) -> Path:
+    """Where the bytes of `final` gather until they are verified: beside it, `.part` added."""
+    return final.with_name(final.name + ".part")
 
 
 class PartialFile:

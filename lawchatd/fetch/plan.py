@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
-from lawchatd.state.store import Part
+from dataclasses import dataclass
 
 # Parts smaller than this are not worth their own connection: the initial split and an idle
 # connection's steal (half of the largest running part) both respect it.
 MIN_PART = 4 << 20
+
+
+@dataclass
+class Part:
+    """Bytes [start, end) of the file; `done` of them are on disk from `start` on."""
+
+    start: int
+    end: int
+    done: int = 0
+    synced: int = 0  # of `done`, bytes an fdatasync has made durable (a power cut keeps them)
+
+    @property
+    def offset(self) -> int:
+        return self.start + self.done
+
+    @property
+    def remaining(self) -> int:
+        return self.end - self.offset
 
 
 def tiles(parts: list[Part], size: int) -> bool:

@@ -1,32 +1,38 @@
-"""Where the file is: the Hub's answer checked against the catalog before any byte is fetched."""
+"""Where the file is: the Hub's answer checked against the FileRef before any byte is fetched."""
 
 from __future__ import annotations
 
-from lawchatd.downloads.catalog import ModelSpec
+from yarl import URL
+
 from lawchatd.fetch.errors import DownloadFailed
 from lawchatd.fetch.fetcher import Link
+from lawchatd.fetch.ref import FileRef
 from lawchatd.hub.client import HubError, Resolved
 
 
-async def resolve_into(link: Link, spec: ModelSpec) -> Resolved:
-    """Resolve `spec` and point `link` at its bytes; DownloadFailed if upstream differs."""
+async def resolve_into(link: Link, ref: FileRef) -> Resolved:
+    """Resolve `ref` and point `link` at its bytes; DownloadFailed if upstream differs."""
+    if ref.url is not None:  # a plain URL: nothing to ask, the checks at the end guard
+        link.url = URL(ref.url)
+        return Resolved(commit=None, sha256=None, size=None, url=link.url)
+    assert ref.repo is not None and ref.path is not None
     hub = link.hub
     try:
-        resolved = await hub.resolve(spec, spec.revision)
+        resolved = await hub.resolve(ref.repo, ref.revision, ref.path)
     except HubError as exc:
         raise DownloadFailed(str(exc)) from exc
-    if spec.sha256 and resolved.sha256 and resolved.sha256 != spec.sha256:
+    if ref.sha256 and resolved.sha256 and resolved.sha256 != ref.sha256:
         raise DownloadFailed(
             f"the upstream file changed: the Hub reports sha256 {resolved.sha256} for "
-            f"{spec.filename}, the catalog expects {spec.sha256}; nothing was downloaded"
+            f"{ref.name}, the {ref.expected_by} expects {ref.sha256}; nothing was downloaded"
         )
-    if resolved.size is not None and resolved.size != spec.size:
+    if resolved.size is not None and resolved.size != ref.size:
         raise DownloadFailed(
             f"the upstream file changed: the Hub reports {resolved.size} bytes for "
-            f"{spec.filename}, the catalog expects {spec.size}"
+            f"{ref.name}, the {ref.expected_by} expects {ref.size}"
         )
     link.url = resolved.url
-    if resolved.url == hub.resolve_url(spec, spec.revision) and resolved.commit:
+    if resolved.url == hub.url_for(ref.repo, ref.revision, ref.path) and resolved.commit:
         # Served by the Hub itself: pin the commit so a push cannot splice two versions.
-        link.url = hub.resolve_url(spec, resolved.commit)
+        link.url = hub.url_for(ref.repo, resolved.commit, ref.path)
     return resolved

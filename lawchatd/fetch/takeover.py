@@ -14,8 +14,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from lawchatd.fetch.plan import PartPlan
-from lawchatd.state.store import Part
+from lawchatd.fetch.plan import Part, PartPlan
 
 TRUST_AFTER = 1.0  # s a part must have run before its pace says anything
 WORTH_ETA = 1.0  # s: a part that ends sooner than this is left alone

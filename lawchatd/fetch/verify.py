@@ -5,23 +5,34 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
-from lawchatd.downloads.catalog import ModelSpec
 from lawchatd.fetch.gguf import NotGGUF, check_header
-from lawchatd.state.store import DownloadRow, Verified
+from lawchatd.fetch.ref import FileRef
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A final file as it was when its sha256 was checked: changed means check again."""
+
+    filename: str
+    size: int
+    mtime_ns: int
+    inode: int
+    sha256: str
 
 
 def check_bytes(
-    spec: ModelSpec, row: DownloadRow, size: int, digest: str, path: Path
+    ref: FileRef, upstream_sha256: str | None, size: int, digest: str, path: Path
 ) -> str | None:
-    """What is wrong with a finished partial file, in words; None when it is the model."""
-    if size != spec.size:
-        return f"size mismatch: expected {spec.size} bytes, got {size}"
-    for name, want in (("catalog", spec.sha256), ("Hub", row.upstream_sha256)):
+    """What is wrong with a finished partial file, in words; None when it is the file."""
+    if size != ref.size:
+        return f"size mismatch: expected {ref.size} bytes, got {size}"
+    for name, want in ((ref.expected_by, ref.sha256), ("Hub", upstream_sha256)):
         if want and digest != want:
             return f"sha256 mismatch: the {name} expects {want}, the bytes hash to {digest}"
-    if spec.gguf:
+    if ref.gguf:
         try:
             check_header(path)
         except NotGGUF as exc:

@@ -9,8 +9,7 @@ from typing import TypeVar
 
 from lawchatd.fetch.errors import describe
 from lawchatd.fetch.fetcher import Counters, with_retries
-from lawchatd.fetch.status import Phase, Status
-from lawchatd.state.store import DownloadRow
+from lawchatd.fetch.status import Phase
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -19,25 +18,23 @@ T = TypeVar("T")
 class Waits:
     def __init__(
         self,
-        row: DownloadRow,
+        phase: Callable[[], str | None],
         set_phase: Callable[[str | None], None],
+        running: Callable[[], bool],
         counters: Counters,
         *,
         log_as: str,
     ) -> None:
-        self._row, self._set_phase, self._name = row, set_phase, log_as
-        self._counters = counters
+        self._phase, self._set_phase, self._running = phase, set_phase, running
+        self._counters, self._name = counters, log_as
         self._sleepers = 0
         self._phase_before: str | None = None
         self.note: str | None = None  # why the download waits, in words
 
-    def follow(self, row: DownloadRow) -> None:
-        self._row = row  # the row read from the store replaced the fresh one
-
     async def wait(self, delay: float, exc: BaseException, note: str | None) -> None:
         log.warning("%s: %s; retry in %.1fs", self._name, describe(exc), delay)
         if not self._sleepers:
-            self._phase_before = self._row.phase
+            self._phase_before = self._phase()
         self._sleepers += 1
         self.note = note or f"{describe(exc)}; retrying in {delay:.3g} s"
         self._set_phase(Phase.RETRYING)
@@ -45,7 +42,7 @@ class Waits:
             await asyncio.sleep(delay)
         finally:
             self._sleepers -= 1
-            if not self._sleepers and self._row.status == Status.DOWNLOADING:
+            if not self._sleepers and self._running():
                 self._set_phase(self._phase_before)
 
     async def retry(

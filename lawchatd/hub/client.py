@@ -7,27 +7,48 @@ import re
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
-
-from lawchatd.downloads.catalog import ModelSpec
 
 
 class HubError(Exception):
-    """An upstream answer that retrying will not change; the message is for users."""
+    """An upstream answer that retrying will not change; the message is for users.
+
+    `status` and `code` are the Hub's own (HTTP status, X-Error-Code) when it answered, and
+    `hub_message` its X-Error-Message: what a mirror forwards to its clients."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        hub_message: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.hub_message = status, code, hub_message
 
 
 class TransientHubError(Exception):
     """An upstream hiccup (5xx, 429) worth retrying; `wait` overrides the backoff
     (Retry-After), `note` is shown in the progress while waiting."""
 
-    def __init__(self, message: str, *, wait: float | None = None, note: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        wait: float | None = None,
+        note: str | None = None,
+        status: int | None = None,
+    ):
         super().__init__(message)
         self.wait = wait
         self.note = note
+        self.status = status
 
 
 def is_transient(status: int) -> bool:
@@ -41,7 +62,9 @@ def transient(who: str, resp: aiohttp.ClientResponse) -> TransientHubError:
     note = None
     if resp.status == 429:
         note = "rate limited by the Hub" + (f", retrying in {wait:g} s" if wait else "")
-    return TransientHubError(f"{who} answered {resp.status} {resp.reason}", wait=wait, note=note)
+    return TransientHubError(
+        f"{who} answered {resp.status} {resp.reason}", wait=wait, note=note, status=resp.status
+    )
 
 
 _RATELIMIT_T = re.compile(r"\bt=(\d+)")
@@ -63,10 +86,13 @@ def retry_after(headers: CIMultiDictProxy[str]) -> float | None:
 
 @dataclass(frozen=True)
 class Resolved:
-    commit: str | None
-    sha256: str | None
-    size: int | None
+    """The Hub's answer to a resolve (HEAD), parsed once for every user of it."""
+
+    commit: str | None  # X-Repo-Commit
+    sha256: str | None  # X-Linked-Etag: LFS files only
+    size: int | None  # X-Linked-Size, else the length of a file the Hub serves itself
     url: URL  # where the bytes are (the CDN, or the Hub itself for small files)
+    etag: str | None = None  # the ETag: for a small file, its git blob id
 
 
 def strip_etag(value: str | None) -> str | None:
@@ -85,9 +111,6 @@ class HubClient:
         self._endpoint = URL(endpoint)
         self._token = token
 
-    def resolve_url(self, spec: ModelSpec, revision: str) -> URL:
-        return self.url_for(spec.repo, revision, spec.filename)
-
     def url_for(self, repo: str, revision: str, filename: str) -> URL:
         """`{endpoint}/{repo}/resolve/{revision}/{filename}`, quoted as the Hub expects."""
         path = f"{repo}/resolve/{quote(revision, safe='')}/{quote(filename)}"
@@ -99,56 +122,94 @@ class HubClient:
             return {"Authorization": f"Bearer {self._token}"}
         return {}
 
-    async def resolve(self, spec: ModelSpec, revision: str) -> Resolved:
-        url = self.resolve_url(spec, revision)
+    async def resolve(
+        self,
+        repo: str,
+        revision: str,
+        filename: str,
+        *,
+        follow_local: bool = False,
+    ) -> Resolved:
+        """HEAD the file's resolve URL without following a redirect to the CDN.
+
+        `follow_local`: a small file behind a redirect on the Hub's own host (its
+        /api/resolve-cache/...) is asked again there, for its own length and ETag.
+        A caller with a deadline wraps the call in `asyncio.timeout`.
+        """
+        url = self.url_for(repo, revision, filename)
+        status, headers = await self._head(url, repo, revision, filename)
+        target = url
+        if 300 <= status < 400:
+            location = headers.get("Location")
+            if not location:
+                raise HubError(f"the Hub redirected {filename} without a Location", status=502)
+            target = url.join(URL(location, encoded=True))
+            if follow_local and "X-Linked-Etag" not in headers and target.origin() == url.origin():
+                commit = headers.get("X-Repo-Commit")
+                status, headers = await self._head(target, repo, revision, filename)
+                if commit and "X-Repo-Commit" not in headers:
+                    headers["X-Repo-Commit"] = commit
+        size = headers.get("X-Linked-Size")
+        if size is None and status == 200:  # a redirect's length is its own body's
+            size = headers.get("Content-Length")
+        return Resolved(
+            commit=headers.get("X-Repo-Commit"),
+            sha256=strip_etag(headers.get("X-Linked-Etag")),
+            size=int(size) if size and size.isdigit() else None,
+            url=target,
+            etag=strip_etag(headers.get("ETag")),
+        )
+
+    async def _head(
+        self, url: URL, repo: str, revision: str, filename: str
+    ) -> tuple[int, CIMultiDict[str]]:
         async with self._session.head(
             url, headers=self.headers_for(url), allow_redirects=False
         ) as resp:
-            self._raise_for_status(resp, spec, revision)
-            headers = resp.headers
-            if 300 <= resp.status < 400:
-                location = headers.get("Location")
-                if not location:
-                    raise HubError(f"the Hub redirected {spec.filename} without a Location")
-                target = url.join(URL(location, encoded=True))
-            else:
-                target = url
-            size = headers.get("X-Linked-Size")
-            if size is None and resp.status == 200:  # a redirect's length is its own body's
-                size = headers.get("Content-Length")
-            return Resolved(
-                commit=headers.get("X-Repo-Commit"),
-                sha256=strip_etag(headers.get("X-Linked-Etag")),
-                size=int(size) if size and size.isdigit() else None,
-                url=target,
-            )
+            self._raise_for_status(resp, repo, revision, filename)
+            return resp.status, CIMultiDict(resp.headers)
 
-    def _raise_for_status(self, resp: aiohttp.ClientResponse, spec: ModelSpec, rev: str) -> None:
+    def _raise_for_status(
+        self, resp: aiohttp.ClientResponse, repo: str, rev: str, filename: str
+    ) -> None:
         if resp.status < 400:
             return
         code = resp.headers.get("X-Error-Code", "")
-        where = f"{spec.repo}/{spec.filename}"
+        told: dict[str, Any] = {
+            "status": resp.status, "code": code or None,
+            "hub_message": resp.headers.get("X-Error-Message"),
+        }  # fmt: skip
+        where = f"{repo}/{filename}"
         if resp.status in (401, 403):
             if code == "GatedRepo" or self._token:
                 raise HubError(
-                    f"access to {spec.repo} is restricted (gated model): accept its licence on the "
-                    "Hub with your account, and set LAWCHATD_HF_TOKEN to a token that may read it"
+                    f"access to {repo} is restricted (gated model): accept its licence on the "
+                    "Hub with your account, and set LAWCHATD_HF_TOKEN to a token that may read it",
+                    **told,
                 )
             raise HubError(
-                f"the Hub refused access to {where}; set LAWCHATD_HF_TOKEN to a token that may read it"
+                f"the Hub refused access to {where}; set LAWCHATD_HF_TOKEN to a token that may "
+                "read it",
+                **told,
             )
         if resp.status == 404:
             if code == "RepoNotFound":
-                raise HubError(f"the repository {spec.repo} does not exist on the Hub")
+                raise HubError(f"the repository {repo} does not exist on the Hub", **told)
             if code == "RevisionNotFound":
-                raise HubError(f"the revision {rev!r} does not exist in {spec.repo}")
-            raise HubError(f"the file {spec.filename} was not found in {spec.repo} at {rev!r}")
+                raise HubError(f"the revision {rev!r} does not exist in {repo}", **told)
+            raise HubError(f"the file {filename} was not found in {repo} at {rev!r}", **told)
         if is_transient(resp.status):
             raise transient("the Hub", resp)
-        raise HubError(f"the Hub answered {resp.status} {resp.reason} for {where}")
+        raise HubError(f"the Hub answered {resp.status} {resp.reason} for {where}", **told)
 
     def get_range(
-        self, url: URL, start: int, end: int | None, if_range: str | None
+        self,
+        url: URL,
+        start: int,
+        end: int | None,
+        if_range: str | None,
+        *,
+        timeout: aiohttp.ClientTimeout | None = None,
     ) -> aiohttp.client._RequestContextManager:
         """GET bytes [start, end) (to the end of file when `end` is None).
 
@@ -161,4 +222,5 @@ class HubClient:
             headers["Range"] = f"bytes={start}-{last}"
             if if_range:
                 headers["If-Range"] = if_range
-        return self._session.get(url, headers=headers, allow_redirects=True)
+        extra = {} if timeout is None else {"timeout": timeout}
+        return self._session.get(url, headers=headers, allow_redirects=True, **extra)

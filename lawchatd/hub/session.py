@@ -11,24 +11,37 @@ import re
 import ssl
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import aiohttp
+from pydantic import SecretStr
 from yarl import URL
 
 from lawchatd import __version__
 
-if TYPE_CHECKING:  # the settings are read, never built here: no import of the process at run time
-    from lawchatd.process.config import Settings
-
 log = logging.getLogger(__name__)
+
+
+class NetworkSettings(Protocol):
+    """The network settings read here (lawchatd.process.config.Settings has them all)."""
+
+    @property
+    def hf_endpoint(self) -> str: ...
+    @property
+    def proxy(self) -> SecretStr | None: ...
+    @property
+    def ssl_cert_file(self) -> Path | None: ...
+    @property
+    def ca_bundle(self) -> Path | None: ...
+    @property
+    def stall_timeout(self) -> float: ...
 
 
 class CABundleError(ValueError):
     """A CA file that holds no certificate OpenSSL can read."""
 
 
-def ssl_context(settings: Settings) -> ssl.SSLContext:
+def ssl_context(settings: NetworkSettings) -> ssl.SSLContext:
     """The system's trusted CAs plus SSL_CERT_FILE and LAWCHATD_CA_BUNDLE (added, not instead)."""
     context = ssl.create_default_context()
     # With SSL_CERT_FILE set, OpenSSL loads it *instead of* the system file: load that too.
@@ -61,7 +74,7 @@ class ProxyRoute:
     then fails every request that carries the Hub token.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: NetworkSettings) -> None:
         self.env = urllib.request.getproxies()  # {"https": ..., "http": ..., "no": ...}
         self.forced = settings.proxy.get_secret_value() if settings.proxy else None
 
@@ -89,7 +102,7 @@ def _http_only(proxy: str | None) -> str | None:
     return proxy if proxy.startswith("http://") else None
 
 
-def proxy_for(settings: Settings, url: str | URL) -> str | None:
+def proxy_for(settings: NetworkSettings, url: str | URL) -> str | None:
     return ProxyRoute(settings).proxy_for(url)
 
 
@@ -104,7 +117,7 @@ def _request_class(route: ProxyRoute) -> type[aiohttp.ClientRequest]:
     return ProxiedRequest
 
 
-def client_session(settings: Settings) -> aiohttp.ClientSession:
+def client_session(settings: NetworkSettings) -> aiohttp.ClientSession:
     """The session every download shares. Raises CABundleError for an unreadable CA file."""
     context = ssl_context(settings)
     route = ProxyRoute(settings)
@@ -122,7 +135,7 @@ def client_session(settings: Settings) -> aiohttp.ClientSession:
     )
 
 
-def _log_route(settings: Settings, route: ProxyRoute) -> None:
+def _log_route(settings: NetworkSettings, route: ProxyRoute) -> None:
     proxy = route.proxy_for(settings.hf_endpoint)
     way = f"through the proxy at {redact(proxy)}" if proxy else "directly"
     log.info("downloads from %s go %s", settings.hf_endpoint, way)

@@ -49,7 +49,10 @@ class Api:
         org, name = self.core.repo_id(request)  # refuse bad names before they go anywhere
         if not self.core.pull.allows(org, name):
             return None
-        return await self.core.pull.forward_api(request)
+        forwarded = await self.core.pull.forward_api(request)
+        if forwarded is None:
+            return None
+        return web.Response(status=200, body=forwarded.body, headers=forwarded.headers)
 
     async def info(self, request: web.Request) -> web.Response:
         if (forwarded := await self._forwarded(request)) is not None:

@@ -15,10 +15,12 @@ from lawchatd.mirror.api import Api
 from lawchatd.mirror.core import Core, Refused
 from lawchatd.mirror.digests import Digests
 from lawchatd.mirror.files import Files
+from lawchatd.mirror.index import RepoIndex
 from lawchatd.mirror.signing import Signer
 
 if TYPE_CHECKING:
-    from lawchatd.mirror.fetcher import FetchOptions
+    from lawchatd.fetch import FetchOptions
+    from lawchatd.hub.session import NetworkSettings
 
 log = logging.getLogger("lawchatd.mirror")
 
@@ -44,11 +46,13 @@ def create_mirror_app(
     upstream_token: str | None = None,
     fetch_options: FetchOptions | None = None,
     upstream_repos: Sequence[str] = (),
+    network: NetworkSettings | None = None,
 ) -> web.Application:
     """An aiohttp app serving ``root/<org>/<repo>/<file>`` like the Hub (see files.py, api.py).
 
     With `upstream`, files DIR lacks are fetched from there on first request (pull.py), for
-    the repos matching `upstream_repos` (fnmatch patterns; none given: every repo).
+    the repos matching `upstream_repos` (fnmatch patterns; none given: every repo), through
+    the proxy and CA files of `network` (`lawchatd mirror` passes the daemon's Settings).
     """
     real_root = Path(os.path.realpath(root))
     core = Core(
@@ -57,6 +61,7 @@ def create_mirror_app(
         signer=Signer(token) if token else None,
         cdn_base=cdn_base.rstrip("/") if cdn_base else None,
         digests=Digests(),
+        index=RepoIndex(real_root),
     )
     app = web.Application(middlewares=[_refusals])
     app[CORE] = core
@@ -64,8 +69,9 @@ def create_mirror_app(
         from lawchatd.mirror.pull import PullThrough
 
         core.pull = PullThrough(
-            core, upstream.rstrip("/"), upstream_token, fetch_options, upstream_repos
-        )
+            core.index, core.digests, upstream.rstrip("/"), upstream_token, fetch_options,
+            upstream_repos, network,
+        )  # fmt: skip
         app.cleanup_ctx.append(core.pull.lifetime)
     app.router.add_get("/_mirror/status", _status)
     app.add_routes(Files(core).routes())
@@ -118,6 +124,7 @@ async def run_mirror(
     upstream: str | None = None,
     upstream_token: str | None = None,
     upstream_repos: Sequence[str] = (),
+    network: NetworkSettings | None = None,
 ) -> None:
     """Serve ``root`` until cancelled."""
     root = Path(root)
@@ -130,6 +137,7 @@ async def run_mirror(
         upstream=upstream,
         upstream_token=upstream_token,
         upstream_repos=upstream_repos,
+        network=network,
     )
     # A short shutdown: a multi-GB response in flight must not hold up Ctrl-C for a minute.
     runner = web.AppRunner(app, shutdown_timeout=2.0)

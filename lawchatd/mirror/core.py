@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,13 +10,15 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from lawchatd.mirror.answers import Refusal
 from lawchatd.mirror.digests import Digests
+from lawchatd.mirror.index import RepoIndex
 from lawchatd.mirror.paths import BadPath, is_hidden, segments
 from lawchatd.mirror.repo import Repo
 from lawchatd.mirror.signing import Signer
 
 if TYPE_CHECKING:
-    from lawchatd.mirror.pull import PullThrough
+    from lawchatd.mirror.pull import PullThrough  # pull.py imports nothing of the routes
 
 MAIN = "main"
 
@@ -43,6 +44,10 @@ def error(
     return web.json_response({"error": message}, status=status, headers=extra, reason=reason)
 
 
+def refusal(answer: Refusal) -> web.Response:
+    return error(answer.status, answer.code, answer.message, reason=answer.reason)
+
+
 class Refused(Exception):
     """Raised by a helper, caught by the route: this response is the answer."""
 
@@ -58,6 +63,7 @@ class Core:
     signer: Signer | None
     cdn_base: str | None
     digests: Digests
+    index: RepoIndex
     pull: PullThrough | None = None
 
     def repo_id(self, request: web.Request) -> tuple[str, str]:
@@ -70,12 +76,9 @@ class Core:
             raise Refused(error(404, "RepoNotFound", "Repository not found"))
         return org, name
 
-    async def scan(self, org: str, name: str) -> Repo | None:
-        return await asyncio.to_thread(Repo.scan, self.root, self.root / org / name)
-
     async def repo(self, request: web.Request) -> Repo:
-        """The repo named in the URL, or Refused with the Hub's 404."""
-        repo = await self.scan(*self.repo_id(request))
+        """The repo named in the URL, scanned afresh, or Refused with the Hub's 404."""
+        repo = await self.index.scan(*self.repo_id(request))
         if repo is None:
             raise Refused(error(404, "RepoNotFound", "Repository not found"))
         return repo

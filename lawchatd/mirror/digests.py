@@ -12,7 +12,6 @@ from lawchatd.mirror.paths import SIDECAR
 from lawchatd.mirror.repo import Entry, git_blob_oid
 
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
-_Key = tuple[Path, int, int]
 
 
 def blob_oid_file(path: Path) -> str:
@@ -40,12 +39,12 @@ class Digests:
     """Bounded by the files in DIR: one cached value per path, replaced when the file changes."""
 
     def __init__(self) -> None:
-        self._done: dict[tuple[str, Path], tuple[int, int, str]] = {}
-        self._running: dict[tuple[str, _Key], asyncio.Task[str]] = {}
+        self._done: dict[tuple[str, Path], tuple[object, str]] = {}
+        self._running: dict[tuple[str, Path, object], asyncio.Task[str]] = {}
 
     async def sha256(self, entry: Entry) -> str:
-        """From `<file>.sha256` when there is one, else hashed; either once per version (a
-        publish replaces the file with its sidecar, and so the cache key)."""
+        """From `<file>.sha256` when there is one, else hashed; either once per version of the
+        file and its sidecar (a publish replaces both, and so the cache key)."""
         return await self._get("sha256", entry, sidecar_or_hash)
 
     async def blob_oid(self, entry: Entry) -> str:
@@ -53,9 +52,9 @@ class Digests:
 
     async def _get(self, kind: str, entry: Entry, compute: Callable[[Path], str]) -> str:
         cached = self._done.get((kind, entry.path))
-        if cached and cached[:2] == (entry.size, entry.mtime_ns):
-            return cached[2]
-        key = (kind, (entry.path, entry.size, entry.mtime_ns))
+        if cached and cached[0] == entry.stamps:
+            return cached[1]
+        key = (kind, entry.path, entry.stamps)
         task = self._running.get(key)
         if task is None:
             # One hash per file even when several connections ask at once.
@@ -63,5 +62,5 @@ class Digests:
             self._running[key] = task
             task.add_done_callback(lambda _t: self._running.pop(key, None))
         value = await asyncio.shield(task)
-        self._done[(kind, entry.path)] = (entry.size, entry.mtime_ns, value)
+        self._done[(kind, entry.path)] = (entry.stamps, value)
         return value

@@ -11,28 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass
 from urllib.parse import quote
 
 from aiohttp import web
 
+from lawchatd.mirror.answers import FileMeta, Filling, InDir, Refusal, ToCdn
 from lawchatd.mirror.body import FileSource, Source, send_body
-from lawchatd.mirror.core import MAIN, Core, Refused, error
+from lawchatd.mirror.core import MAIN, Core, Refused, error, refusal
+from lawchatd.mirror.inflight import FillingSource
 from lawchatd.mirror.paths import BadPath, open_inside, segments
 from lawchatd.mirror.ranges import Unsatisfiable, cdn_etag, parse_range
 from lawchatd.mirror.repo import Entry, Repo
 
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
-
-
-@dataclass(frozen=True)
-class FileMeta:
-    """What resolve reports about one file, from DIR or from the upstream."""
-
-    commit: str
-    sha256: str | None  # LFS files only
-    size: int
-    etag: str  # quoted; the sha256 for LFS, the git blob oid otherwise
 
 
 class Files:
@@ -59,13 +50,23 @@ class Files:
         core.require_token(request)
         org, name = core.repo_id(request)
         relpath, revision = self.relpath(request), request.match_info["revision"]
-        repo = await core.scan(org, name)
+        repo = await core.index.get(org, name, relpath)
         entry = repo.entries.get(relpath) if repo else None
         if repo is not None and entry is not None and revision in (MAIN, repo.commit):
             return await self.answer_local(request, repo, entry)
         if core.pull is not None and core.pull.allows(org, name):
-            # An upstream commit: the upstream says which bytes that is (DIR may hold others).
-            return await core.pull.resolve(request, self, org, name, revision, relpath)
+            answer = await core.pull.resolve(org, name, revision, relpath)
+            if isinstance(answer, Refusal):
+                return refusal(answer)
+            if isinstance(answer, ToCdn):
+                return self.redirect(request, answer.meta, answer.relpath)
+            if answer.meta is not None:
+                return await self.serve_entry(request, answer.meta, answer.entry)
+            # DIR's copy, offline, as DIR describes it.
+            repo = await core.index.get(org, name, relpath)
+            if repo is None:
+                return error(404, "RepoNotFound", "Repository not found")
+            return await self.answer_local(request, repo, answer.entry)
         if repo is None:
             return error(404, "RepoNotFound", "Repository not found")
         core.check_revision(repo, revision, org, name)
@@ -80,7 +81,7 @@ class Files:
             return self.redirect(request, meta, entry.relpath)
         oid = await self.core.digests.blob_oid(entry)
         meta = FileMeta(repo.commit, None, entry.size, f'"{oid}"')
-        return await self.serve(request, meta, await self.open_local(entry), entry.size)
+        return await self.serve_entry(request, meta, entry)
 
     def redirect(self, request: web.Request, meta: FileMeta, relpath: str) -> web.Response:
         assert meta.sha256 is not None
@@ -107,26 +108,28 @@ class Files:
         if core.token is not None and not signed and not core.authorized(request):
             # What the Hub's CDN says to an expired or forged presigned URL: resolve again.
             return error(403, None, "Request has expired or is not signed; resolve the file again")
-        repo = await core.scan(org, name)
+        repo = await core.index.get(org, name, relpath)
         entry = repo.entries.get(relpath) if repo else None
         commit = request.query.get("commit", "")
         if entry is not None and await core.digests.sha256(entry) == sha:
             assert repo is not None
-            meta = FileMeta(
-                commit if _COMMIT_RE.fullmatch(commit) else repo.commit, sha, entry.size, f'"{sha}"'
-            )
-            return await self.serve(
-                request, meta, await self.open_local(entry), entry.size, cdn=True
-            )
+            meta = FileMeta(_commit(commit, repo.commit), sha, entry.size, f'"{sha}"')
+            return await self.serve_entry(request, meta, entry, cdn=True)
         if core.pull is not None and core.pull.allows(org, name):
             found = await core.pull.source(org, name, relpath, sha)
-            if found is not None:
-                source, size = found
-                meta = FileMeta(
-                    commit if _COMMIT_RE.fullmatch(commit) else "0" * 40, sha, size, f'"{sha}"'
-                )
-                return await self.serve(request, meta, source, size, cdn=True)
+            if isinstance(found, InDir):
+                meta = FileMeta(_commit(commit, "0" * 40), sha, found.entry.size, f'"{sha}"')
+                return await self.serve_entry(request, meta, found.entry, cdn=True)
+            if isinstance(found, Filling):
+                size = found.fetch.file.size
+                meta = FileMeta(_commit(commit, "0" * 40), sha, size, f'"{sha}"')
+                return await self.serve(request, meta, FillingSource(found.fetch), size, cdn=True)
         return error(404, None, "This file changed since it was resolved")
+
+    async def serve_entry(
+        self, request: web.Request, meta: FileMeta, entry: Entry, *, cdn: bool = False
+    ) -> web.StreamResponse:
+        return await self.serve(request, meta, await self.open_local(entry), entry.size, cdn=cdn)
 
     async def open_local(self, entry: Entry) -> FileSource:
         try:
@@ -185,3 +188,8 @@ async def _serve(
     if request.method == "GET" and end >= start:
         await send_body(request, resp, source, start, end - start + 1)
     return resp
+
+
+def _commit(given: str, otherwise: str) -> str:
+    """The commit a /cdn/ URL names (the one resolve handed out), if it is one."""
+    return given if _COMMIT_RE.fullmatch(given) else otherwise

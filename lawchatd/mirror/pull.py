@@ -16,30 +16,29 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
 
+from lawchatd.fetch import FetchOptions
 from lawchatd.fetch.errors import describe
-from lawchatd.mirror.body import FileSource, Source
-from lawchatd.mirror.core import Core, error
-from lawchatd.mirror.fetcher import (
-    EngineFetch,
-    FetchFailed,
-    FetchOptions,
+from lawchatd.hub.session import NetworkSettings
+from lawchatd.mirror.answers import FileMeta, Filling, Forwarded, InDir, Refusal, ToCdn
+from lawchatd.mirror.digests import Digests
+from lawchatd.mirror.engine_fetch import EngineFetch, FetchFailed
+from lawchatd.mirror.index import RepoIndex
+from lawchatd.mirror.inflight import Fetch
+from lawchatd.mirror.landing import load_commits, publish, save_json
+from lawchatd.mirror.paths import may_create
+from lawchatd.mirror.repo import Entry
+from lawchatd.mirror.upstream import (
+    METADATA_TIMEOUT,
+    Upstream,
+    UpstreamError,
+    UpstreamFile,
+    UpstreamNetwork,
     upstream_session,
 )
-from lawchatd.mirror.landing import load_commits, publish, save_json
-from lawchatd.mirror.partial import Fetch, Fetcher, PartialSource
-from lawchatd.mirror.paths import may_create, open_inside
-from lawchatd.mirror.repo import Entry
-from lawchatd.mirror.stream_fetch import StreamFetch
-from lawchatd.mirror.upstream import METADATA_TIMEOUT, Upstream, UpstreamError, UpstreamFile
-from lawchatd.state.store import Store
-
-if TYPE_CHECKING:
-    from lawchatd.mirror.files import Files
 
 log = logging.getLogger("lawchatd.mirror")
 
@@ -50,28 +49,30 @@ COMMITS = "upstream-commits.json"
 class PullThrough:
     def __init__(
         self,
-        core: Core,
+        index: RepoIndex,
+        digests: Digests,
         endpoint: str,
         token: str | None,
         options: FetchOptions | None = None,
         repos: Sequence[str] = (),
+        network: NetworkSettings | None = None,
     ) -> None:
-        self.core, self.endpoint, self._token = core, endpoint, token
+        self.index, self.digests = index, digests
+        self.root = index.root
+        self.endpoint, self._token = endpoint, token
         self.options = options or FetchOptions()
+        self._network = UpstreamNetwork.of(endpoint, self.options.stall_timeout, network)
         self._repos = tuple(repos)  # fnmatch patterns of repos that may be fetched; () = all
         self._commits: dict[str, set[str]] = {}  # upstream commits handed out, per repo
         self._saving = asyncio.Lock()
         self._fetches: dict[str, Fetch] = {}  # in flight, by "<repo>/<path>"
         self._upstream: Upstream | None = None
-        self._store: Store | None = None
 
     async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
-        """aiohttp cleanup_ctx: the upstream session and the downloader's store."""
-        session = upstream_session(self.options, self.endpoint)
+        """aiohttp cleanup_ctx: the upstream session, and the commits handed out before."""
+        session = upstream_session(self._network)
         self._upstream = Upstream(session, self.endpoint, self._token)
-        # The downloader's state (parts done per file), so fetches resume across restarts.
-        self._store = await Store.open(self.core.root / STAGING / "fetches.sqlite3")
-        self._commits = await asyncio.to_thread(load_commits, self.core.root / STAGING / COMMITS)
+        self._commits = await asyncio.to_thread(load_commits, self.root / STAGING / COMMITS)
         try:
             yield
         finally:
@@ -79,7 +80,6 @@ class PullThrough:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)  # partials kept for next time
-            await self._store.close()
             await session.close()
 
     # ---- what the routes ask --------------------------------------------------------------
@@ -100,7 +100,7 @@ class PullThrough:
         snapshot = {repo: sorted(commits) for repo, commits in self._commits.items()}
         try:
             async with self._saving:  # one writer of the file at a time
-                await asyncio.to_thread(save_json, self.core.root / STAGING / COMMITS, snapshot)
+                await asyncio.to_thread(save_json, self.root / STAGING / COMMITS, snapshot)
         except OSError as exc:
             log.warning("could not record upstream commits: %s", exc)
 
@@ -110,14 +110,14 @@ class PullThrough:
                 "repo": f.file.repo_id,
                 "path": f.file.relpath,
                 "size": f.file.size,
-                "downloaded": f.fetcher.downloaded(),
+                "downloaded": f.transfer.downloaded(),
                 "sha256": f.file.sha256,
                 "started_at": f.started,
             }
             for f in self._fetches.values()
         ]
 
-    async def forward_api(self, request: web.Request) -> web.Response | None:
+    async def forward_api(self, request: web.Request) -> Forwarded | None:
         """The upstream's answer to an /api/ call; None (answer from DIR) unless it is a 200.
 
         The upstream knows the whole repo, DIR only what was fetched so far: snapshot_download
@@ -145,54 +145,55 @@ class PullThrough:
             sha = json.loads(body).get("sha")  # model_info names the commit (a tree is a list)
             if isinstance(sha, str) and len(sha) == 40:
                 await self._remember(_repo_of(request), sha)
-        return web.Response(status=200, body=body, headers=headers)
+        return Forwarded(body, headers)
 
     async def resolve(
-        self, request: web.Request, files: Files, org: str, name: str, revision: str, relpath: str
-    ) -> web.StreamResponse:
-        from lawchatd.mirror.files import FileMeta
-
+        self, org: str, name: str, revision: str, relpath: str
+    ) -> InDir | ToCdn | Refusal:
+        """What to answer for a file at an upstream revision: the upstream says which bytes
+        that is (DIR may hold others). LFS files go to /cdn/ while their fetch starts; small
+        files are fetched whole first (they are small), then served from DIR."""
         assert self._upstream is not None
+        repo_id = f"{org}/{name}"
         try:
-            file = await self._upstream.head(f"{org}/{name}", revision, relpath)
+            file = await self._upstream.head(repo_id, revision, relpath)
         except UpstreamError as exc:
-            if exc.status != 502:
-                return error(exc.status, exc.code, exc.message)
-            repo = await self.core.scan(org, name)
-            entry = repo.entries.get(relpath) if repo else None
-            if repo and entry and self.knows_commit(f"{org}/{name}", revision):
-                return await files.answer_local(request, repo, entry)  # offline: DIR's copy
-            log.warning("pull-through of %s/%s/%s: %s", org, name, relpath, exc.message)
-            # lawchatd's daemon shows the status line: say there what went wrong.
-            return error(502, None, exc.message, reason=f"Bad Gateway: {exc.message}"[:200])
+            return await self._unanswered(exc, org, name, revision, relpath)
         await self._remember(file.repo_id, file.commit)
-        if not await asyncio.to_thread(may_create, self.core.root, self._target(file)):
-            return error(404, "RepoNotFound", "Repository not found")  # a link out of DIR
+        if not await asyncio.to_thread(may_create, self.root, self._target(file)):
+            return Refusal(404, "RepoNotFound", "Repository not found")  # a link out of DIR
         if file.sha256 is not None:
             if await self._local(file) is None:
                 self._start(file)
-            meta = FileMeta(file.commit, file.sha256, file.size, f'"{file.sha256}"')
-            return files.redirect(request, meta, relpath)
-        # A small file: fetched whole (it is small), then answered from DIR like any other.
+            return ToCdn(FileMeta(file.commit, file.sha256, file.size, f'"{file.sha256}"'), relpath)
         entry = await self._local(file)
         if entry is None:
             fetch = self._start(file)
             assert fetch.task is not None
             await asyncio.shield(fetch.task)  # returns None on failure, with fetch.failed set
             if fetch.failed:
-                return error(
-                    502, None, f"fetching {relpath} from the upstream failed: {fetch.failed}"
-                )
-            repo = await self.core.scan(org, name)
-            entry = repo.entries.get(relpath) if repo else None
-        meta = FileMeta(file.commit, None, file.size, f'"{file.blob_oid}"')
+                message = f"fetching {relpath} from the upstream failed: {fetch.failed}"
+                return Refusal(502, None, message)
+            entry = await self._entry(org, name, relpath)
         if entry is None:  # removed from DIR in the meantime
-            return error(404, "EntryNotFound", "Entry not found")
-        return await files.serve(request, meta, await files.open_local(entry), entry.size)
+            return Refusal(404, "EntryNotFound", "Entry not found")
+        return InDir(entry, FileMeta(file.commit, None, file.size, f'"{file.blob_oid}"'))
+
+    async def _unanswered(
+        self, exc: UpstreamError, org: str, name: str, revision: str, relpath: str
+    ) -> InDir | Refusal:
+        if exc.status != 502:
+            return Refusal(exc.status, exc.code, exc.message)
+        entry = await self._entry(org, name, relpath)
+        if entry is not None and self.knows_commit(f"{org}/{name}", revision):
+            return InDir(entry)  # offline: DIR's copy of a commit handed out before
+        log.warning("pull-through of %s/%s/%s: %s", org, name, relpath, exc.message)
+        # lawchatd's daemon shows the status line: say there what went wrong.
+        return Refusal(502, None, exc.message, reason=f"Bad Gateway: {exc.message}"[:200])
 
     async def source(
         self, org: str, name: str, relpath: str, sha256: str
-    ) -> tuple[Source, int] | None:
+    ) -> InDir | Filling | None:
         """The bytes of `sha256` while they are being fetched (starting the fetch if need be)."""
         fetch = self._fetches.get(f"{org}/{name}/{relpath}")
         if fetch is None or fetch.file.sha256 != sha256:
@@ -203,31 +204,33 @@ class PullThrough:
                 return None
             if file.sha256 != sha256:
                 return None
-            if not await asyncio.to_thread(may_create, self.core.root, self._target(file)):
+            if not await asyncio.to_thread(may_create, self.root, self._target(file)):
                 return None
-            if await self._local(file) is not None:  # the fetch ended since the caller looked
-                target = self.core.root / file.repo_id / relpath
-                fd = await asyncio.to_thread(open_inside, self.core.root, target)
-                return FileSource(fd), file.size
+            if (entry := await self._local(file)) is not None:  # the fetch ended meanwhile
+                return InDir(entry)
             fetch = self._start(file)
-        return PartialSource(fetch), fetch.file.size
+        return Filling(fetch)
 
     # ---- fetching ---------------------------------------------------------------------------
 
+    async def _entry(self, org: str, name: str, relpath: str) -> Entry | None:
+        repo = await self.index.get(org, name, relpath)
+        return repo.entries.get(relpath) if repo else None
+
     async def _local(self, file: UpstreamFile) -> Entry | None:
         """DIR's entry when it holds exactly this file (a fetch may have finished meanwhile)."""
-        repo = await self.core.scan(*file.repo_id.split("/"))
-        entry = repo.entries.get(file.relpath) if repo else None
+        org, name = file.repo_id.split("/")
+        entry = await self._entry(org, name, file.relpath)
         if entry is None or entry.size != file.size:
             return None
         if file.sha256 is not None:
-            same = await self.core.digests.sha256(entry) == file.sha256
+            same = await self.digests.sha256(entry) == file.sha256
         else:
-            same = file.blob_oid is None or await self.core.digests.blob_oid(entry) == file.blob_oid
+            same = file.blob_oid is None or await self.digests.blob_oid(entry) == file.blob_oid
         return entry if same else None
 
     def _target(self, file: UpstreamFile) -> Path:
-        return self.core.root / file.repo_id / file.relpath
+        return self.root / file.repo_id / file.relpath
 
     def _start(self, file: UpstreamFile) -> Fetch:
         key = f"{file.repo_id}/{file.relpath}"
@@ -240,25 +243,17 @@ class PullThrough:
         if older is not None:
             older.cancel()
         fetch = Fetch(file, self._target(file))
-        fetch.fetcher = self._fetcher(file, fetch.notify)
+        fetch.transfer = self._transfer(file, fetch.notify)
         fetch.task = asyncio.create_task(self._run(key, fetch, after=older))
         self._fetches[key] = fetch
         log.info("fetching %s (%d bytes) from %s", key, file.size, self.endpoint)
         return fetch
 
-    def _fetcher(self, file: UpstreamFile, on_change: Callable[[], None]) -> Fetcher:
-        assert self._upstream is not None and self._store is not None
-        staging = self.core.root / STAGING
-        if file.sha256 is not None:  # LFS: parallel, resumable, hashed as it arrives
-            return EngineFetch(
-                store=self._store, session=self._upstream.session, endpoint=self.endpoint,
-                token=self._token, staging=staging, repo_id=file.repo_id, relpath=file.relpath,
-                commit=file.commit, size=file.size, sha256=file.sha256, options=self.options,
-                on_change=on_change,
-            )  # fmt: skip
-        return StreamFetch(
-            upstream=self._upstream, file=file, staging=staging, options=self.options,
-            on_change=on_change,
+    def _transfer(self, file: UpstreamFile, on_change: Callable[[], None]) -> EngineFetch:
+        assert self._upstream is not None
+        return EngineFetch(
+            hub=self._upstream.hub, file=file, staging=self.root / STAGING,
+            options=self.options, on_change=on_change,
         )  # fmt: skip
 
     async def _run(
@@ -269,8 +264,8 @@ class PullThrough:
         try:
             if after is not None:
                 await asyncio.gather(after, return_exceptions=True)
-            verified = await fetch.fetcher.run()
-            await asyncio.to_thread(publish, verified, fetch.target, fetch.file, self.core.root)
+            verified = await fetch.transfer.run()
+            await asyncio.to_thread(publish, verified, fetch.target, fetch.file, self.root)
             log.info("fetched %s: verified, now served from %s", key, fetch.target)
             return fetch.target
         except asyncio.CancelledError:

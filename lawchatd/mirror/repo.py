@@ -5,10 +5,12 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
-from dataclasses import dataclass
+import stat
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from lawchatd.mirror.paths import inside, is_hidden
+from lawchatd.mirror.paths import SIDECAR, inside, is_hidden
 
 # The Hub stores files over 10 MB in LFS whatever .gitattributes says.
 LFS_MIN_SIZE = 10 << 20
@@ -52,6 +54,9 @@ DEFAULT_LFS = [
 ]
 
 
+Stamp = tuple[int, int]  # (size, mtime_ns) of a file, (0, mtime_ns) of a folder
+
+
 @dataclass(frozen=True)
 class Entry:
     relpath: str  # posix, relative to the repo folder
@@ -59,12 +64,22 @@ class Entry:
     size: int
     mtime_ns: int
     lfs: bool
+    sidecar: Stamp | None = None  # of `<file>.sha256`, if there is one
+
+    @property
+    def stamps(self) -> tuple[Stamp, Stamp | None]:
+        """What tells this version of the file from the next (the digests' cache key)."""
+        return (self.size, self.mtime_ns), self.sidecar
 
 
 @dataclass(frozen=True)
 class Repo:
     commit: str
     entries: dict[str, Entry]  # visible files only, by relpath
+    # Every folder walked and .gitattributes, as the scan saw them: a file added, removed or
+    # renamed (a publish) changes its folder's mtime, so the scan holds while these do (index.py).
+    watched: dict[Path, Stamp | None] = field(default_factory=dict)
+    scanned_ns: int = 0  # wall clock when the scan began
 
     def folders(self) -> set[str]:
         """Every folder that holds a visible file (relpaths, without the root "")."""
@@ -79,35 +94,59 @@ class Repo:
         """Blocking: list the repo folder (run in a thread). None if it is not a folder in root."""
         if not repo_dir.is_dir() or not inside(root, repo_dir):
             return None
-        found = list(_walk(root, repo_dir))
-        found.sort()
+        scanned_ns = time.time_ns()
+        watched: dict[Path, Stamp | None] = {}
+        found = sorted(_walk(root, repo_dir, watched))
+        watched[repo_dir / ".gitattributes"] = stamp(repo_dir / ".gitattributes")
         # Sidecars count towards the commit: a new checksum is a new version of the repo.
         digest = hashlib.sha1()
         for rel, _, size, mtime_ns in found:
             digest.update(f"{rel}\0{size}\0{mtime_ns}\n".encode())
+        seen = {rel: (size, mtime_ns) for rel, _, size, mtime_ns in found}
         patterns = _lfs_patterns(repo_dir)
         entries = {
-            rel: Entry(rel, path, size, mtime_ns, _is_lfs(rel, size, patterns))
+            rel: Entry(
+                rel, path, size, mtime_ns, _is_lfs(rel, size, patterns), seen.get(rel + SIDECAR)
+            )
             for rel, path, size, mtime_ns in found
             if not is_hidden(rel)
         }
-        return Repo(digest.hexdigest(), entries)
+        return Repo(digest.hexdigest(), entries, watched, scanned_ns)
 
 
-def _walk(root: Path, repo_dir: Path):
-    # Linked folders are not descended (followlinks=False); linked files are kept only when
-    # their real path is inside DIR: DIR/org/etc-link -> /etc serves nothing.
-    for dirpath, dirnames, filenames in os.walk(repo_dir):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
+def stamp(path: Path) -> Stamp | None:
+    """Blocking: (size, mtime_ns) of a file, (0, mtime_ns) of a folder; None if absent."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (0 if stat.S_ISDIR(st.st_mode) else st.st_size), st.st_mtime_ns
+
+
+def _walk(root: Path, repo_dir: Path, folders: dict[Path, Stamp | None]):
+    # Linked folders are not descended; linked files are kept only when their real path is
+    # inside DIR: DIR/org/etc-link -> /etc serves nothing.
+    todo = [repo_dir]
+    while todo:
+        folder = todo.pop()
+        folders[folder] = stamp(folder)  # before listing: a change during the scan shows later
+        try:
+            with os.scandir(folder) as listing:
+                names = [(e.name, e.is_dir(follow_symlinks=False)) for e in listing]
+        except OSError:
+            continue
+        for name, is_folder in names:
             if name.startswith(".") and name != ".gitattributes":
                 continue
-            path = Path(dirpath, name)
+            path = folder / name
+            if is_folder:
+                todo.append(path)
+                continue
             try:
                 st = path.stat()
             except OSError:
                 continue  # vanished or a broken link
-            if not path.is_file() or (path.is_symlink() and not inside(root, path)):
+            if not stat.S_ISREG(st.st_mode) or (path.is_symlink() and not inside(root, path)):
                 continue
             yield path.relative_to(repo_dir).as_posix(), path, st.st_size, st.st_mtime_ns
 

@@ -1,22 +1,29 @@
-"""Asking the upstream Hub what a file is (HEAD resolve), for the pull-through mirror."""
+"""The upstream Hub as pull-through sees it: its session, and what a file is (one HEAD resolve,
+parsed by HubClient.resolve like every download's)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
-from multidict import CIMultiDict
+from pydantic import SecretStr
 from yarl import URL
 
+from lawchatd import __version__
 from lawchatd.fetch.errors import describe
-from lawchatd.hub.client import HubClient, strip_etag
+from lawchatd.hub.client import HubClient, HubError, Resolved, TransientHubError
+from lawchatd.hub.session import NetworkSettings, client_session
 
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 # Metadata calls must answer before the client's own timeout (huggingface_hub: 10 s), so that
 # it gets the mirror's clear 502 rather than a timeout of its own.
-METADATA_TIMEOUT = aiohttp.ClientTimeout(total=8)
+METADATA_SECONDS = 8.0
+METADATA_TIMEOUT = aiohttp.ClientTimeout(total=METADATA_SECONDS)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _OID = re.compile(r"[0-9a-f]{40}")
+_FORWARDED = (401, 403, 404, 429)  # refusals a client should see as they are; the rest is a 502
 
 
 class UpstreamError(Exception):
@@ -37,72 +44,76 @@ class UpstreamFile:
     blob_oid: str | None  # small files: the ETag, a git blob id
 
 
+@dataclass(frozen=True)
+class UpstreamNetwork:
+    """The session's settings (hub.session.NetworkSettings) for the upstream: its endpoint,
+    the stall timeout, and the proxy and CA files of the network given (none: the system's)."""
+
+    hf_endpoint: str
+    stall_timeout: float
+    proxy: SecretStr | None = None
+    ssl_cert_file: Path | None = None
+    ca_bundle: Path | None = None
+
+    @classmethod
+    def of(
+        cls, endpoint: str, stall_timeout: float, network: NetworkSettings | None
+    ) -> UpstreamNetwork:
+        if network is None:
+            return cls(endpoint, stall_timeout)
+        return cls(endpoint, stall_timeout, network.proxy, network.ssl_cert_file, network.ca_bundle)
+
+
+def upstream_session(network: UpstreamNetwork) -> aiohttp.ClientSession:
+    """The daemon's own session, for everything the mirror asks of its upstream: an office
+    mirror goes through the proxy and trusts the CA files that `lawchatd serve` would."""
+    session = client_session(network)
+    session.headers["User-Agent"] = f"lawchatd-mirror/{__version__}"
+    return session
+
+
 class Upstream:
     def __init__(self, session: aiohttp.ClientSession, endpoint: str, token: str | None) -> None:
         self.session = session
         self.endpoint = endpoint.rstrip("/")
-        self._hub = HubClient(session, self.endpoint, token)  # URLs, and the token's origin
+        self.hub = HubClient(session, self.endpoint, token)
 
     def endpoint_url(self, path: URL) -> URL:
         """The same path and query on the upstream."""
         return URL(self.endpoint + str(path), encoded=True)
 
-    def resolve_url(self, repo_id: str, revision: str, relpath: str) -> URL:
-        return self._hub.url_for(repo_id, revision, relpath)
-
     def headers(self, url: URL) -> dict[str, str]:
         # The token is for the upstream Hub only, never for a CDN it redirects to; the
         # session carries the User-Agent.
-        return {**self._hub.headers_for(url), "Accept-Encoding": "identity"}
+        return {**self.hub.headers_for(url), "Accept-Encoding": "identity"}
 
     async def head(self, repo_id: str, revision: str, relpath: str) -> UpstreamFile:
-        url = self.resolve_url(repo_id, revision, relpath)
         try:
-            headers = await self._head(url)
-            location = headers.get("Location")
-            if not headers.get("X-Linked-Etag") and location:
-                # A small file behind a same-host redirect (the Hub's /api/resolve-cache/...).
-                target = url.join(URL(location, encoded=True))
-                if target.origin() == url.origin():
-                    commit = headers.get("X-Repo-Commit")
-                    headers = await self._head(target)
-                    if commit and "X-Repo-Commit" not in headers:
-                        headers["X-Repo-Commit"] = commit
+            async with asyncio.timeout(METADATA_SECONDS):
+                resolved = await self.hub.resolve(repo_id, revision, relpath, follow_local=True)
+        except HubError as exc:
+            status = exc.status if exc.status in _FORWARDED else 502
+            raise UpstreamError(status, exc.code, exc.hub_message or str(exc)) from exc
+        except TransientHubError as exc:
+            status = 429 if exc.status == 429 else 502
+            raise UpstreamError(status, None, f"the upstream {self.endpoint}: {exc}") from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             reason = describe(exc)  # proxy/TLS/DNS in words; no presigned signature
             raise UpstreamError(
                 502, None, f"the upstream {self.endpoint} is unreachable: {reason}"
             ) from exc
-        return self._file(repo_id, relpath, headers)
+        return _file(repo_id, relpath, resolved)
 
-    async def _head(self, url: URL) -> CIMultiDict[str]:
-        async with self.session.head(
-            url, headers=self.headers(url), allow_redirects=False, timeout=METADATA_TIMEOUT
-        ) as resp:
-            self._check(resp)
-            return CIMultiDict(resp.headers)
 
-    def _check(self, resp: aiohttp.ClientResponse) -> None:
-        if resp.status < 400:
-            return
-        code = resp.headers.get("X-Error-Code")
-        message = resp.headers.get("X-Error-Message") or f"the upstream answered {resp.status}"
-        status = resp.status if resp.status in (401, 403, 404, 429) else 502
-        raise UpstreamError(status, code, message)
-
-    def _file(self, repo_id: str, relpath: str, headers: CIMultiDict[str]) -> UpstreamFile:
-        commit = headers.get("X-Repo-Commit", "")
-        sha = strip_etag(headers.get("X-Linked-Etag"))
-        size = headers.get("X-Linked-Size") or headers.get("Content-Length") or ""
-        if not _OID.fullmatch(commit) or not size.isdecimal():
-            raise UpstreamError(
-                502, None, "the upstream did not answer like the Hub (no commit/size)"
-            )
-        if sha:
-            if not _SHA256.fullmatch(sha):
-                raise UpstreamError(502, None, "the upstream gave a malformed X-Linked-Etag")
-            return UpstreamFile(repo_id, relpath, commit, int(size), sha, None)
-        oid = strip_etag(headers.get("ETag")) or ""
-        return UpstreamFile(
-            repo_id, relpath, commit, int(size), None, oid if _OID.fullmatch(oid) else None
-        )
+def _file(repo_id: str, relpath: str, resolved: Resolved) -> UpstreamFile:
+    commit, sha = resolved.commit or "", resolved.sha256
+    if not _OID.fullmatch(commit) or resolved.size is None:
+        raise UpstreamError(502, None, "the upstream did not answer like the Hub (no commit/size)")
+    if sha:
+        if not _SHA256.fullmatch(sha):
+            raise UpstreamError(502, None, "the upstream gave a malformed X-Linked-Etag")
+        return UpstreamFile(repo_id, relpath, commit, resolved.size, sha, None)
+    oid = resolved.etag or ""
+    return UpstreamFile(
+        repo_id, relpath, commit, resolved.size, None, oid if _OID.fullmatch(oid) else None
+    )

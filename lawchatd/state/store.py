@@ -9,6 +9,9 @@ from pathlib import Path
 
 import aiosqlite
 
+from lawchatd.fetch.plan import Part
+from lawchatd.fetch.verify import Verified
+
 # Each entry migrates the schema from version N to N+1; never edit one that has shipped.
 _MIGRATIONS: tuple[str, ...] = (
     """
@@ -78,35 +81,6 @@ class DownloadRow:
     updated_at: float | None = None
     finished_at: float | None = None
     boot_id: str | None = None  # the kernel boot whose page cache holds the unsynced bytes
-
-
-@dataclass(frozen=True)
-class Verified:
-    """A final file as it was when its sha256 was checked: changed means check again."""
-
-    filename: str
-    size: int
-    mtime_ns: int
-    inode: int
-    sha256: str
-
-
-@dataclass
-class Part:
-    """Bytes [start, end) of the file; `done` of them are on disk from `start` on."""
-
-    start: int
-    end: int
-    done: int = 0
-    synced: int = 0  # of `done`, bytes an fdatasync has made durable (a power cut keeps them)
-
-    @property
-    def offset(self) -> int:
-        return self.start + self.done
-
-    @property
-    def remaining(self) -> int:
-        return self.end - self.offset
 
 
 _ROW_COLUMNS = [f.name for f in fields(DownloadRow)]

@@ -1,4 +1,4 @@
-"""A fetch in progress, and the bytes it has so far handed to clients as they reach the disk."""
+"""A fetch in flight, and the bytes it has so far handed to clients as they reach the disk."""
 
 from __future__ import annotations
 
@@ -8,23 +8,11 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
+from lawchatd.mirror.engine_fetch import EngineFetch
 from lawchatd.mirror.upstream import UpstreamFile
 
 WAKE_SECONDS = 1.0  # readers look again at least this often, whatever the fetch reports
-
-
-class Fetcher(Protocol):
-    """What pull-through needs of a download (fetcher.EngineFetch, stream_fetch.StreamFetch)."""
-
-    @property
-    def part_file(self) -> Path: ...
-    @property
-    def verified_file(self) -> Path: ...
-    def downloaded(self) -> int: ...
-    def available(self, offset: int) -> int: ...
-    async def run(self) -> Path: ...
 
 
 @dataclass
@@ -34,7 +22,7 @@ class Fetch:
     file: UpstreamFile
     target: Path  # where it lands in DIR
     started: float = field(default_factory=time.time)
-    fetcher: Fetcher = field(init=False)  # set right after construction: it reports to notify
+    transfer: EngineFetch = field(init=False)  # set right after construction: it reports to notify
     task: asyncio.Task[Path | None] | None = None
     failed: str | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -51,14 +39,14 @@ class Fetch:
         """The end of the bytes that can be read without a gap from `offset`."""
         if self.task is not None and self.task.done() and self.failed is None:
             return self.file.size
-        return self.fetcher.available(offset)
+        return self.transfer.available(offset)
 
     def names(self) -> list[Path]:
         """Where the bytes are, in the order they move: partial, verified, in DIR."""
-        return [self.fetcher.part_file, self.fetcher.verified_file, self.target]
+        return [self.transfer.part_file, self.transfer.verified_file, self.target]
 
 
-class PartialSource:
+class FillingSource:
     """Bytes of a fetch in progress (a body.Source), handed out as they reach the disk."""
 
     def __init__(self, fetch: Fetch) -> None:

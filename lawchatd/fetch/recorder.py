@@ -1,0 +1,91 @@
+"""Recorder: puts the plan into the journal often without fsync (a killed process loses at most
+one interval), and less often after an fdatasync (what a power cut keeps)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from lawchatd.fetch.errors import DownloadFailed
+from lawchatd.fetch.fetcher import Link
+from lawchatd.fetch.journal import Entry, Journal, boot_id
+from lawchatd.fetch.options import FetchOptions
+from lawchatd.fetch.partial import PartialFile
+from lawchatd.fetch.plan import PartPlan
+
+
+class Upstream:
+    """What the bytes are of: the upstream's sha256 and commit (None until resolved)."""
+
+    def __init__(self, sha256: str | None = None, commit: str | None = None) -> None:
+        self.sha256, self.commit = sha256, commit
+
+
+class Recorder:
+    def __init__(
+        self,
+        journal: Journal,
+        partial: PartialFile,
+        link: Link,
+        upstream: Upstream,
+        options: FetchOptions,
+    ) -> None:
+        self._journal, self._partial, self._link = journal, partial, link
+        self._upstream, self._options = upstream, options
+        self._boot = boot_id()
+        self.plan: PartPlan | None = None  # replaced on a restart or a switch to one stream
+        self._saved: Entry | None = None  # what the journal holds
+
+    def entry(self) -> Entry:
+        return Entry(
+            parts=self.plan.snapshot() if self.plan else [],
+            boot_id=self._boot,
+            sha256=self._upstream.sha256,
+            commit=self._upstream.commit,
+            etag=self._link.etag,  # the If-Range validator of the bytes on disk
+        )
+
+    async def record(self, *, always: bool = False) -> None:
+        """Save what pwritev has returned for: the page cache holds it. `always`: even when
+        nothing changed (the caller's own record, its phase say, goes with it)."""
+        if self.plan is not None and self._partial.unlinked():
+            raise DownloadFailed(
+                f"the partial file {self._partial.path} was deleted by another program while "
+                "downloading; download again to start over"
+            )
+        await self.save(self.entry(), always=always)
+
+    async def save(self, entry: Entry, *, always: bool = False) -> None:
+        # A stall or a long Retry-After changes nothing: no transaction 20 times a second.
+        if entry == self._saved and not always:
+            return
+        await self._journal.save(entry)
+        self._saved = entry
+
+    async def sync(self) -> None:
+        """fdatasync, then mark what it covered as durable."""
+        plan = self.plan
+        if plan is None:
+            return
+        before = {p.start: p.done for p in plan.parts}
+        await self._partial.sync()
+        if plan is not self.plan:
+            return
+        for part in plan.parts:
+            part.synced = max(part.synced, min(part.done, before.get(part.start, 0)))
+        await self.record()
+
+    async def run(self) -> None:
+        syncing = asyncio.create_task(self._sync_loop())
+        try:
+            while True:
+                await asyncio.sleep(self._options.record_seconds)
+                await self.record()
+                if syncing.done():
+                    syncing.result()  # an fdatasync error ends the download
+        finally:
+            syncing.cancel()
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._options.sync_seconds)
+            await self.sync()
