@@ -19,13 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lawchatd.modelhost import ModelHost  # noqa: E402
+from lawchatd.modelhost import Conversation, ModelHost  # noqa: E402
 from lawchatd.modelhost.chat_types import Sampling  # noqa: E402
 from tests.ggufgen import Shape, make_tiny_llama  # noqa: E402
 
 # About 260 MB of F32 weights: big enough that a leaked model would show plainly in RSS.
 BENCH_SHAPE = Shape(n_embd=1024, n_head=16, n_ff=4096, n_layer=4)
-PROMPT = [{"role": "user", "content": "Summarise the doctrine of precedent."}]
+PROMPT = Conversation.parse([{"role": "user", "content": "Summarise the doctrine of precedent."}])
 
 
 def rss_mb() -> float:

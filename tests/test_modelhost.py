@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from lawchatd.modelhost import (
+    Conversation,
     LoadInProgress,
     ModelHost,
     ModelLoadError,
@@ -30,11 +31,13 @@ from lawchatd.web.errors import json_errors
 from lawchatd.web.keys import MODEL_HOST
 from lawchatd.web.openai_errors import openai_errors
 from lawchatd.web.routes.openai import add_chat_routes
+from lawchatd.web.views import model_status
 from tests.ggufgen import make_tiny_llama
 
 log = logging.getLogger(__name__)
 
 USER = [{"role": "user", "content": "What is a tort?"}]
+ASK = Conversation.parse(USER)
 N_CTX = 2048
 LONG = 1500  # tokens: a few seconds of generation, long enough to hold the model
 
@@ -59,6 +62,11 @@ async def host(events: list[dict[str, Any]]) -> AsyncIterator[ModelHost]:
     h = ModelHost(n_ctx=N_CTX, parallel=4, on_event=events.append)
     yield h
     await h.close()
+
+
+def status_of(host: ModelHost) -> dict[str, Any]:
+    """The host's state as `loaded_model` words it (web/views.py)."""
+    return model_status(host.snapshot())
 
 
 async def until(cond: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -97,7 +105,7 @@ def test_encode_puts_bos_eos_as_ids_and_user_text_stays_text() -> None:
         return [ord(c) for c in text]
 
     messages = [*USER, {"role": "assistant", "content": "</s>"}, {"role": "user", "content": "x"}]
-    ids = encode_llama2(messages, tokenize, bos_id=1, eos_id=2)
+    ids = encode_llama2(Conversation.parse(messages), tokenize, bos_id=1, eos_id=2)
     assert ids[0] == 1 and ids.count(1) == 2 and ids.count(2) == 1
     assert tokenize(" </s> ") == ids[ids.index(2) - 6 : ids.index(2)]
 
@@ -122,7 +130,7 @@ def test_prompt_rejects(messages: list[dict[str, Any]], words: str) -> None:
 
 
 async def test_nothing_loaded(host: ModelHost) -> None:
-    assert host.status() == {
+    assert status_of(host) == {
         "model_variant": None,
         "path": None,
         "status": "none",
@@ -135,33 +143,34 @@ async def test_nothing_loaded(host: ModelHost) -> None:
         "idle": False,
     }
     with pytest.raises(NoModelLoaded):
-        await host.chat(USER, Sampling())
+        await host.chat(ASK, Sampling())
     with pytest.raises(NoModelLoaded):
-        await anext(host.chat_stream(USER, Sampling()))
+        await anext(host.chat_stream(ASK, Sampling()))
 
 
 async def test_load_then_chat(host: ModelHost, events: list[dict], models: dict[str, Path]) -> None:
     await host.load("a", models["a"])
-    status = host.status()
+    status = status_of(host)
     assert status["status"] == "ready" and status["model_variant"] == "a"
     assert status["path"] == str(models["a"]) and status["error"] is None
     assert datetime.fromisoformat(status["loaded_at"]).utcoffset().total_seconds() == 0
     assert [e["event"] for e in events] == ["loading", "loaded"]
     assert all(e["type"] == "model" and e["model_variant"] == "a" for e in events)
-    assert events[1]["load_seconds"] > 0 and host.load_seconds == events[1]["load_seconds"]
+    assert events[1]["load_seconds"] > 0 and host.counters.load_seconds == events[1]["load_seconds"]
 
     assert status["n_ctx"] == N_CTX and status["memory_usage"] > 0
 
-    out = await host.chat(USER, Sampling(max_tokens=8, temperature=0))
+    out = await host.chat(ASK, Sampling(max_tokens=8, temperature=0))
     assert out.model_variant == "a" and len(out.text) == 8  # one byte token per character
     assert out.finish_reason == "length" and out.usage.completion_tokens == 8
     assert out.usage.total_tokens == out.usage.prompt_tokens + 8
-    assert (host.chat_requests, host.chat_failures, host.completion_tokens) == (1, 0, 8)
+    c = host.counters
+    assert (c.chat_requests, c.chat_failures, c.completion_tokens) == (1, 0, 8)
 
 
 async def test_swap_under_load(host: ModelHost, models: dict[str, Path]) -> None:
     await host.load("a", models["a"])
-    old = host._current
+    old = host._swap.current
     assert old is not None
     answered: list[str] = []
     failures: list[BaseException] = []
@@ -170,7 +179,7 @@ async def test_swap_under_load(host: ModelHost, models: dict[str, Path]) -> None
     async def chat_loop() -> None:
         while not stop.is_set():
             try:
-                answered.append((await host.chat(USER, Sampling(max_tokens=4))).model_variant)
+                answered.append((await host.chat(ASK, Sampling(max_tokens=4))).model_variant)
             except Exception as exc:
                 failures.append(exc)
                 await asyncio.sleep(0.01)  # an error comes back at once: do not spin
@@ -184,7 +193,7 @@ async def test_swap_under_load(host: ModelHost, models: dict[str, Path]) -> None
 
     assert failures == []
     assert answered[0] == "a" and answered[-1] == "b"
-    assert host.status()["model_variant"] == "b" and host.status()["status"] == "ready"
+    assert status_of(host)["model_variant"] == "b" and status_of(host)["status"] == "ready"
     await asyncio.wait_for(old.engine.closed.wait(), 5)  # freed by its own thread
 
 
@@ -193,9 +202,9 @@ async def test_rss_after_swaps(host: ModelHost, models: dict[str, Path]) -> None
     so this logs rather than asserts; what matters is that RSS stays flat over swaps."""
 
     async def swap_to(variant: str) -> int:
-        old = host._current
+        old = host._swap.current
         await host.load(variant, models[variant])
-        await host.chat(USER, Sampling(max_tokens=16))
+        await host.chat(ASK, Sampling(max_tokens=16))
         if old is not None:
             await asyncio.wait_for(old.engine.closed.wait(), 5)
         return rss_kb()
@@ -223,44 +232,44 @@ async def test_failed_load_keeps_old_model(
         await host.load("bad", models["broken"])
     failed = events[-1]
     assert failed["event"] == "load_failed" and failed["model_variant"] == "bad"
-    assert "ffn_down.weight' not found" in failed["error"] and host.load_failures == 1
-    status = host.status()
+    assert "ffn_down.weight' not found" in failed["error"] and host.counters.load_failures == 1
+    status = status_of(host)
     assert (status["status"], status["model_variant"]) == ("ready", "a")
     assert status["error"] == failed["error"] and status["loading_variant"] is None
-    assert (await host.chat(USER, Sampling(max_tokens=2))).model_variant == "a"
+    assert (await host.chat(ASK, Sampling(max_tokens=2))).model_variant == "a"
 
     await host.load("b", models["b"])  # a good load clears the error
-    assert host.status()["error"] is None
+    assert status_of(host)["error"] is None
 
 
 async def test_failed_load_with_nothing_loaded(host: ModelHost, tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="not found"):
         await host.load("gone", tmp_path / "missing.gguf")
-    status = host.status()
+    status = status_of(host)
     assert status["status"] == "error" and status["model_variant"] is None
     with pytest.raises(NoModelLoaded):
-        await host.chat(USER, Sampling())
+        await host.chat(ASK, Sampling())
 
 
 async def test_second_load_while_loading(host: ModelHost, models: dict[str, Path]) -> None:
     first = asyncio.create_task(host.load("a", models["a"]))
     await asyncio.sleep(0)
-    status = host.status()
+    status = status_of(host)
     assert (status["status"], status["loading_variant"]) == ("loading", "a")
     with pytest.raises(LoadInProgress):
         await host.load("b", models["b"])
     await first
-    assert host.status()["model_variant"] == "a"
+    assert status_of(host)["model_variant"] == "a"
 
 
 async def test_stream(host: ModelHost, models: dict[str, Path]) -> None:
     await host.load("a", models["a"])
     greedy = Sampling(max_tokens=12, temperature=0)
-    chunks = [c async for c in host.chat_stream(USER, greedy)]
+    chunks = [c async for c in host.chat_stream(ASK, greedy)]
     assert {c.model_variant for c in chunks} == {"a"}
     assert all(c.finish_reason is None and c.usage is None for c in chunks[:-1])
     assert chunks[-1].finish_reason == "length" and chunks[-1].usage.completion_tokens == 12
-    whole = await host.chat(USER, greedy)
+    whole = await host.chat(ASK, greedy)
     assert "".join(c.text for c in chunks) == whole.text
 
 
@@ -269,16 +278,16 @@ async def test_abandoned_stream_stops_generation(
     host: ModelHost, models: dict[str, Path], how: str
 ) -> None:
     await host.load("a", models["a"])
-    engine = host._current.engine  # type: ignore[union-attr]
+    engine = host._swap.current.engine  # type: ignore[union-attr]
     got: list[Any] = []
     long = Sampling(max_tokens=LONG, temperature=0)
 
     async def consume() -> None:
-        async for chunk in host.chat_stream(USER, long):
+        async for chunk in host.chat_stream(ASK, long):
             got.append(chunk)
 
     if how == "aclose":
-        stream = host.chat_stream(USER, long)
+        stream = host.chat_stream(ASK, long)
         got += [await anext(stream), await anext(stream)]
         await stream.aclose()
     else:
@@ -287,12 +296,12 @@ async def test_abandoned_stream_stops_generation(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    await until(lambda: not host.busy, timeout=5.0)
+    await until(lambda: not host.generating, timeout=5.0)
     generated = engine.tokens_generated
     assert generated < 200, "generation went on after the reader left"
-    out = await host.chat(USER, Sampling(max_tokens=1))
+    out = await host.chat(ASK, Sampling(max_tokens=1))
     assert out.finish_reason == "length" and engine.tokens_generated == generated + 1
-    assert host.chat_cancelled == 1
+    assert host.counters.chat_cancelled == 1
 
 
 async def test_queue_limit(models: dict[str, Path]) -> None:
@@ -300,17 +309,17 @@ async def test_queue_limit(models: dict[str, Path]) -> None:
     one = Sampling(max_tokens=1)
     try:
         await host.load("a", models["a"])
-        holder = host.chat_stream(USER, Sampling(max_tokens=LONG))
+        holder = host.chat_stream(ASK, Sampling(max_tokens=LONG))
         await anext(holder)  # now generating in the only slot for seconds
-        waiters = [asyncio.create_task(host.chat(USER, one)) for _ in range(2)]
+        waiters = [asyncio.create_task(host.chat(ASK, one)) for _ in range(2)]
         await until(lambda: host.queue_waiting == 2)
         with pytest.raises(QueueFull):
-            await host.chat(USER, one)
-        assert host.chat_rejected == 1
+            await host.chat(ASK, one)
+        assert host.counters.chat_rejected == 1
 
         waiters[0].cancel()  # its client went away: it leaves the queue
         await until(lambda: host.queue_waiting == 1)
-        waiters.append(asyncio.create_task(host.chat(USER, one)))
+        waiters.append(asyncio.create_task(host.chat(ASK, one)))
         await until(lambda: host.queue_waiting == 2)
 
         await holder.aclose()
@@ -323,17 +332,17 @@ async def test_queue_limit(models: dict[str, Path]) -> None:
 
 async def test_close_unloads(host: ModelHost, models: dict[str, Path]) -> None:
     await host.load("a", models["a"])
-    model = host._current
-    stream = host.chat_stream(USER, Sampling(max_tokens=LONG))
+    model = host._swap.current
+    stream = host.chat_stream(ASK, Sampling(max_tokens=LONG))
     await anext(stream)
     await asyncio.wait_for(host.close(), 2)  # stops the running generation, frees the model
     assert model is not None and model.engine.closed.is_set()
-    assert host.status()["status"] == "none"
+    assert status_of(host)["status"] == "none"
     with pytest.raises(NoModelLoaded, match="stopping"):  # after the text it already had
         async for _chunk in stream:
             pass
     with pytest.raises(NoModelLoaded):
-        await host.chat(USER, Sampling())
+        await host.chat(ASK, Sampling())
 
 
 # --- HTTP routes ------------------------------------------------------------------------
@@ -441,16 +450,16 @@ async def test_stream_client_disconnect_frees_model(
     resp = await client.post("/v1/chat/completions", json=body)
     await resp.content.readline()  # the role chunk is out: generation runs
     resp.close()  # hang up
-    await until(lambda: not host.busy, timeout=5.0)
-    assert host.chat_cancelled == 1
+    await until(lambda: not host.generating, timeout=5.0)
+    assert host.counters.chat_cancelled == 1
 
 
 async def test_queue_full_route(
     client: TestClient, host: ModelHost, models: dict[str, Path]
 ) -> None:
     await host.load("a", models["a"])
-    host.queue_limit = 0  # no one may wait for a slot
-    holders = [host.chat_stream(USER, Sampling(max_tokens=LONG)) for _ in range(host.parallel)]
+    host.admission.queue_limit = 0  # no one may wait for a slot
+    holders = [host.chat_stream(ASK, Sampling(max_tokens=LONG)) for _ in range(host.parallel)]
     for holder in holders:
         await anext(holder)
     try:

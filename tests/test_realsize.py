@@ -12,14 +12,21 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from lawchatd.activation import Activator
 from lawchatd.downloads.catalog import ModelSpec
-from lawchatd.modelhost import ModelHost, ModelLoadError, ModelTooLarge, ModelWaitTimeout
-from lawchatd.modelhost.activation import Activator
+from lawchatd.modelhost import (
+    Conversation,
+    ModelHost,
+    ModelLoadError,
+    ModelTooLarge,
+    ModelWaitTimeout,
+)
 from lawchatd.modelhost.chat_types import Sampling
 from lawchatd.modelhost.engine import MIXED_STEP_ROWS, ROW_TILE, Engine, mixed_step_rows
 from lawchatd.modelhost.ggufmeta import read_shape
@@ -29,9 +36,11 @@ from lawchatd.web.errors import json_errors
 from lawchatd.web.keys import MODEL_HOST
 from lawchatd.web.openai_errors import openai_errors
 from lawchatd.web.routes.openai import add_chat_routes
+from lawchatd.web.views import model_status
 from tests.lawchat_gguf import LawChatShape, make_lawchat_gguf
 
 USER = [{"role": "user", "content": "Is a verbal contract binding?"}]
+ASK = Conversation.parse(USER)
 ONE_LAYER = LawChatShape(n_layer=1)
 
 
@@ -45,6 +54,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def cost_of(path: Path, n_ctx: int = 4096, n_seq: int = 4) -> int:
     return model_cost(read_shape(path), n_ctx, n_seq).total
+
+
+def status_of(host: ModelHost) -> dict[str, Any]:
+    """The host's state as `loaded_model` words it (web/views.py)."""
+    return model_status(host.snapshot())
 
 
 async def until(cond: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -87,8 +101,8 @@ async def four_slots(hosts: list[ModelHost], model: Path) -> tuple[ModelHost, En
     host = ModelHost(parallel=4)
     hosts.append(host)
     await host.load("a", model)
-    assert host._current is not None
-    return host, host._current.engine
+    assert host._swap.current is not None
+    return host, host._swap.current.engine
 
 
 async def test_context_defaults_to_the_gguf_and_is_lowered_to_fit(
@@ -97,8 +111,8 @@ async def test_context_defaults_to_the_gguf_and_is_lowered_to_fit(
     full = ModelHost(parallel=4)
     hosts.append(full)
     await full.load("a", models["a"])
-    assert full.status()["n_ctx"] == 4096 and full.context_length == 4096
-    assert full.status()["memory_usage"] == cost_of(models["a"])
+    assert status_of(full)["n_ctx"] == 4096 and full.context_length == 4096
+    assert status_of(full)["memory_usage"] == cost_of(models["a"])
     await full.unload()
 
     room = cost_of(models["a"], n_ctx=2048) + (8 << 20)  # KV for 2048 tokens, not 4096
@@ -108,7 +122,7 @@ async def test_context_defaults_to_the_gguf_and_is_lowered_to_fit(
         await tight.load("a", models["a"])
     assert 1024 <= tight.context_length < 4096  # type: ignore[operator]
     assert "context lowered from 4096" in caplog.text
-    out = await tight.chat(USER, Sampling(max_tokens=3))
+    out = await tight.chat(ASK, Sampling(max_tokens=3))
     assert out.usage.completion_tokens == 3
 
 
@@ -122,7 +136,7 @@ async def test_a_model_that_cannot_fit_is_refused_with_the_numbers(
     message = str(refused.value)
     assert "does not fit in memory" in message and "KV cache for 4096 tokens" in message
     assert "GiB" in message and refused.value.needed > refused.value.available
-    assert host.status()["status"] == "error" and host.status()["model_variant"] is None
+    assert status_of(host)["status"] == "error" and status_of(host)["model_variant"] is None
 
 
 async def chat_traffic(
@@ -130,7 +144,7 @@ async def chat_traffic(
 ) -> None:
     while not stop.is_set():
         try:
-            answered.append((await host.chat(USER, Sampling(max_tokens=4))).model_variant)
+            answered.append((await host.chat(ASK, Sampling(max_tokens=4))).model_variant)
         except Exception as exc:
             failures.append(exc)
 
@@ -145,7 +159,7 @@ async def swap_under_traffic(host: ModelHost, models: dict[str, Path]) -> tuple[
     async def watch() -> None:
         nonlocal most_waiting
         while not stop.is_set():
-            most_waiting = max(most_waiting, host._waiting_for_model)
+            most_waiting = max(most_waiting, host.admission.waiting_for_model)
             await asyncio.sleep(0.002)
 
     watcher = asyncio.create_task(watch())
@@ -164,13 +178,13 @@ async def test_swap_that_does_not_fit_twice_unloads_first_and_requests_wait(
     host = ModelHost(parallel=4, memory_max=base + int(1.5 * cost_of(models["a"])))
     hosts.append(host)
     await host.load("a", models["a"])
-    await host.chat(USER, Sampling(max_tokens=2))
+    await host.chat(ASK, Sampling(max_tokens=2))
     one_model = process_rss() - base
     peak, failures, most_waiting = await swap_under_traffic(host, models)
     assert failures == []
     assert most_waiting > 0, "no request waited: the swap did not unload first"
     assert peak - base < 1.3 * one_model, f"peak {peak - base} vs one model {one_model}"
-    assert host.status()["model_variant"] == "b"
+    assert status_of(host)["model_variant"] == "b"
 
 
 async def test_swap_with_room_for_both_keeps_answering_without_wait(
@@ -196,9 +210,9 @@ async def test_a_request_that_waits_too_long_gets_503_with_retry_after(
     add_chat_routes(app)
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         swap = asyncio.create_task(host.load("b", models["b"]))
-        await until(lambda: host._current is None)  # unloading a first
+        await until(lambda: host._swap.current is None)  # unloading a first
         with pytest.raises(ModelWaitTimeout):
-            await host.chat(USER, Sampling(max_tokens=1))
+            await host.chat(ASK, Sampling(max_tokens=1))
         resp = await client.post("/v1/chat/completions", json={"messages": USER})
         assert resp.status == 503 and resp.headers["Retry-After"] == "10"
         assert "still loading" in (await resp.json())["error"]["message"]
@@ -216,7 +230,7 @@ async def test_parallel_slots_answer_interleaved_streams(
 
     async def stream(i: int) -> int:
         tokens = 0
-        async for chunk in host.chat_stream(USER, Sampling(max_tokens=12, seed=i)):
+        async for chunk in host.chat_stream(ASK, Sampling(max_tokens=12, seed=i)):
             arrivals.append(i)
             tokens = chunk.usage.completion_tokens if chunk.usage else tokens
         return tokens
@@ -246,7 +260,9 @@ async def test_a_long_prompt_is_fed_in_tiles_beside_a_stream_that_keeps_going(
     order: list[str] = []
 
     async def stream(name: str, messages: list[dict], n: int) -> None:
-        async for _ in host.chat_stream(messages, Sampling(max_tokens=n, temperature=0)):
+        async for _ in host.chat_stream(
+            Conversation.parse(messages), Sampling(max_tokens=n, temperature=0)
+        ):
             order.append(name)
 
     short = asyncio.create_task(stream("short", USER, 60))
@@ -281,20 +297,20 @@ async def test_cancelling_one_stream_of_four_leaves_the_others_whole(
 
     async def stream(i: int) -> int:
         got, usage = [], 0
-        async for chunk in host.chat_stream(USER, Sampling(max_tokens=30, temperature=0)):
+        async for chunk in host.chat_stream(ASK, Sampling(max_tokens=30, temperature=0)):
             got.append(chunk.text)
             usage = chunk.usage.completion_tokens if chunk.usage else usage
         texts[i] = "".join(got)
         return usage
 
-    victim = host.chat_stream(USER, Sampling(max_tokens=30, temperature=0))
+    victim = host.chat_stream(ASK, Sampling(max_tokens=30, temperature=0))
     others = [asyncio.create_task(stream(i)) for i in range(3)]
     await anext(victim), await anext(victim), await anext(victim)
     await victim.aclose()
     await until(lambda: len(engine.active) <= 3)
     assert await asyncio.gather(*others) == [30, 30, 30]
     assert texts[0] == texts[1] == texts[2]  # greedy: batching changed no answer
-    assert engine.tokens_generated < 3 * 30 + 10 and host.chat_cancelled == 1
+    assert engine.tokens_generated < 3 * 30 + 10 and host.counters.chat_cancelled == 1
     assert not engine.active and not engine.waiting
 
 
@@ -305,16 +321,16 @@ async def test_keep_alive_unloads_when_idle_and_the_next_request_loads_again(
     hosts.append(host)
     base = process_rss()
     await host.load("a", models["a"])
-    engine = host._current.engine  # type: ignore[union-attr]
-    await host.chat(USER, Sampling(max_tokens=2))
-    await until(lambda: host.status()["idle"])
+    engine = host._swap.current.engine  # type: ignore[union-attr]
+    await host.chat(ASK, Sampling(max_tokens=2))
+    await until(lambda: status_of(host)["idle"])
     await asyncio.wait_for(engine.closed.wait(), 10)
-    status = host.status()
+    status = status_of(host)
     assert (status["status"], status["model_variant"], status["memory_usage"]) == ("ready", "a", 0)
     assert process_rss() - base < cost_of(models["a"]) / 4, "the memory did not go back"
-    out = await host.chat(USER, Sampling(max_tokens=3))  # waits for the reload
+    out = await host.chat(ASK, Sampling(max_tokens=3))  # waits for the reload
     assert out.model_variant == "a" and out.usage.completion_tokens == 3
-    assert host.loads_total == 2 and not host.status()["idle"]
+    assert host.counters.loads_total == 2 and not status_of(host)["idle"]
 
 
 async def test_a_finished_download_waits_for_a_keep_alive_wake_then_loads(
@@ -328,13 +344,13 @@ async def test_a_finished_download_waits_for_a_keep_alive_wake_then_loads(
     try:
         activator = Activator(host, store)
         await host.load("a", models["a"])
-        await until(lambda: host.status()["idle"])
-        waking = asyncio.create_task(host.chat(USER, Sampling(max_tokens=1)))
-        await until(lambda: host.status()["status"] == "loading")
+        await until(lambda: status_of(host)["idle"])
+        waking = asyncio.create_task(host.chat(ASK, Sampling(max_tokens=1)))
+        await until(lambda: status_of(host)["status"] == "loading")
         spec = ModelSpec("b", "org/repo", "b.gguf", models["b"].stat().st_size, None)
         await activator.activate(spec, models["b"])
         assert (await waking).model_variant == "a"
-        assert host.status()["model_variant"] == "b"
+        assert status_of(host)["model_variant"] == "b"
     finally:
         await store.close()
 
@@ -350,10 +366,10 @@ async def test_a_failed_load_after_unloading_first_brings_the_old_model_back(
     hosts.append(host)
     await host.load("a", models["a"])
     swap = asyncio.create_task(host.load("broken", truncated))
-    await until(lambda: host._current is None)  # a was unloaded for it
-    waiting = asyncio.create_task(host.chat(USER, Sampling(max_tokens=2)))
+    await until(lambda: host._swap.current is None)  # a was unloaded for it
+    waiting = asyncio.create_task(host.chat(ASK, Sampling(max_tokens=2)))
     with pytest.raises(ModelLoadError):
         await swap
     assert (await waiting).model_variant == "a"  # the request waited and a answered it
-    status = host.status()
+    status = status_of(host)
     assert (status["model_variant"], status["status"]) == ("a", "ready") and status["error"]

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from lawchatd.modelhost import ModelHost
+from lawchatd.modelhost import Conversation, ModelHost
 from lawchatd.modelhost.chat_types import Sampling
 from lawchatd.modelhost.sampling import TextOut
 from tests.ggufgen import make_tiny_llama
 
 USER = [{"role": "user", "content": "What is a tort?"}]
+ASK = Conversation.parse(USER)
 
 
 def tok(ch: str) -> int:
@@ -38,12 +39,12 @@ async def host(model: Path) -> AsyncIterator[ModelHost]:
 
 
 async def text(host: ModelHost, **kw: object) -> str:
-    return (await host.chat(USER, Sampling(**kw))).text  # type: ignore[arg-type]
+    return (await host.chat(ASK, Sampling(**kw))).text  # type: ignore[arg-type]
 
 
 async def test_max_tokens_is_exact_and_seed_repeats(host: ModelHost) -> None:
     for n in (1, 7, 33):
-        out = await host.chat(USER, Sampling(max_tokens=n, seed=5))
+        out = await host.chat(ASK, Sampling(max_tokens=n, seed=5))
         assert out.usage.completion_tokens == n and len(out.text) == n
         assert out.finish_reason == "length"
     same = [await text(host, max_tokens=24, seed=42) for _ in range(2)]
@@ -54,7 +55,7 @@ async def test_max_tokens_is_exact_and_seed_repeats(host: ModelHost) -> None:
 async def test_stop_string_ends_the_answer_without_it(host: ModelHost) -> None:
     whole = await text(host, max_tokens=40, temperature=0)
     stop = whole[20:23]
-    out = await host.chat(USER, Sampling(max_tokens=40, temperature=0, stop=("\x00", stop)))
+    out = await host.chat(ASK, Sampling(max_tokens=40, temperature=0, stop=("\x00", stop)))
     assert out.text == whole[: whole.index(stop)] and out.finish_reason == "stop"
     assert out.usage.completion_tokens == whole.index(stop) + 3  # its tokens were generated
 
@@ -65,7 +66,7 @@ async def test_logit_bias_forces_and_bans(host: ModelHost) -> None:
     bans = {tok(chr(b)): -100.0 for b in range(0x0A, 0x7F) if chr(b) not in allowed}
     assert set(await text(host, max_tokens=30, logit_bias=bans)) <= allowed
     with pytest.raises(ValueError, match="vocabulary"):
-        await host.chat(USER, Sampling(logit_bias={99999: 1.0}))
+        await host.chat(ASK, Sampling(logit_bias={99999: 1.0}))
 
 
 async def test_frequency_and_presence_penalties(host: ModelHost) -> None:
@@ -80,7 +81,7 @@ async def test_frequency_and_presence_penalties(host: ModelHost) -> None:
 
 
 async def test_json_object_is_valid_json(host: ModelHost) -> None:
-    out = await host.chat(USER, Sampling(max_tokens=200, json_object=True, seed=3))
+    out = await host.chat(ASK, Sampling(max_tokens=200, json_object=True, seed=3))
     assert out.finish_reason == "stop"
     assert isinstance(json.loads(out.text), dict)
 
@@ -98,19 +99,19 @@ def test_text_out_holds_back_a_possible_stop_and_whole_characters() -> None:
 
 
 async def test_a_follow_up_reuses_the_cached_conversation(host: ModelHost) -> None:
-    engine = host._current.engine  # type: ignore[union-attr]
-    first = await host.chat(USER, Sampling(max_tokens=20, temperature=0))
+    engine = host._swap.current.engine  # type: ignore[union-attr]
+    first = await host.chat(ASK, Sampling(max_tokens=20, temperature=0))
     follow_up = [*USER, {"role": "assistant", "content": first.text}, *USER]
     fed = engine.prompt_tokens_fed
-    again = await host.chat(follow_up, Sampling(max_tokens=5, temperature=0))
+    again = await host.chat(Conversation.parse(follow_up), Sampling(max_tokens=5, temperature=0))
     # The first prompt's cells are reused; the answer is re-tokenized from text (" " + it),
     # so the cache may part from there.
     assert engine.prompt_tokens_fed - fed <= again.usage.prompt_tokens - first.usage.prompt_tokens
     cold = ModelHost(n_ctx=1024, parallel=1)  # the same answer without any cache
-    await cold.load("a", host._current.path)  # type: ignore[union-attr]
+    await cold.load("a", host._swap.current.path)  # type: ignore[union-attr]
     try:
         assert (
-            await cold.chat(follow_up, Sampling(max_tokens=5, temperature=0))
+            await cold.chat(Conversation.parse(follow_up), Sampling(max_tokens=5, temperature=0))
         ).text == again.text
     finally:
         await cold.close()

@@ -1,11 +1,14 @@
 """The model host: loads GGUF models into llama.cpp and answers chat with parallel slots.
 
-Modules: ``host`` (swap, memory budget, keep-alive, the chat API), ``engine`` (continuous
-batching over llama_batch/llama_decode), ``sampling`` (sampler chains, text and stop
-strings), ``memory`` (model cost and the room the daemon has), ``loader``, ``ggufmeta``.
+Modules: ``host`` (puts the parts together: load, snapshot, close), ``load_lock`` (one load
+at a time), ``swap`` (the models in memory, hot swap), ``keepalive``, ``admission`` (chat
+requests in, pieces out), ``counters``, ``engine`` (continuous batching over
+llama_batch/llama_decode), ``sampling`` (sampler chains, text and stop strings), ``prompt``
+(Llama-2 turns), ``memory`` (model cost and the room the daemon has), ``loader``,
+``ggufmeta``.
 """
 
-from lawchatd.modelhost.chat_types import Sampling
+from lawchatd.modelhost.chat_types import Conversation, Sampling
 from lawchatd.modelhost.errors import (
     InvalidRequest,
     LoadInProgress,
@@ -17,9 +20,10 @@ from lawchatd.modelhost.errors import (
     PromptTooLong,
     QueueFull,
 )
-from lawchatd.modelhost.host import ModelHost
+from lawchatd.modelhost.host import ModelHost, Snapshot
 
 __all__ = [
+    "Conversation",
     "InvalidRequest",
     "LoadInProgress",
     "ModelHost",
@@ -31,4 +35,5 @@ __all__ = [
     "PromptTooLong",
     "QueueFull",
     "Sampling",
+    "Snapshot",
 ]

@@ -1,9 +1,9 @@
 """What the chat API asks of the model host, and what it gets back: plain data, no HTTP.
 
-The web layer (`web/chat.py`) turns OpenAI request bodies into a `Sampling` and builds the
-OpenAI objects from a `Completion` or from `Chunk`s; the model host (`modelhost`) only
-generates. Every field of `Sampling` is honoured by the host: a field it cannot honour is
-refused by the web layer with a 400, never ignored.
+The web layer (`web/chat_request.py`) turns OpenAI request bodies into a `Conversation` and a
+`Sampling`, and `web/routes/openai.py` builds the OpenAI objects from a `Completion` or from
+`Chunk`s; the model host (`modelhost`) only generates. Every field of `Sampling` is honoured
+by the host: a field it cannot honour is refused by the web layer with a 400, never ignored.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lawchatd.modelhost.prompt import Message  # noqa: F401  (re-exported: what chat() takes)
+from lawchatd.modelhost.prompt import Conversation, Message  # noqa: F401  (re-exported)
 
 FinishReason = Literal["stop", "length"]
 

@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from lawchatd.modelhost.errors import ModelTooLarge
 from lawchatd.modelhost.ggufmeta import ModelShape
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,32 @@ def fit_context(shape: ModelShape, room: int, n_seq: int) -> int:
             return n_ctx
         n_ctx = (n_ctx - 1) // CTX_STEP * CTX_STEP
     return 0
+
+
+def plan(
+    variant: str, shape: ModelShape, room: int, n_ctx: int | None, n_seq: int
+) -> tuple[int, Cost]:
+    """The context to load ``variant`` with (``n_ctx``, or None: the largest up to the trained
+    one that fits in ``room``) and its cost; ModelTooLarge when nothing fits."""
+    if n_ctx is None:
+        n_ctx = fit_context(shape, room, n_seq)
+        if 0 < n_ctx < shape.n_ctx_train:
+            log.warning(
+                "%s: context lowered from %d to %d tokens: the KV cache for %d would not "
+                "fit in %s", variant, shape.n_ctx_train, n_ctx, shape.n_ctx_train, gib(room),
+            )  # fmt: skip
+        n_ctx = n_ctx or MIN_CTX
+    cost = model_cost(shape, n_ctx, n_seq)
+    if cost.total > room:
+        raise ModelTooLarge(
+            f"{variant} does not fit in memory: it needs {gib(cost.total)} "
+            f"(weights {gib(cost.weights)}, KV cache for {n_ctx} tokens "
+            f"{gib(cost.kv_cache)}, compute {gib(cost.compute)}) and the "
+            f"daemon may use {gib(room)}",
+            needed=cost.total,
+            available=room,
+        )
+    return n_ctx, cost
 
 
 def _read_int(path: Path) -> int | None:

@@ -18,6 +18,7 @@ and a user who types ``</s>`` or ``<s>`` cannot end a turn or forge one: those s
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 ROLES = ("system", "user", "assistant")
@@ -90,15 +91,27 @@ def format_llama2(messages: Sequence[Message], *, bos: bool = True) -> str:
     return BOS + text if bos else text
 
 
+@dataclass(frozen=True)
+class Conversation:
+    """A conversation checked and laid out in Llama-2 turns: parsed once, where the request
+    is read (the web layer turns the ValueError into a 422), then handed to the model host."""
+
+    turns: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, messages: Sequence[Message]) -> Conversation:
+        return cls(tuple(llama2_turns(messages)))
+
+
 def encode_llama2(
-    messages: Sequence[Message],
+    conversation: Conversation,
     tokenize: Callable[[str], list[int]],
     bos_id: int,
     eos_id: int,
 ) -> list[int]:
     """Token ids of the prompt. ``tokenize`` must encode plain text, adding no BOS and
     parsing no special tokens (llama-cpp: ``tokenize(b, add_bos=False, special=False)``)."""
-    turns = llama2_turns(messages)
+    turns = conversation.turns
     ids: list[int] = []
     for i, turn in enumerate(turns):
         ids.append(bos_id)

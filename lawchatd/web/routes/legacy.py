@@ -1,9 +1,8 @@
 """The old app's other routes, as its web page calls them: `/health`, `/models/loaded`,
 `/models/unload`, `/models/switch` (and `/models/load`, in routes/models.py).
 
-The old app could hold several models and switch between them; lawchatd holds one, the one
-answering, so `loaded_models` has at most one entry and it is the active one. Where an old
-field name meets a lawchatd one, the old meaning wins; lawchatd's own fields sit beside.
+The bodies are built in web/views.py. Where an old field name meets a lawchatd one, the old
+meaning wins; lawchatd's own fields sit beside.
 """
 
 from __future__ import annotations
@@ -13,40 +12,21 @@ from typing import Any
 from aiohttp import web
 
 from lawchatd.downloads.catalog import ModelSpec, UnknownVariant
-from lawchatd.modelhost.activation import ACTIVE_KEY
+from lawchatd.web import views
 from lawchatd.web.errors import error
-from lawchatd.web.keys import CATALOG, MODEL_HOST, STORE
+from lawchatd.web.keys import ACTIVATOR, CATALOG, MODEL_HOST
 
 routes = web.RouteTableDef()
 
 
 def answering(request: web.Request) -> str | None:
     """The variant that answers chat: loaded, or asleep after keep-alive (a request wakes it)."""
-    return request.app[MODEL_HOST].status()["model_variant"]
+    return request.app[MODEL_HOST].snapshot().variant
 
 
 def loaded_body(request: web.Request) -> dict[str, Any]:
     """GET /models/loaded: the old shape, with lawchatd's status fields beside it."""
-    status = request.app[MODEL_HOST].status()
-    variant = status["model_variant"]
-    memory = status.get("memory_usage") or 0
-    models = []
-    if variant is not None:
-        models.append(
-            {
-                "model_variant": variant,
-                "model_path": status["path"],
-                "loaded_at": status["loaded_at"],
-                "memory_usage": memory,
-                "is_active": True,
-            }
-        )
-    return {
-        "loaded_models": models,
-        "active_model": variant,
-        "total_memory_usage": memory if variant else 0,
-        **status,
-    }
+    return views.loaded_models(request.app[MODEL_HOST].snapshot())
 
 
 @routes.get("/models/loaded")
@@ -56,16 +36,8 @@ async def get_loaded(request: web.Request) -> web.Response:
 
 @routes.get("/health")
 async def get_health(request: web.Request) -> web.Response:
-    variant = answering(request)
-    return web.json_response(
-        {
-            "status": "healthy",
-            "ai_engine_loaded": variant is not None,
-            "loaded_models_count": 0 if variant is None else 1,
-            "active_model": variant,
-            "available_models": request.app[CATALOG].variants,
-        }
-    )
+    snapshot = request.app[MODEL_HOST].snapshot()
+    return web.json_response(views.health(snapshot, request.app[CATALOG].variants))
 
 
 def _variant_query(request: web.Request) -> str:
@@ -86,7 +58,6 @@ def known_spec(request: web.Request, variant: str) -> ModelSpec:
 @routes.post("/models/unload")
 async def post_unload(request: web.Request) -> web.Response:
     variant = _variant_query(request)
-    host = request.app[MODEL_HOST]
     if answering(request) != variant:
         return web.json_response(
             {
@@ -95,8 +66,7 @@ async def post_unload(request: web.Request) -> web.Response:
                 "status": "not_loaded",
             }
         )
-    await host.unload()  # requests running on it finish first
-    await request.app[STORE].set_meta(ACTIVE_KEY, None)  # not loaded again at the next start
+    await request.app[ACTIVATOR].unload()  # requests running on it finish first
     return web.json_response(
         {"message": f"{variant} was unloaded", "model_variant": variant, "status": "unloaded"}
     )

@@ -52,14 +52,15 @@ class _Live:
     def collect(self) -> Iterable[Metric]:
         app = self._app
         manager, host = app[MANAGER], app[MODEL_HOST]
+        counters = host.counters
         running = manager.current if manager.running else None
         fetched = manager.finished_bytes + (running.fetched if running else 0)
         retries = manager.finished_retries + (running.retries if running else 0)
         chat = [
-            ("accepted", host.chat_requests),
-            ("rejected", host.chat_rejected),
-            ("failed", host.chat_failures),
-            ("cancelled", host.chat_cancelled),
+            ("accepted", counters.chat_requests),
+            ("rejected", counters.chat_rejected),
+            ("failed", counters.chat_failures),
+            ("cancelled", counters.chat_cancelled),
         ]
         yield from (
             _counter("lawchatd_download_bytes_total",
@@ -73,16 +74,16 @@ class _Live:
             _gauge("lawchatd_download_running", "1 while a download runs.", 1 if running else 0),
             _gauge("lawchatd_websocket_clients",
                    "Connected /ws/progress clients.", len(app[WEBSOCKETS])),
-            _counter("lawchatd_model_loads_total", "Model loads attempted.", host.loads_total),
+            _counter("lawchatd_model_loads_total", "Model loads attempted.", counters.loads_total),
             _counter("lawchatd_model_load_failures_total",
-                     "Model loads that failed.", host.load_failures),
+                     "Model loads that failed.", counters.load_failures),
             _gauge("lawchatd_model_load_seconds",
-                   "Duration of the last model load.", host.load_seconds or 0),
+                   "Duration of the last model load.", counters.load_seconds or 0),
             _gauge("lawchatd_model_loaded",
                    "1 while a model answers chat.", 1 if host.model_variant else 0),
             _by_outcome("lawchatd_chat_requests_total", "Chat completion requests by outcome.", chat),
             _counter("lawchatd_chat_seconds_total",
-                     "Seconds spent answering accepted chat requests.", host.chat_seconds),
+                     "Seconds spent answering accepted chat requests.", counters.chat_seconds),
             _gauge("lawchatd_chat_queue_waiting",
                    "Chat requests waiting for the model.", host.queue_waiting),
         )  # fmt: skip

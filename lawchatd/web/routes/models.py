@@ -46,10 +46,9 @@ async def post_load(request: web.Request) -> web.Response:
     if request.app[MODEL_HOST].model_variant == spec.variant and not body.force_reload:
         return web.json_response(_answer(request, spec.variant, f"{spec.variant} is loaded"))
     try:
-        task = request.app[ACTIVATOR].begin(spec, manager.final_path(spec))
         # Shielded: a client that hangs up does not abort a swap half-way.
-        await asyncio.shield(task)
-    except LoadInProgress as exc:  # ours, or the host's own (a keep-alive wake)
+        await asyncio.shield(request.app[ACTIVATOR].load(spec, manager.final_path(spec)))
+    except LoadInProgress as exc:  # any load running or waiting, a keep-alive wake-up too
         raise error(409, str(exc)) from None
     except ModelTooLarge as exc:
         raise error(507, f"Loading {spec.variant} refused: {exc}") from None

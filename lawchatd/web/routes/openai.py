@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from lawchatd.modelhost import (
+    Conversation,
     InvalidRequest,
     ModelHostError,
     ModelWaitTimeout,
@@ -25,7 +26,6 @@ from lawchatd.modelhost import (
     QueueFull,
 )
 from lawchatd.modelhost.chat_types import Chunk, Completion, Usage, gathered
-from lawchatd.modelhost.prompt import llama2_turns
 from lawchatd.state.histograms import ChatTimings
 from lawchatd.web.chat_request import ChatRequest, include_usage, messages_of, sampling_of
 from lawchatd.web.errors import read_json
@@ -52,17 +52,15 @@ def add_chat_routes(app: web.Application) -> None:
 
 
 def _model_object(request: web.Request) -> dict[str, Any] | None:
-    host = request.app[MODEL_HOST]
-    status = host.status()
-    variant = status["model_variant"]  # also a model asleep (keep-alive): it answers
-    if variant is None:
+    snapshot = request.app[MODEL_HOST].snapshot()
+    if snapshot.variant is None:  # also a model asleep (keep-alive): it answers
         return None
     return {
-        "id": variant,
+        "id": snapshot.variant,
         "object": "model",
-        "created": host.loaded_timestamp or 0,
+        "created": int(snapshot.loaded_at.timestamp()) if snapshot.loaded_at else 0,
         "owned_by": "lawchatd",
-        "n_ctx": status.get("n_ctx"),  # the context window, as llama.cpp's server reports it
+        "n_ctx": snapshot.n_ctx,  # the context window, as llama.cpp's server reports it
     }
 
 
@@ -90,7 +88,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     messages = messages_of(body)
     sampling = sampling_of(body)
     try:
-        llama2_turns(messages)  # the order of roles; types were checked above
+        conversation = Conversation.parse(messages)  # the order of roles; types were checked
     except ValueError as exc:
         raise openai_error(422, str(exc), param="messages", code="invalid_value") from None
     # None while a swap unloads first: the host makes the request wait for the new model, and
@@ -102,7 +100,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             400, f"{param}: must be at most {n_ctx} (n_ctx)", param=param, code="invalid_value"
         )
     try:
-        chunks = request.app[CHAT_TIMINGS].observe(host.chat_stream(messages, sampling))
+        chunks = request.app[CHAT_TIMINGS].observe(host.chat_stream(conversation, sampling))
         if body.stream:
             return await _sse(request, chunks, include_usage(body))
         return web.json_response(_completion_object(await gathered(chunks)))

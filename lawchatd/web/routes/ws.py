@@ -11,6 +11,7 @@ from aiohttp import WSCloseCode, web
 from lawchatd.web.keys import BANDWIDTH, MANAGER, MODEL_HOST, PROGRESS, WEBSOCKETS
 from lawchatd.web.routes.downloads import available_models, progress_fields
 from lawchatd.web.routes.queue import downloads
+from lawchatd.web.views import model_status
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -32,7 +33,7 @@ async def ws_progress(request: web.Request) -> web.WebSocketResponse:
                 "type": "snapshot",
                 **progress_fields(app[MANAGER].snapshot()),
                 "available_models": await available_models(app),
-                "loaded_model": app[MODEL_HOST].status(),
+                "loaded_model": model_status(app[MODEL_HOST].snapshot()),
                 "bandwidth": app[BANDWIDTH].status(),  # later: `bandwidth` messages
                 "downloads": downloads(app),  # later: `queue` messages
             }

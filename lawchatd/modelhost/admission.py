@@ -1,0 +1,158 @@
+"""Chat admission: a request finds the answering model (waiting for one being loaded, or
+waking one keep-alive unloaded), is tokenized and queued in its engine, and streams its
+pieces back. Requests beyond ``queue_limit`` waiting, or waiting past ``load_wait`` for a
+model, are refused (QueueFull, ModelWaitTimeout: 503 + Retry-After)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from lawchatd.modelhost.chat_types import Chunk, Completion, Sampling, gathered
+from lawchatd.modelhost.counters import Counters
+from lawchatd.modelhost.engine import Finish, Seq
+from lawchatd.modelhost.errors import (
+    InvalidRequest,
+    ModelWaitTimeout,
+    NoModelLoaded,
+    PromptTooLong,
+    QueueFull,
+)
+from lawchatd.modelhost.keepalive import KeepAlive
+from lawchatd.modelhost.load_lock import LoadLock
+from lawchatd.modelhost.prompt import Conversation, encode_llama2
+from lawchatd.modelhost.sampling import tokenize
+from lawchatd.modelhost.swap import Asleep, Resident, Swapper
+
+RETRY_AFTER = 10  # seconds a client is told to wait after ModelWaitTimeout
+
+
+class Admission:
+    def __init__(
+        self,
+        swapper: Swapper,
+        lock: LoadLock,
+        keep_alive: KeepAlive,
+        counters: Counters,
+        wake: Callable[[Asleep], Awaitable[None]],
+        *,
+        parallel: int,
+        queue_limit: int,
+        load_wait: float,
+    ) -> None:
+        self._swapper = swapper
+        self._lock = lock
+        self._keep_alive = keep_alive
+        self._counters = counters
+        self._wake = wake
+        self._parallel = parallel
+        self.queue_limit = queue_limit
+        self.load_wait = load_wait
+        self.waiting_for_model = 0
+
+    async def chat(self, conversation: Conversation, sampling: Sampling) -> Completion:
+        return await gathered(self.chat_stream(conversation, sampling))
+
+    async def chat_stream(
+        self, conversation: Conversation, sampling: Sampling
+    ) -> AsyncIterator[Chunk]:
+        """Text pieces, the last with finish_reason and usage. Errors before the first
+        token (NoModelLoaded, QueueFull, ModelWaitTimeout, PromptTooLong, InvalidRequest) are
+        raised at the first ``__anext__``; closing the iterator cancels this request only."""
+        model, seq = await self._enqueue(conversation, sampling)
+        counters = self._counters
+        started, finished = time.monotonic(), False
+        try:
+            while True:
+                item = await seq.out.get()
+                if isinstance(item, Exception):
+                    raise item
+                if isinstance(item, Finish):
+                    finished = True
+                    counters.completion_tokens += item.usage.completion_tokens
+                    yield Chunk(model.variant, item.text, item.reason, item.usage)
+                    return
+                yield Chunk(model.variant, item)
+        except (asyncio.CancelledError, GeneratorExit):
+            counters.chat_cancelled += 1
+            raise
+        except Exception:
+            counters.chat_failures += 1
+            raise
+        finally:
+            if not finished:
+                model.engine.cancel(seq)
+            counters.chat_seconds += time.monotonic() - started
+            self._keep_alive.arm()
+
+    async def _enqueue(self, conversation: Conversation, s: Sampling) -> tuple[Resident, Seq]:
+        while True:
+            model = await self._answering_model()
+            engine = model.engine
+            would_wait = engine.load >= self._parallel
+            if would_wait and len(engine.waiting) >= self.queue_limit:
+                raise self._refused(
+                    QueueFull(f"Too many requests are waiting for the model ({self.queue_limit})")
+                )
+            prompt = await engine.run_in_thread(_encode, model, conversation, s)
+            if model is not self._swapper.current:
+                continue  # swapped while we tokenized: the new model may cut words otherwise
+            if len(prompt) >= model.n_ctx:
+                raise PromptTooLong(
+                    f"the prompt has {len(prompt)} tokens; the context window holds {model.n_ctx}"
+                )
+            room = model.n_ctx - len(prompt)
+            seq = Seq(prompt, s, min(room, s.max_tokens) if s.max_tokens else room)
+            engine.submit(seq)
+            self._counters.chat_requests += 1
+            return model, seq
+
+    async def _answering_model(self) -> Resident:
+        swapper, lock = self._swapper, self._lock
+        if swapper.current is not None:
+            return swapper.current
+        if not lock.busy and swapper.asleep is not None:
+            swapper.spawn(self._wake(swapper.asleep))
+            await asyncio.sleep(0)  # let the wake-up take the load lock
+        if not lock.busy and swapper.current is None:
+            raise self._refused(NoModelLoaded("No model is loaded"))
+        if self.waiting_for_model >= self.queue_limit:
+            raise self._refused(
+                QueueFull(f"Too many requests are waiting for the model ({self.queue_limit})")
+            )
+        self.waiting_for_model += 1
+        try:
+            async with asyncio.timeout(self.load_wait):
+                while swapper.current is None and lock.busy:
+                    await lock.ended()
+                    await asyncio.sleep(0)
+        except TimeoutError:
+            raise self._refused(
+                ModelWaitTimeout(
+                    f"the model is still loading after {self.load_wait:.0f} s; try again shortly",
+                    retry_after=RETRY_AFTER,
+                )
+            ) from None
+        finally:
+            self.waiting_for_model -= 1
+        if swapper.current is None:
+            why = lock.last_error or "the load did not finish"
+            raise self._refused(NoModelLoaded(f"No model is loaded ({why})"))
+        return swapper.current
+
+    def _refused(self, error: Exception) -> Exception:
+        self._counters.chat_rejected += 1
+        return error
+
+
+def _encode(model: Resident, conversation: Conversation, s: Sampling) -> list[int]:
+    """The prompt's token ids (on the engine's thread: tokenizing a long history takes time)."""
+    lo = model.engine.loaded
+    bad = [t for t in s.logit_bias if not 0 <= int(t) < lo.n_vocab]
+    if bad:
+        raise InvalidRequest(
+            f"logit_bias: token {bad[0]} is not in the vocabulary ({lo.n_vocab})",
+            param="logit_bias",
+        )
+    return encode_llama2(conversation, lambda t: tokenize(lo.vocab, t), lo.bos, lo.eos)
