@@ -26,6 +26,7 @@ from lawchatd.modelhost import (
     QueueFull,
 )
 from lawchatd.modelhost.chat_types import Sampling
+from lawchatd.modelhost.load_lock import LoadLock
 from lawchatd.modelhost.prompt import encode_llama2, format_llama2, llama2_turns
 from lawchatd.web.errors import json_errors
 from lawchatd.web.keys import MODEL_HOST
@@ -124,6 +125,50 @@ def test_encode_puts_bos_eos_as_ids_and_user_text_stays_text() -> None:
 def test_prompt_rejects(messages: list[dict[str, Any]], words: str) -> None:
     with pytest.raises(ValueError, match=words):
         llama2_turns(messages)
+
+
+# --- load lock ---------------------------------------------------------------------------
+
+
+async def test_load_lock_refuses_or_queues() -> None:
+    lock = LoadLock()
+    order: list[str] = []
+    release_a, release_b = asyncio.Event(), asyncio.Event()
+
+    async def load(variant: str, wait: bool, until: asyncio.Event | None = None) -> None:
+        async with lock.hold(variant, wait=wait):
+            order.append(variant)
+            if until is not None:
+                await until.wait()
+
+    a = asyncio.create_task(load("a", False, release_a))
+    await asyncio.sleep(0)
+    assert lock.busy and lock.variant == "a"
+    with pytest.raises(LoadInProgress):
+        lock.hold("refused", wait=False)
+    b = asyncio.create_task(load("b", True, release_b))  # a finished download: waits its turn
+    ended = asyncio.create_task(lock.ended())
+    await asyncio.sleep(0)
+    release_a.set()
+    await ended
+    assert lock.busy, "b follows a: a user's load is still refused"
+    with pytest.raises(LoadInProgress):
+        lock.hold("refused", wait=False)
+    release_b.set()
+    await asyncio.gather(a, b)
+    assert order == ["a", "b"] and not lock.busy and lock.variant is None
+
+
+async def test_load_lock_forgets_a_waiter_that_gives_up() -> None:
+    lock = LoadLock()
+    held = lock.hold("a", wait=False)
+    await held.__aenter__()
+    waiter = asyncio.create_task(lock.hold("b", wait=True).__aenter__())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    await held.__aexit__(None, None, None)
+    assert not lock.busy
 
 
 # --- host ----------------------------------------------------------------------------------
