@@ -165,8 +165,11 @@ async def test_load_lock_forgets_a_waiter_that_gives_up() -> None:
     await held.__aenter__()
     waiter = asyncio.create_task(lock.hold("b", wait=True).__aenter__())
     await asyncio.sleep(0)
+    ended = asyncio.create_task(lock.ended())
+    await asyncio.sleep(0)
     waiter.cancel()
     await asyncio.gather(waiter, return_exceptions=True)
+    await asyncio.wait_for(ended, 1)  # a chat request waiting for a model looks again
     await held.__aexit__(None, None, None)
     assert not lock.busy
 

@@ -44,17 +44,24 @@ class LoadLock:
         self._queued += 1
         try:
             await self._lock.acquire()
-        finally:
+        except BaseException:  # cancelled while waiting: it ends without loading
             self._queued -= 1
+            self._end()
+            raise
+        self._queued -= 1
         self.variant = variant
         try:
             yield
         finally:
             self.variant = None
             self._lock.release()
-            ended, self._ended = self._ended, asyncio.Event()
-            ended.set()
+            self._end()
+
+    def _end(self) -> None:
+        ended, self._ended = self._ended, asyncio.Event()
+        ended.set()
 
     async def ended(self) -> None:
-        """Return when the load running now (or the next one to run) ends."""
+        """Return when the load running now (or the next one to run) ends; whoever waits
+        looks again at what it waits for (it may be a load that gave up waiting its turn)."""
         await self._ended.wait()
