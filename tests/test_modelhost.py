@@ -17,6 +17,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from lawchatd.activation import ACTIVE_KEY, Activator
+from lawchatd.downloads.catalog import ModelSpec
 from lawchatd.modelhost import (
     Conversation,
     LoadInProgress,
@@ -28,6 +30,7 @@ from lawchatd.modelhost import (
 from lawchatd.modelhost.chat_types import Sampling
 from lawchatd.modelhost.load_lock import LoadLock
 from lawchatd.modelhost.prompt import encode_llama2, format_llama2, llama2_turns
+from lawchatd.state.store import Store
 from lawchatd.web.errors import json_errors
 from lawchatd.web.keys import MODEL_HOST
 from lawchatd.web.openai_errors import openai_errors
@@ -308,6 +311,32 @@ async def test_second_load_while_loading(host: ModelHost, models: dict[str, Path
         await host.load("b", models["b"])
     await first
     assert status_of(host)["model_variant"] == "a"
+
+
+async def test_a_user_load_is_refused_and_a_finished_download_waits_its_turn(
+    host: ModelHost, events: list[dict], models: dict[str, Path], tmp_path: Path
+) -> None:
+    store = await Store.open(tmp_path / "s.sqlite3")
+    try:
+        activator = Activator(host, store)
+
+        def spec(v: str) -> ModelSpec:
+            return ModelSpec(v, "org/repo", f"{v}.gguf", models[v].stat().st_size)
+
+        first = asyncio.create_task(activator.load(spec("a"), models["a"]))
+        await asyncio.sleep(0)
+        with pytest.raises(LoadInProgress):  # POST /models/load: 409, try again
+            await activator.load(spec("b"), models["b"])
+        await activator.activate(spec("b"), models["b"])  # autoload: after a, then b
+        await first
+        assert [(e["event"], e["model_variant"]) for e in events] == [
+            ("loading", "a"), ("loaded", "a"), ("loading", "b"), ("loaded", "b")
+        ]  # fmt: skip
+        assert host.model_variant == "b" and await store.get_meta(ACTIVE_KEY) == "b"
+        await activator.unload()
+        assert host.model_variant is None and await store.get_meta(ACTIVE_KEY) is None
+    finally:
+        await store.close()
 
 
 async def test_stream(host: ModelHost, models: dict[str, Path]) -> None:
