@@ -339,6 +339,31 @@ async def test_a_user_load_is_refused_and_a_finished_download_waits_its_turn(
         await store.close()
 
 
+async def test_a_keep_alive_wake_up_holds_the_load_lock(
+    events: list[dict], models: dict[str, Path], tmp_path: Path
+) -> None:
+    # A chat request that wakes a model keep-alive unloaded starts a load nobody asked for:
+    # a user's load meanwhile is refused, a finished download's load waits for it.
+    host = ModelHost(n_ctx=N_CTX, parallel=2, keep_alive=0.2, on_event=events.append)
+    store = await Store.open(tmp_path / "s.sqlite3")
+    try:
+        activator = Activator(host, store)
+        await host.load("a", models["a"])
+        await until(lambda: status_of(host)["idle"])
+        assert events[-1]["event"] == "unloaded" and status_of(host)["model_variant"] == "a"
+        waking = asyncio.create_task(host.chat(ASK, Sampling(max_tokens=1)))
+        await until(lambda: status_of(host)["status"] == "loading")
+        with pytest.raises(LoadInProgress):
+            await host.load("b", models["b"])
+        spec = ModelSpec("b", "org/repo", "b.gguf", models["b"].stat().st_size)
+        await activator.activate(spec, models["b"])
+        assert (await waking).model_variant == "a"
+        assert host.model_variant == "b" and host.counters.loads_total == 3
+    finally:
+        await store.close()
+        await host.close()
+
+
 async def test_stream(host: ModelHost, models: dict[str, Path]) -> None:
     await host.load("a", models["a"])
     greedy = Sampling(max_tokens=12, temperature=0)
