@@ -358,7 +358,8 @@ async def test_a_keep_alive_wake_up_holds_the_load_lock(
         spec = ModelSpec("b", "org/repo", "b.gguf", models["b"].stat().st_size)
         await activator.activate(spec, models["b"])
         assert (await waking).model_variant == "a"
-        assert host.model_variant == "b" and host.counters.loads_total == 3
+        # b answers, or sleeps already when this machine is slow (keep-alive is short here).
+        assert status_of(host)["model_variant"] == "b" and host.counters.loads_total == 3
     finally:
         await store.close()
         await host.close()
