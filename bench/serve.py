@@ -27,11 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from serve_peers import Daemon, Direct, LlamaServer, kib_status
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.serve_peers import Daemon, Direct, LlamaServer, kib_status  # noqa: E402
-from tests.lawchat_gguf import LawChatShape, make_lawchat_gguf  # noqa: E402
+from lawchatd.testing.lawchat_gguf import LawChatShape, make_lawchat_gguf
 
 QUESTION = "Is an oral agreement to sell land enforceable, and what must the buyer prove?"
 _asked = iter(range(1, 1 << 30))

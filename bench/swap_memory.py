@@ -12,16 +12,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from lawchatd.modelhost import ModelHost  # noqa: E402
-from lawchatd.modelhost.chat_types import Sampling  # noqa: E402
-from tests.ggufgen import Shape, make_tiny_llama  # noqa: E402
+from lawchatd.modelhost import ModelHost
+from lawchatd.modelhost.chat_types import Sampling
+from lawchatd.testing.ggufgen import Shape, make_tiny_llama
 
 # About 260 MB of F32 weights: big enough that a leaked model would show plainly in RSS.
 BENCH_SHAPE = Shape(n_embd=1024, n_head=16, n_ff=4096, n_layer=4)
