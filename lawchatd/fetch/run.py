@@ -27,7 +27,6 @@ from lawchatd.fetch.takeover import Paces
 from lawchatd.fetch.verify import check_bytes, record_of, stat_key
 from lawchatd.fetch.waits import Waits
 from lawchatd.hub.client import HubClient, Resolved
-from lawchatd.process.config import Settings
 from lawchatd.state.store import DownloadRow, Store, Verified
 
 if TYPE_CHECKING:  # read, never built here
