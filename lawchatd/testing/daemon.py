@@ -53,18 +53,17 @@ def serve_env(data_dir: Path, api_key: str = API_KEY, **settings: str) -> dict[s
 
 def daemon_env(data_dir: Path, mirror_url: str, catalog: Path, **overrides: str) -> dict[str, str]:
     """`serve_env` for the tests: a test Hub, one connection, and failures noticed in a second."""
-    return serve_env(
-        data_dir,
-        LAWCHATD_HF_ENDPOINT=mirror_url,
-        LAWCHATD_CATALOG=str(catalog),
-        LAWCHATD_STALL_TIMEOUT="1",
-        LAWCHATD_RETRY_BACKOFF="0.05",
-        LAWCHATD_MAX_RETRIES="4",
-        LAWCHATD_CONNECTIONS="1",
-        LAWCHATD_N_CTX="256",
-        LAWCHATD_N_THREADS="1",
-        **overrides,
-    )
+    quick = {
+        "LAWCHATD_HF_ENDPOINT": mirror_url,
+        "LAWCHATD_CATALOG": str(catalog),
+        "LAWCHATD_STALL_TIMEOUT": "1",
+        "LAWCHATD_RETRY_BACKOFF": "0.05",
+        "LAWCHATD_MAX_RETRIES": "4",
+        "LAWCHATD_CONNECTIONS": "1",
+        "LAWCHATD_N_CTX": "256",
+        "LAWCHATD_N_THREADS": "1",
+    }
+    return serve_env(data_dir, **(quick | overrides))
 
 
 @dataclass
