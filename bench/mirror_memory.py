@@ -14,15 +14,9 @@ import tempfile
 from pathlib import Path
 
 import aiohttp
+from procstat import status_kib
 
 from lawchatd.testing.ports import free_port, wait_for_port
-
-
-def _rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 async def _hammer(base: str, pairs: int) -> None:
@@ -52,10 +46,10 @@ def main() -> None:
         proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
         try:
             wait_for_port(proc, port)
-            print(f"start: RSS {_rss_kb(proc.pid)} kB")
+            print(f"start: RSS {status_kib(proc.pid)} kB")
             for done in range(1, rounds + 1):
                 asyncio.run(_hammer(f"http://127.0.0.1:{port}", per_round // 2))
-                print(f"after {done * per_round} requests: RSS {_rss_kb(proc.pid)} kB")
+                print(f"after {done * per_round} requests: RSS {status_kib(proc.pid)} kB")
         finally:
             proc.terminate()
             proc.wait(10)

@@ -24,13 +24,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import aiohttp
+from procstat import RssSampler, counters, cpu_seconds, rss_mb, tcp_queues
 
 from lawchatd.testing.daemon import ENDED, Daemon, clean_env, serve_env
 from lawchatd.testing.models import describe, make_big_gguf, sha256_of, write_catalog
@@ -41,10 +41,8 @@ PYTHON = sys.executable
 ORG, REPO, FILENAME, VARIANT = "bench-org", "bench-repo", "bench.gguf", "bench"
 API_KEY = "bench-key-0123456789"
 DAEMON_ARGS = ["-m", "lawchatd", "serve"]  # after the interpreter; experiments may swap it
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1 << 20
 BLOCK = 8 * MIB  # read block when warming the page cache
-SAMPLE_SECONDS = 0.05
 # The brief's flags, plus quiet console output (printing is not downloading).
 ARIA2C_FLAGS = [
     "-k",
@@ -140,74 +138,6 @@ def tail(path: Path, limit: int = 2000) -> str:
         return path.read_text(errors="replace")[-limit:]
     except OSError:
         return ""
-
-
-# ---- /proc readers ------------------------------------------------------------------------------
-
-
-def counters(pid: int) -> tuple[float, float, int]:
-    """(user s, system s, minor faults) of the whole process, all its threads."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()  # after the name, which may hold spaces
-    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK, int(fields[7])
-
-
-def cpu_seconds(pid: int) -> float:
-    user, system, _ = counters(pid)
-    return user + system
-
-
-def rss_mb(pid: int, key: str = "VmRSS") -> float:
-    """VmRSS (now) or VmHWM (the peak since exec) in decimal MB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(f"{key}:"):
-                return int(line.split()[1]) * 1024 / 1e6
-    return 0.0
-
-
-class RssSampler:
-    """Samples a process's memory every 50 ms in a thread, so the event loop is never involved."""
-
-    def __init__(self, pid: int, key: str = "VmRSS") -> None:
-        self.pid, self.key = pid, key
-        self.samples: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(OSError):
-                self.samples.append(rss_mb(self.pid, self.key))
-            self._stop.wait(SAMPLE_SECONDS)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        with contextlib.suppress(OSError):
-            self.samples.append(rss_mb(self.pid, self.key))
-
-    @property
-    def peak(self) -> float:
-        return max(self.samples, default=0.0)
-
-
-def tcp_queues(port: int) -> dict[tuple[int, int], tuple[int, int]]:
-    """(local port, remote port) -> (tx_queue, rx_queue) bytes for IPv4 sockets touching `port`."""
-    found = {}
-    with open("/proc/net/tcp") as f:
-        next(f)
-        for line in f:
-            cols = line.split()
-            local, remote = (int(c.split(":")[1], 16) for c in cols[1:3])
-            if port in (local, remote):
-                tx, rx = (int(v, 16) for v in cols[4].split(":"))
-                found[(local, remote)] = (tx, rx)
-    return found
 
 
 # ---- the file, the catalog, the mirror ----------------------------------------------------------

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from serve_peers import Daemon, Direct, LlamaServer, kib_status
+from procstat import status_kib
+from serve_peers import Daemon, Direct, LlamaServer
 
 from lawchatd.testing.lawchat_gguf import LawChatShape, make_lawchat_gguf
 
@@ -227,8 +228,8 @@ async def swap_step(daemon: Daemon, variant: str, log: list[dict], answered: asy
         "load_status": loaded.get("status", loaded),
         "swap_s": took,
         "requests_waited_for_model": seen_none,
-        "rss_after": kib_status(daemon.pid, "VmRSS") * 1024,
-        "peak_rss_so_far": kib_status(daemon.pid, "VmHWM") * 1024,
+        "rss_after": status_kib(daemon.pid, "VmRSS") * 1024,
+        "peak_rss_so_far": status_kib(daemon.pid, "VmHWM") * 1024,
     }
 
 
@@ -241,14 +242,14 @@ async def swap(
 ) -> dict:
     daemon = Daemon(work, models, threads=args.threads, cgroup_limit=limit)
     async with daemon:
-        one_model_rss = kib_status(daemon.pid, "VmRSS") * 1024
+        one_model_rss = status_kib(daemon.pid, "VmRSS") * 1024
         stop, answered, log = asyncio.Event(), asyncio.Event(), []
         users = [asyncio.create_task(traffic(daemon, stop, log, answered)) for _ in range(4)]
         await answers(log, answered, 4)
         done = [await swap_step(daemon, variant, log, answered) for variant in steps]
         stop.set()
         await asyncio.gather(*users)
-        peak = kib_status(daemon.pid, "VmHWM") * 1024
+        peak = status_kib(daemon.pid, "VmHWM") * 1024
     return {
         "memory_limit": limit,
         "mode": daemon.limit_mode,
@@ -268,7 +269,7 @@ async def one_model_rss(model: Path, args: argparse.Namespace, work: Path) -> in
     """RSS of a daemon with one model loaded and warm: the unit of the swap's limit."""
     async with Daemon(work, {"a": model}, threads=args.threads) as daemon:
         await stream_once(daemon.url, daemon.headers, 4)
-        return kib_status(daemon.pid, "VmRSS") * 1024
+        return status_kib(daemon.pid, "VmRSS") * 1024
 
 
 async def main() -> None:

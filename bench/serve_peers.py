@@ -25,13 +25,6 @@ CGROUP_V1 = Path("/sys/fs/cgroup/memory")
 CGROUP_V2 = Path("/sys/fs/cgroup")
 
 
-def kib_status(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
-
-
 def make_cgroup(limit: int) -> tuple[Path | None, str]:
     """A memory cgroup with ``limit`` bytes (v2 memory.max or v1 limit_in_bytes), if root
     may make one here; else (None, why)."""

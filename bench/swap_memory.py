@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from procstat import status_kib
+
 from lawchatd.modelhost import ModelHost
 from lawchatd.modelhost.chat_types import Sampling
 from lawchatd.testing.ggufgen import Shape, make_tiny_llama
@@ -26,11 +28,8 @@ PROMPT = [{"role": "user", "content": "Summarise the doctrine of precedent."}]
 
 
 def rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    """This process's RSS in MiB."""
+    return status_kib("self", "VmRSS") / 1024
 
 
 async def measure(swaps: int, folder: Path) -> dict:

@@ -26,4 +26,3 @@ def final_file(daemon: Daemon, model: ModelFile) -> Path:
 
 def part_file(daemon: Daemon, model: ModelFile) -> Path:
     return daemon.data_dir / "models" / f"{model.filename}.part"
-
