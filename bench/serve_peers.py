@@ -16,8 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from lawchatd.testing.daemon import Daemon as Process
-from lawchatd.testing.daemon import serve_command, serve_env
+from lawchatd.testing.daemon import Daemon, serve_command, serve_env
 from lawchatd.testing.ports import free_port
 
 API_KEY = "bench-key-0123456789"
@@ -43,7 +42,7 @@ def make_cgroup(limit: int) -> tuple[Path | None, str]:
     return None, f"no cgroup ({why}); LAWCHATD_MEMORY_MAX instead"
 
 
-class Daemon:
+class ServedModel:
     """lawchatd serve with the given models already "downloaded", the first one loaded."""
 
     def __init__(
@@ -85,7 +84,7 @@ class Daemon:
             else:  # join the cgroup before exec: every byte is counted
                 join = f'echo $$ > {self.cgroup}/cgroup.procs && exec "$@"'
                 command = ["sh", "-c", join, "sh", *command]
-        self.process = Process(self.data, env, self.data / "daemon.log", API_KEY, command)
+        self.process = Daemon(self.data, env, self.data / "daemon.log", API_KEY, command)
         self.headers = self.process.headers()
 
     @property
@@ -96,7 +95,7 @@ class Daemon:
     def pid(self) -> int:
         return self.process.pid if self.process.proc else 0
 
-    async def __aenter__(self) -> Daemon:
+    async def __aenter__(self) -> ServedModel:
         await self.process.start(timeout=60)
         try:
             await self.verified()
