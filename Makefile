@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # llama-cpp-python compiles from source: use both cores; pip caches the wheel it builds.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: serve test install install-test browser lint bench clean
+.PHONY: serve test install install-test browser lint bench wheel clean
 
 serve: install
 	$(BIN)/lawchatd serve
@@ -47,5 +47,9 @@ bench: install-test
 	$(BIN)/python bench/swap_memory.py
 	$(BIN)/python bench/internet.py
 
+# An installable package (the dashboard inside) for `pip install dist/lawchatd-*.whl`.
+wheel: install
+	$(BIN)/pip wheel --no-deps -w dist .
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache test-artifacts
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache test-artifacts

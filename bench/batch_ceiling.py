@@ -24,15 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import llama_cpp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from lawchatd.modelhost.loader import Loaded, free_model, open_model  # noqa: E402
+from lawchatd.modelhost.loader import Loaded, free_model, open_model
 
 ROUNDS = 5
 

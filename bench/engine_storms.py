@@ -27,16 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.flaky_hub import STORM, Faults, FlakyHub, start_flaky_hub
-from tests.harness import (
-    Daemon,
-    ModelFile,
-    bytes_received,
-    daemon_env,
-    make_big_gguf,
-    sha256_of,
-    write_catalog,
-)
+from lawchatd.testing.daemon import Daemon, bytes_received, daemon_env
+from lawchatd.testing.flaky_hub import STORM, Faults, FlakyHub, start_flaky_hub
+from lawchatd.testing.models import ModelFile, make_big_gguf, sha256_of, write_catalog
 
 VARIANT = "bench"
 

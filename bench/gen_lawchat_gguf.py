@@ -8,13 +8,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.lawchat_gguf import LawChatShape, make_lawchat_gguf  # noqa: E402
+from lawchatd.testing.lawchat_gguf import LawChatShape, make_lawchat_gguf
 
 
 def main() -> None:

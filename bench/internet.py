@@ -23,6 +23,9 @@ import aiohttp
 import run as base  # bench/run.py: file, mirror, processes, daemon helpers
 from capcheck import measure_limiter, raw_fetch, window_report
 
+from lawchatd.testing.daemon import clean_env
+from lawchatd.testing.ports import free_port
+
 HERE = Path(__file__).resolve().parent
 LINE, PER_CONNECTION, CRAWL = 125e6, 40e6, 1e6
 HF_SCRIPT = """
@@ -43,7 +46,7 @@ print(json.dumps({"seconds": time.perf_counter() - start, "how": how}))
 
 
 def start_shaper(ctx: base.Context, mirror_url: str, crawl: bool) -> tuple:
-    port = base.free_port()
+    port = free_port()
     cmd = [base.PYTHON, str(HERE / "shaper.py"), "--port", str(port)]
     cmd += [
         "--upstream",
@@ -52,8 +55,8 @@ def start_shaper(ctx: base.Context, mirror_url: str, crawl: bool) -> tuple:
         str(PER_CONNECTION),
     ]
     cmd += ["--total", str(LINE), "--crawl", str(CRAWL if crawl else 0)]
-    proc = base.spawn(cmd, ctx.tmp / "shaper.log", env=base.child_env())
-    base.wait_for_port(proc, port, ctx.tmp / "shaper.log")
+    proc = base.spawn(cmd, ctx.tmp / "shaper.log", env=clean_env())
+    base.listening(proc, port, ctx.tmp / "shaper.log")
     return proc, base.Context(ctx.tmp, ctx.source, ctx.mirror, f"http://127.0.0.1:{port}")
 
 
@@ -74,7 +77,7 @@ def run_aria2c(ctx: base.Context, n: int = 8) -> float:
 
 def run_hf(ctx: base.Context) -> tuple[float, str]:
     out = ctx.fresh_dir("hf")
-    env = base.child_env(HF_ENDPOINT=ctx.mirror_url, HF_HUB_DISABLE_TELEMETRY="1")
+    env = clean_env(HF_ENDPOINT=ctx.mirror_url, HF_HUB_DISABLE_TELEMETRY="1")
     env["HF_HOME"] = str(out / "home")
     cdn = ctx.resolve_url  # http_get follows the redirect itself
     cmd = [base.PYTHON, "-c", HF_SCRIPT, f"{base.ORG}/{base.REPO}", base.FILENAME, str(out), cdn]
@@ -87,45 +90,21 @@ def run_hf(ctx: base.Context) -> tuple[float, str]:
 
 async def run_lawchatd(ctx: base.Context, n: int, timeout: float, **env: str) -> dict:
     """POST to `completed`, with the bytes seen in each progress message for the 5 s windows."""
-    data = ctx.fresh_dir(f"lawchatd-{n}")
-    daemon_env = base.child_env(
-        LAWCHATD_DATA_DIR=str(data / "data"),
-        LAWCHATD_PORT="0",
-        LAWCHATD_HF_ENDPOINT=ctx.mirror_url,
-        LAWCHATD_CATALOG=str(ctx.source.catalog),
-        LAWCHATD_API_KEY=base.API_KEY,
-        LAWCHATD_CONNECTIONS=str(n),
-        LAWCHATD_AUTOLOAD="false",
-        LAWCHATD_ENV_FILE="/nonexistent",
-        **env,
-    )
-    proc = base.spawn([base.PYTHON, *base.DAEMON_ARGS], data / "log", env=daemon_env)
+    daemon = await base.start_daemon(ctx, f"lawchatd-{n}", n, **env)
     try:
-        url = await _listening(proc, data / "log")
-        headers = {"Authorization": f"Bearer {base.API_KEY}"}
-        async with aiohttp.ClientSession(headers=headers) as session:
-            ws = await session.ws_connect(f"{url}/ws/progress")
+        async with aiohttp.ClientSession(headers=daemon.headers()) as session:
+            ws = await session.ws_connect(f"{daemon.url}/ws/progress")
             await ws.receive_json()
             start = time.perf_counter()
             body = {"model_variant": base.VARIANT}
-            async with session.post(f"{url}/models/download", json=body) as resp:
+            async with session.post(f"{daemon.url}/models/download", json=body) as resp:
                 resp.raise_for_status()
             samples, status = await _follow(ws, timeout)
             wall = time.perf_counter() - start
     finally:
-        base.stop(proc)
-        shutil.rmtree(data, ignore_errors=True)
+        await daemon.close()
+        shutil.rmtree(daemon.data_dir.parent, ignore_errors=True)
     return {"wall": wall if status == "completed" else None, "status": status, "samples": samples}
-
-
-async def _listening(proc, log: Path) -> str:
-    for _ in range(600):
-        if match := base.LISTENING.search(base.tail(log, 1 << 20)):
-            return match[1]
-        if proc.poll() is not None:
-            break
-        await asyncio.sleep(0.05)
-    raise base.BenchError(f"the daemon did not start: {base.tail(log)}")
 
 
 async def _follow(ws, timeout: float) -> tuple[list[tuple[float, int]], str]:

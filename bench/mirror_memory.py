@@ -8,21 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import aiohttp
+from procstat import status_kib
 
-
-def _rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+from lawchatd.testing.ports import free_port, wait_for_port
 
 
 async def _hammer(base: str, pairs: int) -> None:
@@ -42,22 +36,20 @@ async def _hammer(base: str, pairs: int) -> None:
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 4
     per_round = int(sys.argv[2]) if len(sys.argv) > 2 else 10_000
-    with tempfile.TemporaryDirectory() as tmp, socket.socket() as sock:
+    with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp, "org", "repo")
         repo.mkdir(parents=True)
         (repo / "README.md").write_text("# bench\n")
         (repo / "m.gguf").write_bytes(b"GGUF" + os.urandom(1 << 20))
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        sock.close()
+        port = free_port()
         argv = [sys.executable, "-m", "lawchatd", "mirror", tmp, "--port", str(port)]
         proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
         try:
-            time.sleep(2)
-            print(f"start: RSS {_rss_kb(proc.pid)} kB")
+            wait_for_port(proc, port)
+            print(f"start: RSS {status_kib(proc.pid)} kB")
             for done in range(1, rounds + 1):
                 asyncio.run(_hammer(f"http://127.0.0.1:{port}", per_round // 2))
-                print(f"after {done * per_round} requests: RSS {_rss_kb(proc.pid)} kB")
+                print(f"after {done * per_round} requests: RSS {status_kib(proc.pid)} kB")
         finally:
             proc.terminate()
             proc.wait(10)

@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,9 +21,8 @@ from pathlib import Path
 import httpx
 from openai import OpenAI
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.harness import API_KEY, REPO, Daemon, build_models, daemon_env, write_catalog  # noqa: E402
+from lawchatd.testing.daemon import API_KEY, Daemon, daemon_env
+from lawchatd.testing.models import REPO, build_models, write_catalog
 
 ASK = [{"role": "user", "content": "What is a tort?"}]
 VARIANT = "tiny-small"

@@ -13,38 +13,36 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import hashlib
 import json
 import os
 import platform
-import re
 import resource
 import shutil
 import signal
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import aiohttp
+from procstat import RssSampler, counters, cpu_seconds, rss_mb, tcp_queues
+
+from lawchatd.testing.daemon import ENDED, Daemon, clean_env, serve_env
+from lawchatd.testing.models import describe, make_big_gguf, sha256_of, write_catalog
+from lawchatd.testing.ports import free_port, wait_for_port
 
 PROJECT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 ORG, REPO, FILENAME, VARIANT = "bench-org", "bench-repo", "bench.gguf", "bench"
 API_KEY = "bench-key-0123456789"
 DAEMON_ARGS = ["-m", "lawchatd", "serve"]  # after the interpreter; experiments may swap it
-LISTENING = re.compile(r"listening on (http://[\d.]+:\d+)")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1 << 20
-BLOCK = 8 * MIB  # generation block: big enough for few syscalls, small enough for little memory
-SAMPLE_SECONDS = 0.05
+BLOCK = 8 * MIB  # read block when warming the page cache
 # The brief's flags, plus quiet console output (printing is not downloading).
 ARIA2C_FLAGS = [
     "-k",
@@ -142,74 +140,6 @@ def tail(path: Path, limit: int = 2000) -> str:
         return ""
 
 
-# ---- /proc readers ------------------------------------------------------------------------------
-
-
-def counters(pid: int) -> tuple[float, float, int]:
-    """(user s, system s, minor faults) of the whole process, all its threads."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()  # after the name, which may hold spaces
-    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK, int(fields[7])
-
-
-def cpu_seconds(pid: int) -> float:
-    user, system, _ = counters(pid)
-    return user + system
-
-
-def rss_mb(pid: int, key: str = "VmRSS") -> float:
-    """VmRSS (now) or VmHWM (the peak since exec) in decimal MB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(f"{key}:"):
-                return int(line.split()[1]) * 1024 / 1e6
-    return 0.0
-
-
-class RssSampler:
-    """Samples a process's memory every 50 ms in a thread, so the event loop is never involved."""
-
-    def __init__(self, pid: int, key: str = "VmRSS") -> None:
-        self.pid, self.key = pid, key
-        self.samples: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(OSError):
-                self.samples.append(rss_mb(self.pid, self.key))
-            self._stop.wait(SAMPLE_SECONDS)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        with contextlib.suppress(OSError):
-            self.samples.append(rss_mb(self.pid, self.key))
-
-    @property
-    def peak(self) -> float:
-        return max(self.samples, default=0.0)
-
-
-def tcp_queues(port: int) -> dict[tuple[int, int], tuple[int, int]]:
-    """(local port, remote port) -> (tx_queue, rx_queue) bytes for IPv4 sockets touching `port`."""
-    found = {}
-    with open("/proc/net/tcp") as f:
-        next(f)
-        for line in f:
-            cols = line.split()
-            local, remote = (int(c.split(":")[1], 16) for c in cols[1:3])
-            if port in (local, remote):
-                tx, rx = (int(v, 16) for v in cols[4].split(":"))
-                found[(local, remote)] = (tx, rx)
-    return found
-
-
 # ---- the file, the catalog, the mirror ----------------------------------------------------------
 
 
@@ -223,27 +153,13 @@ class Source:
 
 def make_source(root: Path, size: int) -> Source:
     """A valid GGUF header, then incompressible bytes; a .sha256 sidecar so the mirror never hashes."""
-    path = root / "hub" / ORG / REPO / FILENAME
-    path.parent.mkdir(parents=True)
-    digest = hashlib.sha256()
-    with open(path, "wb") as f:
-        head = b"GGUF" + struct.pack("<IQQ", 3, 0, 0)
-        f.write(head)
-        digest.update(head)
-        left = size - len(head)
-        while left > 0:
-            block = os.urandom(min(BLOCK, left))
-            f.write(block)
-            digest.update(block)
-            left -= len(block)
-    sha = digest.hexdigest()
-    Path(f"{path}.sha256").write_text(f"{sha}  {FILENAME}\n")
-    catalog = root / "catalog.toml"
-    catalog.write_text(
-        f'[[models]]\nvariant = "{VARIANT}"\nrepo = "{ORG}/{REPO}"\nfilename = "{FILENAME}"\n'
-        f'size = {size}\nsha256 = "{sha}"\nlabel = "benchmark file"\n'
-    )
-    return Source(path, size, sha, catalog)
+    folder = root / "hub" / ORG / REPO
+    folder.mkdir(parents=True)
+    model = describe(VARIANT, make_big_gguf(folder / FILENAME, size))
+    path = folder / FILENAME
+    Path(f"{path}.sha256").write_text(f"{model.sha256}  {FILENAME}\n")
+    catalog = write_catalog(root / "catalog.toml", {VARIANT: model}, repo=f"{ORG}/{REPO}")
+    return Source(path, size, model.sha256, catalog)
 
 
 def warm_page_cache(path: Path) -> None:
@@ -252,21 +168,11 @@ def warm_page_cache(path: Path) -> None:
             pass
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(proc: subprocess.Popen, port: int, log: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"the mirror exited {proc.returncode}: {tail(log)}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise BenchError(f"the mirror did not start: {tail(log)}")
+def listening(proc: subprocess.Popen, port: int, log: Path) -> None:
+    try:
+        wait_for_port(proc, port)
+    except RuntimeError as exc:
+        raise BenchError(f"{exc}: {tail(log)}") from None
 
 
 @dataclass
@@ -291,16 +197,9 @@ def start_mirror(tmp: Path, source: Source) -> Context:
     port = free_port()
     log = tmp / "mirror.log"
     cmd = [PYTHON, "-m", "lawchatd", "mirror", str(tmp / "hub"), "--port", str(port)]
-    proc = spawn(cmd, log, env=child_env())
-    wait_for_port(proc, port, log)
+    proc = spawn(cmd, log, env=clean_env())
+    listening(proc, port, log)
     return Context(tmp, source, proc, f"http://127.0.0.1:{port}")
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LAWCHATD_", "HF_"))}
-    env["PYTHONPATH"] = str(PROJECT)
-    env.update(extra)
-    return env
 
 
 # ---- one measurement ----------------------------------------------------------------------------
@@ -383,56 +282,38 @@ def bench_aria2c(ctx: Context, n: int, verify: bool) -> Run:
     with MirrorCpu(ctx) as mirror:
         usage = run_tool(cmd, log)
     check_size(out, ctx.source.size)
-    if verify and sha256_file(out) != ctx.source.sha256:  # once is enough to trust the others
+    if verify and sha256_of(out) != ctx.source.sha256:  # once is enough to trust the others
         raise BenchError("aria2c's file hashes wrong")
     shutil.rmtree(out_dir)
     return make_run(f"aria2c({n})", ctx.source.size, usage, mirror.used)
 
 
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 # ---- lawchatd -----------------------------------------------------------------------------------
 
 
-@dataclass
-class Daemon:
-    proc: subprocess.Popen
-    url: str
-    data_dir: Path
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
-
-
-async def start_daemon(ctx: Context, name: str, connections: int) -> Daemon:
-    data = ctx.fresh_dir(name)
-    log = data / "daemon.log"
-    env = child_env(
-        LAWCHATD_DATA_DIR=str(data / "data"),
-        LAWCHATD_PORT="0",
+async def start_daemon(ctx: Context, name: str, connections: int, **settings: str) -> Daemon:
+    """A daemon on a fresh folder, pointed at the mirror; its data dir is `<folder>/data`."""
+    folder = ctx.fresh_dir(name)
+    env = serve_env(
+        folder / "data",
+        API_KEY,
         LAWCHATD_HF_ENDPOINT=ctx.mirror_url,
         LAWCHATD_CATALOG=str(ctx.source.catalog),
-        LAWCHATD_API_KEY=API_KEY,
         LAWCHATD_CONNECTIONS=str(connections),
-        LAWCHATD_AUTOLOAD="false",
-        LAWCHATD_ENV_FILE="/nonexistent",
+        **settings,
     )
-    proc = spawn([PYTHON, *DAEMON_ARGS], log, env=env)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if match := LISTENING.search(tail(log, 1 << 20)):
-            return Daemon(proc, match[1], data)
-        if proc.poll() is not None:
-            break
-        await asyncio.sleep(0.05)
-    raise BenchError(f"the daemon did not start: {tail(log)}")
-
-
-ENDED = ("completed", "error", "cancelled")
+    daemon = Daemon(
+        folder / "data",
+        env,
+        folder / "daemon.log",
+        api_key=API_KEY,
+        command=[PYTHON, *DAEMON_ARGS],
+        own_session=True,
+    )
+    try:
+        return await daemon.start()
+    except (RuntimeError, TimeoutError) as exc:
+        raise BenchError(str(exc)[-2000:]) from None
 
 
 async def wait_finished(ws: aiohttp.ClientWebSocketResponse, timeout: float) -> dict:
@@ -455,7 +336,7 @@ async def bench_lawchatd(ctx: Context, connections: int, clients: int = 0, stuck
         async with aiohttp.ClientSession(headers=headers) as session:
             watcher = await session.ws_connect(f"{daemon.url}/ws/progress")
             await watcher.receive_json()  # the snapshot: subscribed from here on
-            rss_idle = rss_mb(daemon.proc.pid)
+            rss_idle = rss_mb(daemon.pid)
             async with FanOut(daemon, clients - stuck, stuck) as fan:
                 run = await timed_download(ctx, daemon, session, watcher, tool)
                 run.extra["rss_idle_mb"] = round(rss_idle, 1)
@@ -463,8 +344,8 @@ async def bench_lawchatd(ctx: Context, connections: int, clients: int = 0, stuck
                     run.extra.update(await fan.report())
             await watcher.close()
     finally:
-        stop(daemon.proc)
-        shutil.rmtree(daemon.data_dir, ignore_errors=True)
+        await daemon.close()
+        shutil.rmtree(daemon.data_dir.parent, ignore_errors=True)
     return run
 
 
@@ -476,7 +357,7 @@ async def timed_download(
     tool: str,
 ) -> Run:
     """From the POST to the 'completed' message; lawchatd's time includes its sha256 and fsync."""
-    pid, size = daemon.proc.pid, ctx.source.size
+    pid, size = daemon.pid, ctx.source.size
     rss_start, (user0, sys0, flt0) = rss_mb(pid), counters(pid)
     bench_cpu = resource.getrusage(resource.RUSAGE_SELF)
     with MirrorCpu(ctx) as mirror, RssSampler(pid) as rss:
@@ -490,7 +371,7 @@ async def timed_download(
         wall = time.perf_counter() - start
     if final["status"] != "completed":
         raise BenchError(f"{tool}: the download ended {final['status']}: {final.get('error')}")
-    check_size(daemon.data_dir / "data" / "models" / FILENAME, size)
+    check_size(daemon.data_dir / "models" / FILENAME, size)
     user1, sys1, flt1 = counters(pid)
     usage = Usage(wall, rss.peak, user1 - user0, sys1 - sys0, flt1 - flt0)
     run = make_run(tool, size, usage, mirror.used)

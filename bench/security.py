@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import socket
 import sqlite3
 import statistics
@@ -24,23 +23,20 @@ from pathlib import Path
 
 import aiohttp
 
+from lawchatd.testing.daemon import Daemon, serve_env
+
 KEY = "bench-key-0123456789"
-LISTENING = re.compile(r"listening on (http://[\d.]+:\d+)")
 
 
 def env_for(code: Path, data: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LAWCHATD_", "HF_"))}
-    env.update(
+    return serve_env(
+        data,
+        KEY,
         PYTHONPATH=str(code),
-        LAWCHATD_DATA_DIR=str(data),
-        LAWCHATD_PORT="0",
-        LAWCHATD_API_KEY=KEY,
         LAWCHATD_HF_ENDPOINT="http://127.0.0.1:9",
-        LAWCHATD_ENV_FILE="/nonexistent",
         LAWCHATD_LOG_LEVEL="WARNING",
+        **extra,
     )
-    env.update(extra)
-    return env
 
 
 def timed_start(env: dict[str, str], limit: float = 10) -> str:
@@ -85,28 +81,16 @@ def start_failures(code: Path, root: Path) -> None:
     taken.close()
 
 
-def start_daemon(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    log = tempfile.TemporaryFile()  # noqa: SIM115 - read while the daemon runs
-    env = {**env, "LAWCHATD_LOG_LEVEL": "INFO"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lawchatd", "serve"],
-        env=env,
-        cwd=env["PYTHONPATH"],
-        stdout=log,
-        stderr=log,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        log.seek(0)
-        if match := LISTENING.search(log.read().decode(errors="replace")):
-            return proc, match[1]
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("the daemon did not start")
+async def start_daemon(env: dict[str, str]) -> Daemon:
+    """The daemon of the checkout in env's PYTHONPATH (`python -m` imports the cwd first)."""
+    data = Path(env["LAWCHATD_DATA_DIR"])
+    env = {**env, "LAWCHATD_LOG_LEVEL": "INFO"}  # INFO: the "listening on" line
+    log = data.parent / f"{data.name}.log"
+    return await Daemon(data, env, log, api_key=KEY, cwd=Path(env["PYTHONPATH"])).start()
 
 
-def fds(proc: subprocess.Popen) -> int:
-    return len(os.listdir(f"/proc/{proc.pid}/fd"))
+def fds(daemon: Daemon) -> int:
+    return len(os.listdir(f"/proc/{daemon.pid}/fd"))
 
 
 async def healthz_ms(url: str) -> float:
@@ -119,10 +103,11 @@ async def healthz_ms(url: str) -> float:
 
 async def slowloris(code: Path, root: Path, attackers: int) -> None:
     print(f"\n## slowloris: {attackers} half-sent requests, default settings")
-    proc, url = start_daemon(env_for(code, root / "slow"))
+    daemon = await start_daemon(env_for(code, root / "slow"))
+    url = daemon.url
     host, port = url.removeprefix("http://").split(":")
     try:
-        before = fds(proc)
+        before = fds(daemon)
         began = time.monotonic()
         socks = []
         for _ in range(attackers):
@@ -130,7 +115,7 @@ async def slowloris(code: Path, root: Path, attackers: int) -> None:
             writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
             socks.append((reader, writer))
         await asyncio.sleep(0.5)
-        during = fds(proc)
+        during = fds(daemon)
         latencies = [await healthz_ms(url) for _ in range(20)]
         print(f"- daemon fds: {before} before, {during} during the attack")
         print(
@@ -149,18 +134,18 @@ async def slowloris(code: Path, root: Path, attackers: int) -> None:
                 pass
         print(
             f"- closed by the daemon: {closed}/{attackers} within "
-            f"{time.monotonic() - began:.1f} s of the attack's start; fds after: {fds(proc)}"
+            f"{time.monotonic() - began:.1f} s of the attack's start; fds after: {fds(daemon)}"
         )
         for _, writer in socks:
             writer.close()
     finally:
-        proc.terminate()
-        proc.wait(10)
+        await daemon.close()
 
 
 async def overhead(code: Path, root: Path, requests: int) -> None:
     print(f"\n## cost per request: {requests} GET /models/download-progress on one connection")
-    proc, url = start_daemon(env_for(code, root / "cost"))
+    daemon = await start_daemon(env_for(code, root / "cost"))
+    url = daemon.url
     try:
         async with aiohttp.ClientSession() as session:
             async with session.post(url + "/session", json={"api_key": KEY}) as resp:
@@ -184,8 +169,7 @@ async def overhead(code: Path, root: Path, requests: int) -> None:
                     f"- {name}: {requests / took:.0f} requests/s ({took / requests * 1e6:.0f} µs each)"
                 )
     finally:
-        proc.terminate()
-        proc.wait(10)
+        await daemon.close()
 
 
 def main() -> None:

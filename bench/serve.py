@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from procstat import status_kib
+from serve_peers import Direct, LlamaServer, ServedModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.serve_peers import Daemon, Direct, LlamaServer, kib_status  # noqa: E402
-from tests.lawchat_gguf import LawChatShape, make_lawchat_gguf  # noqa: E402
+from lawchatd.testing.lawchat_gguf import LawChatShape, make_lawchat_gguf
 
 QUESTION = "Is an oral agreement to sell land enforceable, and what must the buyer prove?"
 _asked = iter(range(1, 1 << 30))
@@ -110,7 +109,7 @@ async def single_user(model: Path, args: argparse.Namespace, work: Path) -> dict
     }
     for name, make in peers.items():
         law, other = await side_by_side(
-            Daemon(work, {"a": model}, threads=args.threads, parallel=args.parallel),
+            ServedModel(work, {"a": model}, threads=args.threads, parallel=args.parallel),
             make(),
             args.tokens,
             n,
@@ -125,7 +124,7 @@ async def single_user(model: Path, args: argparse.Namespace, work: Path) -> dict
     return res
 
 
-async def four_users(daemon: Daemon, tokens: int) -> dict:
+async def four_users(daemon: ServedModel, tokens: int) -> dict:
     started = time.monotonic()
     runs = await asyncio.gather(
         *(stream_once(daemon.url, daemon.headers, tokens) for _ in range(4))
@@ -136,7 +135,7 @@ async def four_users(daemon: Daemon, tokens: int) -> dict:
 
 async def users_at_once(model: Path, args: argparse.Namespace, work: Path) -> dict:
     """Four users at once against LAWCHATD_PARALLEL=4 and =1, both daemons loaded, in turns."""
-    slots = {p: Daemon(work, {"a": model}, threads=args.threads, parallel=p) for p in (4, 1)}
+    slots = {p: ServedModel(work, {"a": model}, threads=args.threads, parallel=p) for p in (4, 1)}
     out: dict[str, Any] = {
         f"parallel_{p}": {"agg_tok_s": [], "ttft": [], "failed": 0} for p in slots
     }
@@ -168,7 +167,7 @@ async def users_at_once(model: Path, args: argparse.Namespace, work: Path) -> di
     return out
 
 
-async def prompt_size(daemon: Daemon) -> int:
+async def prompt_size(daemon: ServedModel) -> int:
     """Prompt tokens of one of the bench's questions, as the daemon's template makes them."""
     body = {"messages": messages(), "max_tokens": 1}
     async with (
@@ -196,7 +195,7 @@ async def ceiling(model: Path, prompt_tokens: int, args: argparse.Namespace) -> 
 
 
 async def traffic(
-    daemon: Daemon, stop: asyncio.Event, log: list[dict], answered: asyncio.Event
+    daemon: ServedModel, stop: asyncio.Event, log: list[dict], answered: asyncio.Event
 ) -> None:
     while not stop.is_set():
         started = time.monotonic()
@@ -211,7 +210,9 @@ async def answers(log: list[dict], answered: asyncio.Event, n: int) -> None:
         await answered.wait()
 
 
-async def swap_step(daemon: Daemon, variant: str, log: list[dict], answered: asyncio.Event) -> dict:
+async def swap_step(
+    daemon: ServedModel, variant: str, log: list[dict], answered: asyncio.Event
+) -> dict:
     """Load ``variant`` while the users keep asking; then wait for 8 more answers."""
     before = len(log)
     seen_none = False
@@ -229,8 +230,8 @@ async def swap_step(daemon: Daemon, variant: str, log: list[dict], answered: asy
         "load_status": loaded.get("status", loaded),
         "swap_s": took,
         "requests_waited_for_model": seen_none,
-        "rss_after": kib_status(daemon.pid, "VmRSS") * 1024,
-        "peak_rss_so_far": kib_status(daemon.pid, "VmHWM") * 1024,
+        "rss_after": status_kib(daemon.pid, "VmRSS") * 1024,
+        "peak_rss_so_far": status_kib(daemon.pid, "VmHWM") * 1024,
     }
 
 
@@ -241,16 +242,16 @@ async def swap(
     limit: int | None,
     steps: tuple[str, ...] = ("b",),
 ) -> dict:
-    daemon = Daemon(work, models, threads=args.threads, cgroup_limit=limit)
+    daemon = ServedModel(work, models, threads=args.threads, cgroup_limit=limit)
     async with daemon:
-        one_model_rss = kib_status(daemon.pid, "VmRSS") * 1024
+        one_model_rss = status_kib(daemon.pid, "VmRSS") * 1024
         stop, answered, log = asyncio.Event(), asyncio.Event(), []
         users = [asyncio.create_task(traffic(daemon, stop, log, answered)) for _ in range(4)]
         await answers(log, answered, 4)
         done = [await swap_step(daemon, variant, log, answered) for variant in steps]
         stop.set()
         await asyncio.gather(*users)
-        peak = kib_status(daemon.pid, "VmHWM") * 1024
+        peak = status_kib(daemon.pid, "VmHWM") * 1024
     return {
         "memory_limit": limit,
         "mode": daemon.limit_mode,
@@ -268,9 +269,9 @@ async def swap(
 
 async def one_model_rss(model: Path, args: argparse.Namespace, work: Path) -> int:
     """RSS of a daemon with one model loaded and warm: the unit of the swap's limit."""
-    async with Daemon(work, {"a": model}, threads=args.threads) as daemon:
+    async with ServedModel(work, {"a": model}, threads=args.threads) as daemon:
         await stream_once(daemon.url, daemon.headers, 4)
-        return kib_status(daemon.pid, "VmRSS") * 1024
+        return status_kib(daemon.pid, "VmRSS") * 1024
 
 
 async def main() -> None:

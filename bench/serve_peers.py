@@ -7,9 +7,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,24 +16,12 @@ from typing import Any
 
 import aiohttp
 
-PROJECT = Path(__file__).resolve().parent.parent
+from lawchatd.testing.daemon import Daemon, serve_command, serve_env
+from lawchatd.testing.ports import free_port
+
 API_KEY = "bench-key-0123456789"
-LISTENING = re.compile(r"listening on (http://[\d.]+:\d+)")
 CGROUP_V1 = Path("/sys/fs/cgroup/memory")
 CGROUP_V2 = Path("/sys/fs/cgroup")
-
-
-def kib_status(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_cgroup(limit: int) -> tuple[Path | None, str]:
@@ -57,7 +42,7 @@ def make_cgroup(limit: int) -> tuple[Path | None, str]:
     return None, f"no cgroup ({why}); LAWCHATD_MEMORY_MAX instead"
 
 
-class Daemon:
+class ServedModel:
     """lawchatd serve with the given models already "downloaded", the first one loaded."""
 
     def __init__(
@@ -80,44 +65,38 @@ class Daemon:
             )
         (self.data / "catalog.toml").write_text("\n".join(entries))
         self.first = next(iter(models))
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("LAWCHATD_")}
-        self.env.update(
-            LAWCHATD_DATA_DIR=str(self.data),
-            LAWCHATD_PORT="0",
+        env = serve_env(
+            self.data,
+            API_KEY,
             LAWCHATD_CATALOG=str(self.data / "catalog.toml"),
-            LAWCHATD_API_KEY=API_KEY,
-            LAWCHATD_AUTOLOAD="false",
             LAWCHATD_RESUME_ON_START="false",
             LAWCHATD_N_THREADS=str(threads),
-            LAWCHATD_ENV_FILE="/nonexistent",
-            PYTHONPATH=str(PROJECT),
         )
         if parallel:
-            self.env["LAWCHATD_PARALLEL"] = str(parallel)
+            env["LAWCHATD_PARALLEL"] = str(parallel)
         self.cgroup: Path | None = None
         self.limit_mode = "none"
+        command = serve_command()
         if cgroup_limit:
             self.cgroup, self.limit_mode = make_cgroup(cgroup_limit)
             if self.cgroup is None:
-                self.env["LAWCHATD_MEMORY_MAX"] = str(cgroup_limit)
-        self.headers = {"Authorization": f"Bearer {API_KEY}"}
-        self.url = ""
-        self.pid = 0
+                env["LAWCHATD_MEMORY_MAX"] = str(cgroup_limit)
+            else:  # join the cgroup before exec: every byte is counted
+                join = f'echo $$ > {self.cgroup}/cgroup.procs && exec "$@"'
+                command = ["sh", "-c", join, "sh", *command]
+        self.process = Daemon(self.data, env, self.data / "daemon.log", API_KEY, command)
+        self.headers = self.process.headers()
 
-    async def __aenter__(self) -> Daemon:
-        log = open(self.data / "daemon.log", "wb")  # noqa: SIM115 - closed with the process
-        cmd = [sys.executable, "-m", "lawchatd", "serve"]
-        if self.cgroup is not None:  # join the cgroup before exec: every byte is counted
-            cmd = ["sh", "-c", f'echo $$ > {self.cgroup}/cgroup.procs && exec "$@"', "sh", *cmd]
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=log)
-        self.pid = self.proc.pid
-        deadline = time.monotonic() + 60
-        while not self.url:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"daemon did not start: {self.log()[-2000:]}")
-            found = LISTENING.search(self.log())
-            self.url = found.group(1) if found else ""
-            await asyncio.sleep(0.1)
+    @property
+    def url(self) -> str:
+        return self.process.url
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid if self.process.proc else 0
+
+    async def __aenter__(self) -> ServedModel:
+        await self.process.start(timeout=60)
         try:
             await self.verified()
             status = await self.load(self.first)
@@ -129,8 +108,7 @@ class Daemon:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(self.proc.wait, 30)
+        await self.process.close(timeout=30)
         for f in (self.data / "models").iterdir():
             f.unlink()
         if self.cgroup is not None:
@@ -150,21 +128,15 @@ class Daemon:
             await asyncio.sleep(1)
 
     def log(self) -> str:
-        return (self.data / "daemon.log").read_text(errors="replace")
+        return self.process.log()
 
     async def get(self, path: str) -> dict[str, Any]:
-        async with aiohttp.ClientSession() as s, s.get(self.url + path, headers=self.headers) as r:
-            return await r.json()
+        return await self.process.get(path)
 
     async def load(self, variant: str) -> dict[str, Any]:
         timeout = aiohttp.ClientTimeout(total=1800)
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as s,
-            s.post(
-                self.url + "/models/load", json={"model_variant": variant}, headers=self.headers
-            ) as r,
-        ):
-            return await r.json()
+        body = {"model_variant": variant}
+        return (await self.process.post("/models/load", body, timeout=timeout))[1]
 
 
 class LlamaServer:

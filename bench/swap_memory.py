@@ -12,16 +12,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from procstat import status_kib
 
-from lawchatd.modelhost import Conversation, ModelHost  # noqa: E402
-from lawchatd.modelhost.chat_types import Sampling  # noqa: E402
-from tests.ggufgen import Shape, make_tiny_llama  # noqa: E402
+from lawchatd.modelhost import Conversation, ModelHost
+from lawchatd.modelhost.chat_types import Sampling
+from lawchatd.testing.ggufgen import Shape, make_tiny_llama
 
 # About 260 MB of F32 weights: big enough that a leaked model would show plainly in RSS.
 BENCH_SHAPE = Shape(n_embd=1024, n_head=16, n_ff=4096, n_layer=4)
@@ -29,11 +28,8 @@ PROMPT = Conversation.parse([{"role": "user", "content": "Summarise the doctrine
 
 
 def rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    """This process's RSS in MiB."""
+    return status_kib("self", "VmRSS") / 1024
 
 
 async def measure(swaps: int, folder: Path) -> dict:

@@ -7,15 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import (
-    Daemon,
-    Mirror,
-    ModelFile,
-    build_models,
-    daemon_env,
-    start_mirror,
-    write_catalog,
-)
+from lawchatd.testing.daemon import Daemon, daemon_env
+from lawchatd.testing.mirror_server import Mirror, start_mirror
+from lawchatd.testing.models import ModelFile, build_models, write_catalog
 
 
 @pytest.fixture(scope="session")

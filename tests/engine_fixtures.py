@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.flaky_hub import FlakyHub, start_flaky_hub
-from tests.harness import REPO, Daemon, ModelFile, daemon_env, write_catalog
+from lawchatd.testing.daemon import Daemon, daemon_env
+from lawchatd.testing.flaky_hub import FlakyHub, start_flaky_hub
+from lawchatd.testing.models import REPO, ModelFile, write_catalog
 
 
 @pytest.fixture

@@ -10,7 +10,9 @@ import sys
 import aiohttp
 import pytest
 
-from tests.harness import API_KEY, Daemon, Mirror, ModelFile, daemon_env, write_catalog
+from lawchatd.testing.daemon import API_KEY, Daemon, daemon_env
+from lawchatd.testing.mirror_server import Mirror
+from lawchatd.testing.models import ModelFile, write_catalog
 
 PROTECTED = [
     ("GET", "/models/available"),

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import REPO, Daemon, Mirror, ModelFile, make_big_gguf, sha256_of, start_mirror
-from tests.harness import write_catalog as write_catalog_file
+from lawchatd.testing.daemon import Daemon
+from lawchatd.testing.mirror_server import Mirror, start_mirror
+from lawchatd.testing.models import REPO, ModelFile, make_big_gguf, sha256_of
+from lawchatd.testing.models import write_catalog as write_catalog_file
 
 SIZE = 100_000_000
 TOLERANCE = 0.05  # the "within 5 % of the cap"

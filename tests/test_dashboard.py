@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import API_KEY, REPO, Daemon, Mirror, ModelFile, write_catalog
+from lawchatd.testing.daemon import API_KEY, Daemon
+from lawchatd.testing.mirror_server import Mirror
+from lawchatd.testing.models import REPO, ModelFile, write_catalog
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from playwright.async_api import Page, expect
 
-from tests.harness import Daemon
+from lawchatd.testing.daemon import Daemon
 from tests.test_dashboard import browser_page, open_dashboard, pytestmark  # noqa: F401
 
 

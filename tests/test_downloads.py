@@ -9,15 +9,10 @@ import subprocess
 
 import pytest
 
-from tests.harness import (
-    Daemon,
-    Mirror,
-    ModelFile,
-    final_file,
-    part_file,
-    sha256_of,
-    start_download,
-)
+from lawchatd.testing.daemon import Daemon
+from lawchatd.testing.mirror_server import Mirror
+from lawchatd.testing.models import ModelFile, sha256_of
+from tests.harness import final_file, part_file, start_download
 
 A = "tiny-a"
 
@@ -197,7 +192,7 @@ async def test_gated_repo_is_explained(daemon, mirror: Mirror):
 
 
 async def test_missing_file_is_explained(make_daemon, mirror: Mirror, models, hub_root, tmp_path):
-    from tests.harness import REPO, write_catalog
+    from lawchatd.testing.models import REPO, write_catalog
 
     ghost = ModelFile("ghost", "ghost.gguf", 1000, "1" * 64)
     catalog = write_catalog(tmp_path / "ghost.toml", {**models, "ghost": ghost})
@@ -280,7 +275,8 @@ async def test_a_full_disk_mid_way_keeps_the_partial_and_the_daemon_healthy(
 
 
 async def test_the_hf_token_goes_to_the_hub_and_never_to_the_cdn(make_daemon, hub_root, models):
-    from tests.harness import HF_TOKEN, start_mirror
+    from lawchatd.testing.mirror_server import start_mirror
+    from lawchatd.testing.models import HF_TOKEN
 
     # The CDN answers on "localhost": another origin than the Hub at 127.0.0.1.
     gated = await start_mirror(hub_root, token=HF_TOKEN, cdn_host="localhost")
@@ -305,7 +301,8 @@ async def test_the_hf_token_goes_to_the_hub_and_never_to_the_cdn(make_daemon, hu
 
 
 async def test_a_partial_of_an_older_upstream_file_is_started_over(make_daemon, tmp_path):
-    from tests.harness import REPO, make_big_gguf, start_mirror
+    from lawchatd.testing.mirror_server import start_mirror
+    from lawchatd.testing.models import REPO, make_big_gguf
 
     # A catalog without sha256 trusts the Hub's: when that changes, the partial is stale.
     hub = tmp_path / "hub"

@@ -7,9 +7,11 @@ import signal
 import sqlite3
 import time
 
+from lawchatd.testing.daemon import Daemon
+from lawchatd.testing.flaky_hub import FlakyHub
+from lawchatd.testing.models import sha256_of
 from tests import engine_fixtures
-from tests.flaky_hub import FlakyHub
-from tests.harness import Daemon, final_file, part_file, sha256_of, start_download
+from tests.harness import final_file, part_file, start_download
 
 flaky, flaky_daemon = engine_fixtures.flaky, engine_fixtures.flaky_daemon  # fixtures
 A = "tiny-a"

@@ -27,7 +27,7 @@ from lawchatd.fetch.verify import HASH_CHUNK, Stopped, hash_file, record_of
 from lawchatd.hub.client import HubClient, retry_after
 from lawchatd.process.config import Settings
 from lawchatd.state.store import DownloadRow, Part, Store
-from tests.flaky_hub import Faults, FlakyHub, start_flaky_hub
+from lawchatd.testing.flaky_hub import Faults, FlakyHub, start_flaky_hub
 
 DATA = os.urandom(3 << 20)
 KEPT = 1000

@@ -9,8 +9,8 @@ import gguf
 import pytest
 from llama_cpp import Llama
 
-from tests.ggufgen import PAD_KEY, make_tiny_llama
-from tests.lawchat_gguf import LawChatShape, make_lawchat_gguf
+from lawchatd.testing.ggufgen import PAD_KEY, make_tiny_llama
+from lawchatd.testing.lawchat_gguf import LawChatShape, make_lawchat_gguf
 
 
 def _sha256(path: Path) -> str:

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from lawchatd.mirror import create_mirror_app
-from tests import mirror_faults
-from tests.harness import serve
-from tests.mirror_faults import STATS, MirrorStats
+from lawchatd.testing import mirror_faults
+from lawchatd.testing.mirror_faults import STATS, MirrorStats
+from lawchatd.testing.servers import serve
 
 pytest.importorskip("huggingface_hub")
 

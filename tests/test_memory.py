@@ -9,8 +9,8 @@ import pytest
 
 from lawchatd.modelhost import memory
 from lawchatd.modelhost.ggufmeta import GGUFMetaError, read_shape
-from tests.ggufgen import make_tiny_llama
-from tests.lawchat_gguf import LawChatShape, make_lawchat_gguf
+from lawchatd.testing.ggufgen import make_tiny_llama
+from lawchatd.testing.lawchat_gguf import LawChatShape, make_lawchat_gguf
 
 
 def test_header_of_a_law_chat_shaped_file(tmp_path: Path) -> None:

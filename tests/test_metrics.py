@@ -14,7 +14,8 @@ from prometheus_client.samples import Sample
 
 from lawchatd.modelhost.chat_types import Chunk, Usage
 from lawchatd.state.histograms import ChatTimings
-from tests.harness import Daemon, Mirror
+from lawchatd.testing.daemon import Daemon
+from lawchatd.testing.mirror_server import Mirror
 
 CHAT = {"messages": [{"role": "user", "content": "What is a tort?"}], "max_tokens": 8}
 CHAT_HISTOGRAMS = (

@@ -21,9 +21,9 @@ from yarl import URL
 
 from lawchatd.mirror import create_mirror_app, run_mirror
 from lawchatd.mirror.signing import Signer
-from tests import mirror_faults
-from tests.harness import serve, served
-from tests.mirror_faults import FAULTS, STATS, Faults, MirrorStats
+from lawchatd.testing import mirror_faults
+from lawchatd.testing.mirror_faults import FAULTS, STATS, Faults, MirrorStats
+from lawchatd.testing.servers import serve, served
 
 SIZE = 300_000
 FILE = "law-chat.Q4_0.gguf"

@@ -16,16 +16,11 @@ import aiohttp
 import pytest
 
 from lawchatd.fetch import FetchOptions
-from tests.harness import (
-    REPO,
-    Daemon,
-    Mirror,
-    ModelFile,
-    free_port,
-    serve,
-    sha256_of,
-    start_mirror,
-)
+from lawchatd.testing.daemon import Daemon
+from lawchatd.testing.mirror_server import Mirror, start_mirror
+from lawchatd.testing.models import REPO, ModelFile, sha256_of
+from lawchatd.testing.ports import free_port
+from lawchatd.testing.servers import serve
 
 FAST = FetchOptions(connections=2, max_retries=20, retry_backoff=0.1, stall_timeout=2.0)
 A = "tiny-a"
@@ -185,7 +180,7 @@ async def test_a_link_out_of_dir_is_never_filled(
 async def test_the_cli_fills_from_a_gated_upstream_with_its_token(
     tmp_path: Path, hub_root: Path, models: dict[str, ModelFile]
 ) -> None:
-    from tests.harness import HF_TOKEN
+    from lawchatd.testing.models import HF_TOKEN
 
     upstream = await start_mirror(hub_root, token=HF_TOKEN)
     port = free_port()
@@ -237,7 +232,7 @@ async def test_pull_through_from_an_upstream_that_answers_like_huggingface_co(
     tmp_path: Path, hub_root: Path, models: dict[str, ModelFile]
 ) -> None:
 
-    from tests.harness import HF_TOKEN
+    from lawchatd.testing.models import HF_TOKEN
     from tests.hub_like import COMMIT, HubLike
 
     model = models["tiny-small"]
@@ -336,7 +331,7 @@ async def test_a_fetch_cut_by_a_mirror_restart_resumes(
 
 
 async def test_an_upstream_commit_gets_its_own_bytes_and_works_offline(tmp_path: Path) -> None:
-    from tests.harness import make_big_gguf
+    from lawchatd.testing.models import make_big_gguf
 
     hub = tmp_path / "hub"
     (hub / REPO).mkdir(parents=True)

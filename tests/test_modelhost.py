@@ -31,12 +31,12 @@ from lawchatd.modelhost.chat_types import Sampling
 from lawchatd.modelhost.load_lock import LoadLock
 from lawchatd.modelhost.prompt import encode_llama2, format_llama2, llama2_turns
 from lawchatd.state.store import Store
+from lawchatd.testing.ggufgen import make_tiny_llama
 from lawchatd.web.errors import json_errors
 from lawchatd.web.keys import MODEL_HOST
 from lawchatd.web.openai_errors import openai_errors
 from lawchatd.web.routes.openai import add_chat_routes
 from lawchatd.web.views import model_status
-from tests.ggufgen import make_tiny_llama
 
 log = logging.getLogger(__name__)
 

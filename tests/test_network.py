@@ -17,8 +17,12 @@ import trustme
 from lawchatd.hub.session import client_session, describe_error, proxy_for, redact, ssl_context
 from lawchatd.mirror import create_mirror_app
 from lawchatd.process.config import Settings
-from tests.harness import REPO, Mirror, ModelFile, daemon_env, free_port, served, start_mirror
-from tests.netproxy import Proxy, start_proxy
+from lawchatd.testing.daemon import daemon_env
+from lawchatd.testing.mirror_server import Mirror, start_mirror
+from lawchatd.testing.models import REPO, ModelFile
+from lawchatd.testing.netproxy import Proxy, start_proxy
+from lawchatd.testing.ports import free_port
+from lawchatd.testing.servers import served
 
 FIRM_HOST = "hub.lawfirm.invalid"  # resolvable by the proxy alone (.invalid never resolves)
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "SSL_CERT_FILE")

@@ -8,8 +8,10 @@ from pathlib import Path
 import aiohttp
 
 from lawchatd.fetch import FetchOptions
-from tests.harness import REPO, Mirror, free_port, start_mirror
-from tests.netproxy import Proxy
+from lawchatd.testing.mirror_server import Mirror, start_mirror
+from lawchatd.testing.models import REPO
+from lawchatd.testing.netproxy import Proxy
+from lawchatd.testing.ports import free_port
 from tests.test_network import clean_env, firm_mirror, make_settings, proxy  # noqa: F401 - fixtures
 
 

@@ -16,7 +16,9 @@ from aiohttp import web
 
 from lawchatd.hub.session import client_session, describe_error
 from lawchatd.process.config import Settings
-from tests.harness import Mirror, free_port, served
+from lawchatd.testing.mirror_server import Mirror
+from lawchatd.testing.ports import free_port
+from lawchatd.testing.servers import served
 
 
 async def error_of(url: str, tmp_path: Path, **values: object) -> str:

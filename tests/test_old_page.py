@@ -15,7 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.harness import API_KEY, Daemon, Mirror
+from lawchatd.testing.daemon import API_KEY, Daemon
+from lawchatd.testing.mirror_server import Mirror
 
 Json = dict[str, Any]
 

@@ -20,7 +20,8 @@ import pytest
 from langchain_openai import ChatOpenAI
 from openai import OpenAI
 
-from tests.harness import API_KEY, REPO, Daemon, ModelFile, daemon_env, write_catalog
+from lawchatd.testing.daemon import API_KEY, Daemon, daemon_env
+from lawchatd.testing.models import REPO, ModelFile, write_catalog
 
 VARIANT = "tiny-small"
 ASK = [{"role": "user", "content": "What is a tort?"}]

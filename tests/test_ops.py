@@ -16,7 +16,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import API_KEY, Daemon, Mirror, sha256_of
+from lawchatd.testing.daemon import API_KEY, Daemon
+from lawchatd.testing.mirror_server import Mirror
+from lawchatd.testing.models import sha256_of
 
 ROOT = Path(__file__).resolve().parent.parent
 A = "tiny-a"

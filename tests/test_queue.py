@@ -5,7 +5,8 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from tests.harness import Daemon, ModelFile, sha256_of
+from lawchatd.testing.daemon import Daemon
+from lawchatd.testing.models import ModelFile, sha256_of
 from tests.test_ops import finished, run_cli
 
 SLOW = {"LAWCHATD_MAX_RATE": "2MB"}  # the 40 MB "big" runs for 20 s unless the cap is lifted

@@ -13,7 +13,8 @@ from lawchatd.downloads.bandwidth import Bandwidth, parse_schedule
 from lawchatd.fetch.ratelimit import QUANTUM, RateLimiter, format_rate, parse_rate
 from lawchatd.hub.session import client_session
 from lawchatd.process.config import Settings
-from tests.harness import REPO, Mirror, ModelFile, make_big_gguf, start_mirror
+from lawchatd.testing.mirror_server import Mirror, start_mirror
+from lawchatd.testing.models import REPO, ModelFile, make_big_gguf
 
 CAP = 16_000_000  # bytes/s: far below what loopback does, so the limiter is the only limit
 MONDAY = datetime(2026, 11, 23)  # a Monday

@@ -32,12 +32,12 @@ from lawchatd.modelhost.engine import MIXED_STEP_ROWS, ROW_TILE, Engine, mixed_s
 from lawchatd.modelhost.ggufmeta import read_shape
 from lawchatd.modelhost.memory import model_cost, process_rss
 from lawchatd.state.store import Store
+from lawchatd.testing.lawchat_gguf import LawChatShape, make_lawchat_gguf
 from lawchatd.web.errors import json_errors
 from lawchatd.web.keys import MODEL_HOST
 from lawchatd.web.openai_errors import openai_errors
 from lawchatd.web.routes.openai import add_chat_routes
 from lawchatd.web.views import model_status
-from tests.lawchat_gguf import LawChatShape, make_lawchat_gguf
 
 USER = [{"role": "user", "content": "Is a verbal contract binding?"}]
 ASK = Conversation.parse(USER)

@@ -15,7 +15,7 @@ import pytest
 from lawchatd.modelhost import Conversation, ModelHost
 from lawchatd.modelhost.chat_types import Sampling
 from lawchatd.modelhost.sampling import TextOut
-from tests.ggufgen import make_tiny_llama
+from lawchatd.testing.ggufgen import make_tiny_llama
 
 USER = [{"role": "user", "content": "What is a tort?"}]
 ASK = Conversation.parse(USER)

@@ -16,7 +16,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from tests.harness import API_KEY, Daemon, Mirror
+from lawchatd.testing.daemon import API_KEY, Daemon
+from lawchatd.testing.mirror_server import Mirror
 
 
 async def raw_request(daemon: Daemon, head: bytes, body: bytes = b"") -> tuple[int, dict]:

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from tests.harness import Daemon, free_port, served
+from lawchatd.testing.daemon import Daemon
+from lawchatd.testing.ports import free_port
+from lawchatd.testing.servers import served
 
 playwright_api = pytest.importorskip("playwright.async_api", reason="pip install playwright")
 CHROMIUM = Path("/usr/bin/chromium")

@@ -11,11 +11,11 @@ from aiohttp import web
 
 from lawchatd.client import DaemonClient
 from lawchatd.process.config import Settings
+from lawchatd.testing.servers import served
 from lawchatd.web.body import MAX_DEPTH, BadBody, parse
 from lawchatd.web.errors import json_errors
 from lawchatd.web.guard import split_host
 from lawchatd.web.loginlimit import FailureLimiter
-from tests.harness import served
 
 
 @pytest.mark.parametrize(

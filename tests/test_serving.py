@@ -8,7 +8,8 @@ import signal
 
 import aiohttp
 
-from tests.harness import API_KEY, Daemon, Mirror
+from lawchatd.testing.daemon import API_KEY, Daemon
+from lawchatd.testing.mirror_server import Mirror
 
 CHAT = {"messages": [{"role": "user", "content": "What is a tort?"}], "max_tokens": 8}
 

@@ -12,7 +12,7 @@ from http.cookies import SimpleCookie
 import aiohttp
 import pytest
 
-from tests.harness import API_KEY, Daemon
+from lawchatd.testing.daemon import API_KEY, Daemon
 
 JSON = {"Content-Type": "application/json"}
 

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from tests.harness import API_KEY, Daemon
+from lawchatd.testing.daemon import API_KEY, Daemon
 
 ATTACKERS = 500
 LIMIT = 64

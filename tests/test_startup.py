@@ -24,7 +24,7 @@ from lawchatd.process.startup import (
     EX_PROTOCOL,
     EX_UNAVAILABLE,
 )
-from tests.harness import daemon_env
+from lawchatd.testing.daemon import daemon_env
 
 pytestmark = pytest.mark.timeout(60)
 SERVE = [sys.executable, "-m", "lawchatd", "serve"]

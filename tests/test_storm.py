@@ -6,9 +6,10 @@ import time
 
 import pytest
 
+from lawchatd.testing.daemon import Daemon, bytes_received
+from lawchatd.testing.flaky_hub import STORM, FlakyHub
+from lawchatd.testing.models import ModelFile, sha256_of
 from tests import engine_fixtures
-from tests.flaky_hub import STORM, FlakyHub
-from tests.harness import Daemon, ModelFile, bytes_received, sha256_of
 
 flaky, flaky_daemon = engine_fixtures.flaky, engine_fixtures.flaky_daemon  # fixtures
 

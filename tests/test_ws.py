@@ -9,7 +9,8 @@ import aiohttp
 import pytest
 
 from lawchatd.state.progress import ProgressHub
-from tests.harness import API_KEY, Daemon, Mirror
+from lawchatd.testing.daemon import API_KEY, Daemon
+from lawchatd.testing.mirror_server import Mirror
 
 PROGRESS_FIELDS = {
     "model_variant", "progress", "status", "error", "total_size", "downloaded_size", "speed", "eta",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from importlib import resources
 from pathlib import Path
 
 from aiohttp import WSCloseCode, web
@@ -47,7 +48,8 @@ from lawchatd.web.routes.openai import add_chat_routes
 from lawchatd.web.routes.queue import queue_message, queue_routes
 
 log = logging.getLogger(__name__)
-STATIC_DIR = Path(__file__).resolve().parent.parent.parent / "static"
+# Package data (lawchatd/static links to the top-level static/), so a wheel serves it too.
+STATIC_DIR = Path(str(resources.files("lawchatd") / "static"))
 MAX_BODY = 1 << 20  # chat histories fit; anything larger is a mistake or an attack
 
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from tests.harness import free_port, serve
+from lawchatd.testing.ports import free_port
+from lawchatd.testing.servers import serve
 
 COMMIT = "c0ffee" * 6 + "abcd"
 KINDS = (

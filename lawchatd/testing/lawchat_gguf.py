@@ -10,7 +10,7 @@ Blocks are written directly as random integers under a small fp16 scale (no floa
 quantisation to wait for): a 3.8 GB file takes seconds, streamed tensor by tensor.
 
 The output is steered so the model writes only printable word pieces and never ends on its
-own (as tests/ggufgen.py does): dimension 0 of every embedding is a large constant, and the
+own (as ggufgen.py does): dimension 0 of every embedding is a large constant, and the
 output rows of the byte tokens >= 0x80 and of the control tokens weigh it negatively.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from tests.ggufgen import BOS_ID, EOS_ID, TOKEN_TYPES, TOKENS, UNK_ID, llama_writer
+from lawchatd.testing.ggufgen import BOS_ID, EOS_ID, TOKEN_TYPES, TOKENS, UNK_ID, llama_writer
 
 BLOCK = 32  # weights per block, Q4_0 and Q8_0 alike
 

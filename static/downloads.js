@@ -1,0 +1,76 @@
+// The download panel: the running download's progress, step, speed and time left.
+
+import { formatBytes, formatEta, formatPercent, formatSpeed, sentence } from "./format.js";
+import { $, showNotice } from "./messages.js";
+import { refreshModels, renderModels } from "./models.js";
+import { state } from "./state.js";
+
+const PHASE_WORDS = {
+  resolving: "Asking the Hub for the file",
+  downloading: "Downloading",
+  retrying: "Connection problem, retrying",
+  verifying: "Checking the file (size and sha256)",
+  loading: "Loading the model",
+};
+
+export function applyProgress(progress) {
+  const before = state.progress;
+  state.progress = progress;
+  renderProgress(progress);
+  const changed =
+    before.status !== progress.status || before.model_variant !== progress.model_variant;
+  if (changed && progress.status !== "downloading") {
+    // Finished, failed or cancelled: what is on disk changed, so read the list again.
+    refreshModels();
+    announceOutcome(progress);
+  } else {
+    renderModels();
+  }
+}
+
+function announceOutcome(progress) {
+  const name = progress.model_variant;
+  if (progress.status === "completed") showNotice(`${name} is downloaded and verified.`);
+  if (progress.status === "cancelled") showNotice(`The download of ${name} was cancelled.`);
+  if (progress.status === "error") showNotice(""); // the reason is shown in the download panel
+}
+
+function downloadTitle(p) {
+  const name = p.model_variant;
+  switch (p.status) {
+    case "downloading":
+      return p.phase === "loading" ? `Loading ${name}` : `Downloading ${name}`;
+    case "completed":
+      return `${name} downloaded`;
+    case "error":
+      return `The download of ${name} failed`;
+    case "cancelled":
+      return `The download of ${name} was cancelled; the partial file is kept`;
+    default:
+      return "No download running";
+  }
+}
+
+function phaseWords(p) {
+  if (p.status !== "downloading") return "–";
+  const words = PHASE_WORDS[p.phase] || "Working";
+  return p.phase === "retrying" && p.retries ? `${words} (retry ${p.retries})` : words;
+}
+
+export function renderProgress(p) {
+  const running = p.status === "downloading";
+  $("dl-title").textContent = downloadTitle(p);
+  const bar = $("dl-bar");
+  bar.value = Number(p.progress || 0);
+  bar.textContent = formatPercent(p.progress);
+  const sizes = p.total_size
+    ? ` (${formatBytes(p.downloaded_size)} of ${formatBytes(p.total_size)})`
+    : "";
+  $("dl-percent").textContent = p.status === "idle" ? "–" : formatPercent(p.progress) + sizes;
+  $("dl-speed").textContent = running ? formatSpeed(p.speed) : "–";
+  $("dl-eta").textContent = running ? formatEta(p.eta) : "–";
+  $("dl-phase").textContent = phaseWords(p);
+  const failure = $("dl-error");
+  failure.textContent = p.status === "error" && p.error ? sentence(p.error) : "";
+  failure.hidden = !failure.textContent;
+}
