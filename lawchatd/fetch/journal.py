@@ -91,8 +91,9 @@ class FileJournal:
     async def save(self, entry: Entry) -> None:
         await asyncio.to_thread(self._write, entry)
 
-    def forget(self) -> None:
-        self.path.unlink(missing_ok=True)
+    async def forget(self) -> None:
+        """Delete the file (its fetch is published, or given up)."""
+        await asyncio.to_thread(self.path.unlink, missing_ok=True)
 
     def _read(self) -> Entry | None:
         try:
