@@ -91,9 +91,10 @@ class FileJournal:
     async def save(self, entry: Entry) -> None:
         await asyncio.to_thread(self._write, entry)
 
-    async def forget(self) -> None:
-        """Delete the file (its fetch is published, or given up)."""
-        await asyncio.to_thread(self.path.unlink, missing_ok=True)
+    def forget(self) -> None:
+        """Delete the file (its fetch is published, or given up). A file operation: call it
+        in a thread (`asyncio.to_thread(journal.forget)`)."""
+        self.path.unlink(missing_ok=True)
 
     def _read(self) -> Entry | None:
         try:
