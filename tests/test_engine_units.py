@@ -18,7 +18,9 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from lawchatd.downloads.catalog import Catalog, ModelSpec
+from lawchatd.downloads.journal import RowJournal, forget_partial, transition
 from lawchatd.downloads.manager import DownloadManager
+from lawchatd.fetch import Entry
 from lawchatd.fetch.errors import DownloadFailed, unexpected
 from lawchatd.fetch.fetcher import Counters, Fetcher, Link
 from lawchatd.fetch.partial import PartialFile
@@ -247,3 +249,33 @@ def test_a_hash_gives_up_when_the_daemon_stops(tmp_path: Path):
     stop.set()
     with pytest.raises(Stopped):
         hash_file(path, stop)
+
+
+# ---- the daemon's journal: the one writer of a download's row --------------------------------
+
+
+async def test_the_row_journal_keeps_what_the_engine_gives_it_and_gives_it_back(tmp_path):
+    store = await Store.open(tmp_path / "db.sqlite3")
+    try:
+        journal = RowJournal(store, DownloadRow("v", "f.gguf", "idle"))
+        await journal.begin(100)
+        assert journal.row.status == "downloading" and journal.row.started_at
+        entry = Entry([Part(0, 50, 20, 10), Part(50, 100, 5)], "boot", "a" * 64, "c" * 40, '"e"')
+        await journal.save(entry)
+        stored = await store.get("v")
+        assert stored is not None and stored.downloaded_size == 25
+        kept = (stored.upstream_sha256, stored.commit_sha, stored.cdn_etag, stored.boot_id)
+        assert kept == (entry.sha256, entry.commit, entry.etag, entry.boot_id)
+        again = RowJournal(store, DownloadRow("v", "f.gguf", "idle"))
+        await again.begin(100)
+        assert await again.load() == entry  # what a restart resumes from
+        transition(again.row, "cancelled")
+        await again.write()
+        stored = await store.get("v")
+        assert stored is not None and (stored.status, stored.phase) == ("cancelled", None)
+        assert await store.parts("v") == entry.parts  # a status change keeps the parts
+        await forget_partial(store, stored)
+        forgotten = await store.get("v")
+        assert await store.parts("v") == [] and forgotten and forgotten.downloaded_size == 0
+    finally:
+        await store.close()

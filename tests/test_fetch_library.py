@@ -155,6 +155,8 @@ async def test_a_cancelled_fetch_resumes_from_the_journals_parts(
         second = FileFetch(ref, dest, hub=hub, journal=journal, options=OPTIONS)
         fetched = await second.run()
     assert fetched.sha256 == SHA and dest.read_bytes() == DATA
+    await asyncio.to_thread(journal.forget)
+    assert not journal.path.exists()
     in_flight = OPTIONS.connections * CHUNK  # what a cancelled write may not have recorded
     assert server.served <= SIZE - kept.done + in_flight, "the kept bytes were fetched again"
 

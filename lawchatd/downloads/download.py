@@ -116,7 +116,7 @@ class Download:
         )  # fmt: skip
 
     def set_phase(self, phase: str | None) -> None:
-        self.row.phase = phase
+        self.journal.set_phase(phase)
         self._on_change(self)
 
     def _progress(self, progress: Progress) -> None:
@@ -152,7 +152,7 @@ class Download:
         self._stopped = True
         if isinstance(exc, asyncio.CancelledError):
             if self.shutting_down:  # not the user's cancel: the next start resumes it
-                self.row.phase = None
+                self.journal.set_phase(None)
             else:
                 transition(self.row, Status.CANCELLED)
         elif isinstance(exc, DownloadFailed):

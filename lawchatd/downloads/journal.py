@@ -32,6 +32,10 @@ class RowJournal:
         self._store = store
         self.row = row
 
+    def set_phase(self, phase: str | None) -> None:
+        """What the running download does now (no write: the engine's next entry carries it)."""
+        self.row.phase = phase
+
     async def begin(self, size: int) -> None:
         """A run of `size` bytes starts: the row as stored (if any) says what it resumes."""
         if stored := await self._store.get(self.row.variant):

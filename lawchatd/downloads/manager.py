@@ -18,6 +18,7 @@ from pathlib import Path
 from lawchatd.downloads.catalog import Catalog, ModelSpec
 from lawchatd.downloads.download import Download, final_path, part_path
 from lawchatd.downloads.finals import FinalFiles
+from lawchatd.downloads.journal import forget_partial, settle_interrupted
 from lawchatd.downloads.queue import DownloadQueue
 from lawchatd.fetch import Limiter, Phase, Snapshot, Status
 from lawchatd.hub.client import HubClient
@@ -276,8 +277,7 @@ class DownloadManager:
             for name in removed:
                 row = by_file.get(name.removesuffix(".part"))
                 if row and row.status != Status.COMPLETED:
-                    row.downloaded_size, row.cdn_etag = 0, None
-                    await self._store.save(row, [])
+                    await forget_partial(self._store, row)
             return len(removed)
 
     async def resume_interrupted(self) -> None:
@@ -291,14 +291,12 @@ class DownloadManager:
         for row in interrupted:
             spec = self.catalog.get(row.variant)
             if spec and self._published_before_death(spec, row):
-                row.status, row.phase = Status.COMPLETED, None  # died while loading the model
+                await settle_interrupted(self._store, row, Status.COMPLETED)  # died while loading
             elif spec and self._settings.resume_on_start and row is interrupted[-1]:
                 log.info("resuming the download of %s left running at the last stop", spec.variant)
                 self._launch(spec)
-                continue
             else:
-                row.status, row.phase = Status.CANCELLED, None
-            await self._store.save(row, [] if row.status == Status.COMPLETED else None)
+                await settle_interrupted(self._store, row, Status.CANCELLED)
         if not self.running:
             await self._start_next()  # the queue survives a restart
 

@@ -88,7 +88,7 @@ class FileFetch:
         self.kept = False  # the end was recorded in the journal (there was a plan to record)
         self._name = name or ref.name
         self._recorder = Recorder(
-            self._journal, self.partial, self.link, self.upstream, self.options
+            self._journal, lambda: self.plan, self.partial, self.link, self.upstream, self.options
         )
         self._hasher: FollowingHasher | None = None
         self._paces: Paces | None = None
@@ -143,7 +143,7 @@ class FileFetch:
             await self._fetch_all()
             return await self._verify_and_publish()
         except BaseException as exc:
-            self.running = False
+            self.running, self.phase = False, None
             self._on_stop(exc)
             await asyncio.shield(self._keep())
             raise
@@ -153,11 +153,13 @@ class FileFetch:
 
     async def _keep(self) -> None:
         """Record what the bytes on disk are, the writes a cancel interrupted included."""
-        if self._recorder.plan is None:
+        if self.plan is None:
             return  # no plan yet (or its bytes were deleted): the journal's entry stands
         try:
             await self.partial.settle()
-            await self._recorder.record(always=True)  # the caller's record of the end goes too
+            # Always: the caller's record of the end goes with it. Not `record()`: a deleted
+            # .part must not fail the end once more.
+            await self._recorder.save(self._recorder.entry(), always=True)
             self.kept = True
         except Exception:
             log.exception("could not record the progress of %s", self._name)
@@ -194,7 +196,7 @@ class FileFetch:
         await self._recorder.record()
 
     def _use(self, plan: PartPlan) -> None:
-        self.plan = self._recorder.plan = plan
+        self.plan = plan
         self._paces = Paces(plan)
         self._hasher = FollowingHasher(self.partial, plan)
 
@@ -291,7 +293,7 @@ class FileFetch:
         )
         if problem:
             await self.partial.discard()
-            self.plan = self._recorder.plan = None
+            self.plan = None
             self.link.etag = None
             await self._recorder.record()  # no parts: nothing is kept
             raise DownloadFailed(f"{problem}; the partial file was deleted")

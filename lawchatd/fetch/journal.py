@@ -92,6 +92,8 @@ class FileJournal:
         await asyncio.to_thread(self._write, entry)
 
     def forget(self) -> None:
+        """Delete the file (its fetch is published, or given up). A file operation: call it
+        in a thread (`asyncio.to_thread(journal.forget)`)."""
         self.path.unlink(missing_ok=True)
 
     def _read(self) -> Entry | None:

@@ -4,6 +4,7 @@ one interval), and less often after an fdatasync (what a power cut keeps)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from lawchatd.fetch.errors import DownloadFailed
 from lawchatd.fetch.fetcher import Link
@@ -24,20 +25,21 @@ class Recorder:
     def __init__(
         self,
         journal: Journal,
+        plan: Callable[[], PartPlan | None],
         partial: PartialFile,
         link: Link,
         upstream: Upstream,
         options: FetchOptions,
     ) -> None:
-        self._journal, self._partial, self._link = journal, partial, link
+        self._journal, self._plan, self._partial, self._link = journal, plan, partial, link
         self._upstream, self._options = upstream, options
         self._boot = boot_id()
-        self.plan: PartPlan | None = None  # replaced on a restart or a switch to one stream
         self._saved: Entry | None = None  # what the journal holds
 
     def entry(self) -> Entry:
+        plan = self._plan()  # the run's plan: a restart or a switch to one stream makes a new one
         return Entry(
-            parts=self.plan.snapshot() if self.plan else [],
+            parts=plan.snapshot() if plan else [],
             boot_id=self._boot,
             sha256=self._upstream.sha256,
             commit=self._upstream.commit,
@@ -47,7 +49,7 @@ class Recorder:
     async def record(self, *, always: bool = False) -> None:
         """Save what pwritev has returned for: the page cache holds it. `always`: even when
         nothing changed (the caller's own record, its phase say, goes with it)."""
-        if self.plan is not None and self._partial.unlinked():
+        if self._plan() is not None and self._partial.unlinked():
             raise DownloadFailed(
                 f"the partial file {self._partial.path} was deleted by another program while "
                 "downloading; download again to start over"
@@ -63,12 +65,12 @@ class Recorder:
 
     async def sync(self) -> None:
         """fdatasync, then mark what it covered as durable."""
-        plan = self.plan
+        plan = self._plan()
         if plan is None:
             return
         before = {p.start: p.done for p in plan.parts}
         await self._partial.sync()
-        if plan is not self.plan:
+        if plan is not self._plan():
             return
         for part in plan.parts:
             part.synced = max(part.synced, min(part.done, before.get(part.start, 0)))

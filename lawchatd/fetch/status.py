@@ -20,7 +20,7 @@ class Phase(StrEnum):
     DOWNLOADING = "downloading"
     RETRYING = "retrying"
     VERIFYING = "verifying"
-    LOADING = "loading"
+    LOADING = "loading"  # the daemon's, after the engine's end: the model is being swapped in
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ def stat_key(path: Path) -> tuple[int, int, int] | None:
 
 
 def record_of(name: str, path: Path, sha256: str) -> Verified:
-    """What was verified, kept under the spec's filename (a mirror's may hold a folder:
+    """What was verified, kept under the name the caller gives (a path may hold a folder:
     two files of one base name are two records)."""
     st = os.stat(path)
     return Verified(name, st.st_size, st.st_mtime_ns, st.st_ino, sha256)

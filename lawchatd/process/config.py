@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lawchatd.downloads.bandwidth import parse_schedule
+from lawchatd.fetch.options import FetchOptions
 from lawchatd.fetch.ratelimit import parse_rate
 
 
@@ -66,8 +67,9 @@ class Settings(BaseSettings):
     catalog: Path | None = None
     autoload: bool = True
     resume_on_start: bool = True
-    connections: int = Field(4, ge=1, le=16)
-    stall_timeout: float = Field(20.0, gt=0)
+    # The download engine's knobs start from its own defaults (lawchatd.fetch.FetchOptions).
+    connections: int = Field(FetchOptions.connections, ge=1, le=16)
+    stall_timeout: float = Field(FetchOptions.stall_timeout, gt=0)
     n_ctx: int | None = Field(None, ge=0)
     n_threads: int | None = Field(None, ge=1)
     n_gpu_layers: int | None = None
@@ -81,8 +83,8 @@ class Settings(BaseSettings):
     memory_max: int | None = Field(None, gt=0)
 
     # Beyond the contract: tuning knobs with sensible defaults.
-    max_retries: int = Field(8, ge=0)
-    retry_backoff: float = Field(0.5, ge=0)
+    max_retries: int = Field(FetchOptions.max_retries, ge=0)
+    retry_backoff: float = Field(FetchOptions.retry_backoff, ge=0)
     chat_queue_limit: int = Field(16, ge=1)
     log_level: str = "INFO"
     # Security knobs (README "Security"): extra names the Host header may carry (a reverse
