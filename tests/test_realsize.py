@@ -202,7 +202,7 @@ async def test_a_request_that_waits_too_long_gets_503_with_retry_after(
 ) -> None:
     base = process_rss()
     host = ModelHost(parallel=4, memory_max=base + int(1.5 * cost_of(models["a"])))
-    host.load_wait = 0.001
+    host.admission.load_wait = 0.001
     hosts.append(host)
     await host.load("a", models["a"])
     app = web.Application(middlewares=[openai_errors, json_errors])
@@ -217,7 +217,7 @@ async def test_a_request_that_waits_too_long_gets_503_with_retry_after(
         assert resp.status == 503 and resp.headers["Retry-After"] == "10"
         assert "still loading" in (await resp.json())["error"]["message"]
         await swap
-        host.load_wait = 30
+        host.admission.load_wait = 30
         resp = await client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 2})
         assert resp.status == 200 and (await resp.json())["model"] == "b"
 
