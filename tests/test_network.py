@@ -14,7 +14,8 @@ import aiohttp
 import pytest
 import trustme
 
-from lawchatd.hub.session import client_session, describe_error, proxy_for, redact, ssl_context
+from lawchatd.errors import in_words as describe_error
+from lawchatd.hub.session import client_session, proxy_for, redact, ssl_context
 from lawchatd.mirror import create_mirror_app
 from lawchatd.process.config import Settings
 from lawchatd.testing.daemon import daemon_env

@@ -7,6 +7,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from lawchatd.errors import LawchatdError, UserError
+
 _VARIANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$")
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -14,7 +16,7 @@ _REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class CatalogError(ValueError):
+class CatalogError(LawchatdError):
     """A catalog that could not be used, with the reason in words."""
 
 
@@ -51,7 +53,9 @@ BUILTIN: tuple[ModelSpec, ...] = (
 )  # fmt: skip
 
 
-class UnknownVariant(LookupError):
+class UnknownVariant(UserError):
+    code = "model_not_found"
+
     def __init__(self, variant: str, known: list[str]) -> None:
         super().__init__(f"Unknown model variant {variant!r}; available: {', '.join(known)}")
 

@@ -20,6 +20,7 @@ from lawchatd.downloads.download import Download, final_path, part_path
 from lawchatd.downloads.finals import FinalFiles
 from lawchatd.downloads.journal import forget_partial, settle_interrupted
 from lawchatd.downloads.queue import DownloadQueue
+from lawchatd.errors import Conflict, InsufficientStorage
 from lawchatd.fetch import Limiter, Phase, Snapshot, Status
 from lawchatd.hub.client import HubClient
 from lawchatd.process.config import Settings
@@ -32,13 +33,13 @@ DISK_RESERVE = 64 << 20  # leave room for the database and logs
 CANCEL_WAIT = 1.0
 
 
-class Busy(RuntimeError):
+class Busy(Conflict):
     def __init__(self, variant: str) -> None:
         super().__init__(f"Another model ({variant}) is currently downloading")
         self.variant = variant
 
 
-class NotEnoughSpace(OSError):
+class NotEnoughSpace(InsufficientStorage):
     def __init__(self, needed: int, free: int, where: Path) -> None:
         super().__init__(
             f"Not enough disk space in {where}: the download needs {needed / 1e9:.2f} GB "

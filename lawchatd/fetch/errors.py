@@ -1,17 +1,21 @@
-"""One error hierarchy: what the user is told, and what a retry may cure."""
+"""The download engine's errors (on lawchatd's one tree): what the user is told, and what a
+retry may cure."""
 
 from __future__ import annotations
 
 import errno
-import re
+from functools import partial
 
-import aiohttp
-
+from lawchatd import errors
+from lawchatd.errors import LawchatdError, in_words
 from lawchatd.hub.client import TransientHubError
-from lawchatd.hub.session import describe_error
+
+# The engine's modules say an exception in words under these names.
+describe = in_words
+unexpected = partial(in_words, unexpected=True)
 
 
-class DownloadFailed(Exception):
+class DownloadFailed(LawchatdError):
     """The download stopped for a reason worth telling the user in these words."""
 
 
@@ -27,50 +31,17 @@ class RangeRefused(Transient):
     """A 200 to a ranged request whose ETag shows the same file: ask for the range again."""
 
 
-class RestartFromZero(Exception):
+class RestartFromZero(LawchatdError):
     """The bytes on disk cannot be continued (the file changed): start over."""
 
 
-class OneStream(Exception):
+class OneStream(LawchatdError):
     """The server keeps ignoring ranges for the same file: go on with one connection."""
 
 
-_URL_QUERY = re.compile(r"(https?://[^\s'\"?]+)\?[^\s'\"]*")
-
-
-def describe(exc: BaseException) -> str:
-    """An exception in words for logs and the `error` field, without presigned URL signatures."""
-    if isinstance(exc, BaseExceptionGroup):
-        return describe(first_leaf(exc))
-    if isinstance(exc, aiohttp.ClientError) and not isinstance(exc, TimeoutError):
-        # Proxy, TLS and DNS failures in words an admin can act on (and without passwords).
-        return _URL_QUERY.sub(r"\1?...", describe_error(exc))
-    text = _URL_QUERY.sub(r"\1?...", str(exc))
-    if isinstance(exc, TimeoutError) and not text:
-        return "no data arrived within the stall timeout"
-    if isinstance(exc, OSError) and exc.strerror:
-        where = f" ({exc.filename})" if exc.filename else ""
-        return f"{exc.strerror}{where}"
-    return text or type(exc).__name__
-
-
 def first_leaf(group: BaseExceptionGroup) -> BaseException:
-    """The exception that matters in a group: a user error first, then any other."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    for kind in (DownloadFailed, RestartFromZero, Exception):
-        for leaf in leaves:
-            if isinstance(leaf, kind):
-                return leaf
-    return leaves[0]
+    """The leaf that decides a round's fate: a failure to tell, then a restart, then any."""
+    return errors.first_leaf(group, prefer=(DownloadFailed, RestartFromZero))
 
 
 def disk_error(exc: OSError, path: object, kept: int, size: int) -> DownloadFailed:
@@ -82,17 +53,3 @@ def disk_error(exc: OSError, path: object, kept: int, size: int) -> DownloadFail
     if exc.errno == errno.EROFS:
         return DownloadFailed(f"the models folder is read-only: cannot write {path}")
     return DownloadFailed(f"cannot write {path}: {exc.strerror or exc}")
-
-
-def unexpected(exc: BaseException) -> str:
-    """Text for an error nobody planned for: still a sentence a user can act on."""
-    leaf = first_leaf(exc) if isinstance(exc, BaseExceptionGroup) else exc
-    if isinstance(leaf, OSError):
-        return f"a file operation failed: {describe(leaf)}; check the data folder and try again"
-    name = type(leaf).__name__
-    if "sqlite" in type(leaf).__module__ or name == "OperationalError":
-        return (
-            f"the state database cannot be written ({describe(leaf)}); check that the data "
-            "folder is writable and has free space, then try again"
-        )
-    return f"the download stopped on an unexpected error ({describe(leaf)}); see the log"

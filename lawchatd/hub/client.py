@@ -14,12 +14,18 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from lawchatd.errors import LawchatdError, TransientError
 
-class HubError(Exception):
+
+class HubError(LawchatdError):
     """An upstream answer that retrying will not change; the message is for users.
 
-    `status` and `code` are the Hub's own (HTTP status, X-Error-Code) when it answered, and
-    `hub_message` its X-Error-Message: what a mirror forwards to its clients."""
+    `status` and `code` are the Hub's own (HTTP status, X-Error-Code) when it answered (502
+    and no code when it did not), and `hub_message` its X-Error-Message: what a mirror
+    forwards to its clients."""
+
+    status = 502
+    code = None
 
     def __init__(
         self,
@@ -29,13 +35,15 @@ class HubError(Exception):
         code: str | None = None,
         hub_message: str | None = None,
     ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.hub_message = status, code, hub_message
+        super().__init__(message, status=status, code=code)
+        self.hub_message = hub_message
 
 
-class TransientHubError(Exception):
+class TransientHubError(TransientError):
     """An upstream hiccup (5xx, 429) worth retrying; `wait` overrides the backoff
     (Retry-After), `note` is shown in the progress while waiting."""
+
+    code = "upstream_unavailable"
 
     def __init__(
         self,
@@ -45,10 +53,9 @@ class TransientHubError(Exception):
         note: str | None = None,
         status: int | None = None,
     ):
-        super().__init__(message)
+        super().__init__(message, status=status)  # the server's 5xx or 429 (503 if unknown)
         self.wait = wait
         self.note = note
-        self.status = status
 
 
 def is_transient(status: int) -> bool:

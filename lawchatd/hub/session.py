@@ -1,4 +1,5 @@
-"""The HTTP client for downloads on a firm's network: its proxy, its CA, failures in words.
+"""The HTTP client for downloads on a firm's network: its proxy and its CA (its failures are put in
+words by `lawchatd.errors.in_words`).
 
 Proxies: `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` as curl reads them, or `LAWCHATD_PROXY` for the
 daemon alone, which wins over the other two and still honours `NO_PROXY`. A proxy URL may carry `user:password@`: it is never logged nor put in an error.
@@ -7,7 +8,6 @@ daemon alone, which wins over the other two and still honours `NO_PROXY`. A prox
 from __future__ import annotations
 
 import logging
-import re
 import ssl
 import urllib.request
 from pathlib import Path
@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from yarl import URL
 
 from lawchatd import __version__
+from lawchatd.errors import LawchatdError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class NetworkSettings(Protocol):
     def stall_timeout(self) -> float: ...
 
 
-class CABundleError(ValueError):
+class CABundleError(LawchatdError):
     """A CA file that holds no certificate OpenSSL can read."""
 
 
@@ -144,68 +145,3 @@ def _log_route(settings: NetworkSettings, route: ProxyRoute) -> None:
     for extra in (settings.ssl_cert_file, settings.ca_bundle):
         if extra is not None:
             log.info("trusting the CA certificates in %s as well as the system's", extra)
-
-
-_USERINFO = re.compile(r"(?<=//)[^/@\s]+@")
-
-
-def describe_error(exc: BaseException) -> str:
-    """A sentence for an admin: what failed on the network and, when known, what to set."""
-    if isinstance(exc, aiohttp.ClientProxyConnectionError):
-        where = f"the proxy at http://{exc.host}:{exc.port}"
-        if isinstance(exc.os_error, ConnectionRefusedError):
-            return f"{where} refused the connection"
-        if isinstance(exc.os_error, TimeoutError):
-            return f"{where} did not answer"
-        return f"{where} cannot be reached: {exc.strerror or exc.os_error}"
-    if isinstance(exc, aiohttp.ClientHttpProxyError):
-        target = exc.request_info.real_url.host if exc.request_info else "the server"
-        if exc.status == 407:
-            return (
-                f"the proxy asks for a user name and password (407) to reach {target}: write "
-                "them into the proxy URL, http://user:password@host:port"
-            )
-        return f"the proxy would not open a connection to {target}: {exc.status} {exc.message}"
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return _certificate_problem(exc.host, exc.certificate_error)
-    if isinstance(exc, aiohttp.ClientConnectorSSLError):
-        return f"the TLS handshake with {exc.host}:{exc.port} failed: {_ssl_reason(exc.os_error)}"
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return (
-            f"the name {exc.host} cannot be resolved (if this network reaches the internet "
-            "only through a proxy, set HTTPS_PROXY or LAWCHATD_PROXY)"
-        )
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        if isinstance(exc.os_error, ConnectionRefusedError):
-            return f"{exc.host}:{exc.port} refused the connection"
-        return f"cannot connect to {exc.host}:{exc.port}: {exc.strerror or exc.os_error}"
-    if isinstance(exc, TimeoutError):
-        return "the server stopped sending data (timed out)"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "the server closed the connection"
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return f"the server answered {exc.status} {exc.message}"
-    return _USERINFO.sub("***@", str(exc) or type(exc).__name__)
-
-
-def _certificate_problem(host: str, error: BaseException) -> str:
-    code = getattr(error, "verify_code", None)
-    if code in (2, 19, 20, 21):  # no issuer certificate, self-signed chain, local issuer unknown
-        return (
-            f"the certificate of {host} is signed by an unknown authority: set LAWCHATD_CA_BUNDLE"
-        )
-    if code == 18:
-        return f"the certificate of {host} is self-signed: set LAWCHATD_CA_BUNDLE to trust it"
-    if code == 10:
-        return f"the certificate of {host} has expired"
-    if code in (62, 64):  # host name or IP address mismatch
-        return f"the certificate presented for {host} is for another name"
-    reason = getattr(error, "verify_message", None) or _ssl_reason(error)
-    return f"the certificate of {host} was rejected: {reason}"
-
-
-def _ssl_reason(error: BaseException) -> str:
-    reason = getattr(error, "reason", None)
-    if reason == "WRONG_VERSION_NUMBER":
-        return "the server does not speak TLS on that port"
-    return str(reason or error)
