@@ -66,12 +66,14 @@ class LawchatdError(Exception):
         if headers:
             self.headers = dict(headers)
 
-    def reworded(self, message: str, **fields: Any) -> Self:
-        """The same error (status, code) told with what the caller was doing; `fields` go
-        beside the message in `{"detail"}` bodies."""
-        self.message = message
-        self.fields = fields
-        return self
+    def reworded(self, message: str, fields: Mapping[str, Any] | None = None) -> Self:
+        """A copy of this error (status, code and all) told with what the caller was doing;
+        `fields` go beside the message in `{"detail"}` bodies. A copy, because a task's
+        exception is the same object for everyone who awaits it."""
+        copy = type(self).__new__(type(self), *self.args)  # no __init__: its arguments vary
+        copy.__dict__.update(self.__dict__)
+        copy.message, copy.fields = message, dict(fields or {})
+        return copy
 
 
 class UserError(LawchatdError):

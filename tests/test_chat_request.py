@@ -16,7 +16,6 @@ from lawchatd.modelhost.chat_types import Sampling
 from lawchatd.web.chat_request import ChatRequest, messages_of, sampling_of
 from lawchatd.web.errors import json_errors
 from lawchatd.web.keys import MODEL_HOST
-from lawchatd.web.openai_errors import openai_errors
 from lawchatd.web.routes.openai import add_chat_routes
 
 USER = [{"role": "user", "content": "What is a tort?"}]
@@ -24,7 +23,7 @@ USER = [{"role": "user", "content": "What is a tort?"}]
 
 @pytest.fixture
 async def client() -> AsyncIterator[TestClient]:
-    app = web.Application(middlewares=[openai_errors, json_errors])
+    app = web.Application(middlewares=[json_errors])
     app[MODEL_HOST] = host = ModelHost(n_ctx=256, n_threads=None, n_gpu_layers=None)
     add_chat_routes(app)
     async with TestClient(TestServer(app, host="127.0.0.1")) as c:

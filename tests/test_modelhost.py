@@ -34,7 +34,6 @@ from lawchatd.state.store import Store
 from lawchatd.testing.ggufgen import make_tiny_llama
 from lawchatd.web.errors import json_errors
 from lawchatd.web.keys import MODEL_HOST
-from lawchatd.web.openai_errors import openai_errors
 from lawchatd.web.routes.openai import add_chat_routes
 from lawchatd.web.views import model_status
 
@@ -453,7 +452,7 @@ async def test_close_unloads(host: ModelHost, models: dict[str, Path]) -> None:
 
 @pytest.fixture
 async def client(host: ModelHost) -> AsyncIterator[TestClient]:
-    app = web.Application(middlewares=[openai_errors, json_errors])
+    app = web.Application(middlewares=[json_errors])
     app[MODEL_HOST] = host
     add_chat_routes(app)
     async with TestClient(TestServer(app, host="127.0.0.1")) as c:

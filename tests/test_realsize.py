@@ -35,7 +35,6 @@ from lawchatd.state.store import Store
 from lawchatd.testing.lawchat_gguf import LawChatShape, make_lawchat_gguf
 from lawchatd.web.errors import json_errors
 from lawchatd.web.keys import MODEL_HOST
-from lawchatd.web.openai_errors import openai_errors
 from lawchatd.web.routes.openai import add_chat_routes
 from lawchatd.web.views import model_status
 
@@ -205,7 +204,7 @@ async def test_a_request_that_waits_too_long_gets_503_with_retry_after(
     host.admission.load_wait = 0.001
     hosts.append(host)
     await host.load("a", models["a"])
-    app = web.Application(middlewares=[openai_errors, json_errors])
+    app = web.Application(middlewares=[json_errors])
     app[MODEL_HOST] = host
     add_chat_routes(app)
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:

@@ -26,6 +26,9 @@ class ModelTooLarge(ModelLoadError):
 
     ``needed`` and ``available`` are bytes; the message spells them out."""
 
+    status = 507
+    code = "model_too_large"
+
     def __init__(self, message: str, *, needed: int, available: int) -> None:
         super().__init__(message)
         self.needed = needed

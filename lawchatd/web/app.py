@@ -22,7 +22,8 @@ from lawchatd.state.progress import ProgressHub
 from lawchatd.state.store import Store
 from lawchatd.web import session
 from lawchatd.web.auth import require_api_key
-from lawchatd.web.errors import BODY_TIMEOUT, json_errors
+from lawchatd.web.body import BODY_TIMEOUT
+from lawchatd.web.errors import json_errors
 from lawchatd.web.guard import (
     HOSTS,
     guard,
@@ -41,7 +42,6 @@ from lawchatd.web.keys import (
     STORE,
     WEBSOCKETS,
 )
-from lawchatd.web.openai_errors import openai_errors
 from lawchatd.web.routes import bandwidth, downloads, legacy, metrics, models, ws
 from lawchatd.web.routes.downloads import progress_message
 from lawchatd.web.routes.openai import add_chat_routes
@@ -57,7 +57,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> web.Applic
     # Errors become JSON first (OpenAI's shape on /v1); hostile Host/Origin/Content-Type are
     # refused before the key.
     app = web.Application(
-        middlewares=[openai_errors, json_errors, guard, require_api_key], client_max_size=MAX_BODY
+        middlewares=[json_errors, guard, require_api_key], client_max_size=MAX_BODY
     )
     app[SETTINGS] = settings
     app[HOSTS] = own_host_names(settings)

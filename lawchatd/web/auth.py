@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from lawchatd.web.errors import error
+from lawchatd.errors import Unauthorized
 from lawchatd.web.keys import SETTINGS
 from lawchatd.web.session import COOKIE, SESSIONS, keys_match
 
@@ -42,6 +42,4 @@ async def require_api_key(request: web.Request, handler):
         if digest := sessions.live(request.cookies.get(COOKIE)):
             with sessions.holding(digest, request.transport):
                 return await handler(request)
-    exc = error(401, "Invalid or missing API key")
-    exc.headers["WWW-Authenticate"] = "Bearer"
-    raise exc
+    raise Unauthorized("Invalid or missing API key", headers={"WWW-Authenticate": "Bearer"})

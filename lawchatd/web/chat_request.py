@@ -11,8 +11,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
+from lawchatd.errors import Unprocessable, UserError
 from lawchatd.modelhost.chat_types import Sampling
-from lawchatd.web.openai_errors import openai_error
 
 # Roles Llama-2 chat knows; OpenAI's newer "developer" role is its system prompt.
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -106,8 +106,8 @@ _WHY = {
 }
 
 
-def _refuse(param: str, why: str, code: str = "unsupported_value") -> Exception:
-    return openai_error(400, f"{param}: {why}", param=param, code=code)
+def _refuse(param: str, why: str, code: str = "unsupported_value") -> UserError:
+    return UserError(f"{param}: {why}", param=param, code=code)
 
 
 def _check_parameters(body: ChatRequest) -> None:
@@ -143,7 +143,7 @@ def _content(i: int, m: _Message) -> str:
     for j, part in enumerate(m.content):
         if part.type == "text" and part.text is None:
             param = f"messages[{i}].content[{j}].text"
-            raise openai_error(422, f"{param}: a string is required", param=param)
+            raise Unprocessable(f"{param}: a string is required", param=param)
         if part.type != "text":
             raise _refuse(
                 f"messages[{i}].content[{j}].type",
@@ -161,7 +161,7 @@ def messages_of(body: ChatRequest) -> list[dict[str, str]]:
             why = f"must be one of system, developer, user, assistant, not {m.role!r}"
             if m.role in ("tool", "function"):  # OpenAI's, but no tools here
                 raise _refuse(param, why)
-            raise openai_error(422, f"{param}: {why}", param=param, code="invalid_value")
+            raise Unprocessable(f"{param}: {why}", param=param)
         for extra in m.model_extra or {}:
             if extra in ("tool_calls", "function_call", "audio") and m.model_extra[extra]:
                 raise _refuse(f"messages[{i}].{extra}", "tool and audio messages are not supported")

@@ -1,79 +1,142 @@
-"""Errors as `{"detail": ...}` (what the original client reads) and request-body parsing."""
+"""The one renderer: any error as an answer, in the shape its client reads.
+
+- `{"detail": ...}` on the daemon's own routes and the old app's (what the old client reads);
+- OpenAI's `{"error": {"message", "type", "param", "code"}}` on `/v1`, whose SDKs show
+  `error.message` and obey `x-should-retry`;
+- the Hub's `{"error": ...}` with X-Error-Code / X-Error-Message on the mirror, which
+  huggingface_hub turns into its RepositoryNotFoundError, EntryNotFoundError, ...
+
+All three are written from the same `LawchatdError` (lawchatd/errors.py): routes just raise.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestPayloadError
-from pydantic import BaseModel, ValidationError
 
-from lawchatd.web import body
+from lawchatd.errors import INTERNAL, LawchatdError, UserError
 
 log = logging.getLogger(__name__)
-Body = TypeVar("Body", bound=BaseModel)
-BODY_TIMEOUT = web.AppKey("body_timeout", float)
-DEFAULT_BODY_TIMEOUT = 30.0
-THREAD_PARSE_BYTES = 64 * 1024
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+OPENAI_PREFIX = "/v1/"
+
+# OpenAI's codes for aiohttp's own refusals (an unknown route, a wrong method, a huge body).
+_AIOHTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+_AIOHTTP_DROPPED = {"content-type", "content-length"}
 
 
-def error(status: int, detail: str, /, **fields: object) -> web.HTTPException:
-    """An HTTPException carrying the JSON body the old client expects (`fields` beside it)."""
-    body = {"detail": detail, **fields}
-    exc = web.HTTPException(text=json.dumps(body), content_type="application/json")
-    exc.set_status(status)
-    return exc
+def as_error(exc: BaseException) -> LawchatdError:
+    """`exc` as one of lawchatd's errors; a bug becomes a 500 that tells nothing of it."""
+    if isinstance(exc, LawchatdError):
+        return exc
+    if isinstance(exc, web.HTTPException) and exc.status >= 400:
+        # aiohttp's own errors (404 route, 405, 413) speak plain text: say the same in JSON.
+        message = "Request body too large" if exc.status == 413 else exc.reason
+        headers = {k: v for k, v in exc.headers.items() if k.lower() not in _AIOHTTP_DROPPED}
+        code = _AIOHTTP_CODES.get(exc.status)
+        return UserError(message, status=exc.status, code=code, headers=headers)
+    return LawchatdError(INTERNAL)
+
+
+def _headers(error: LawchatdError) -> dict[str, str]:
+    headers = dict(error.headers)
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(error.retry_after)
+    return headers
+
+
+def _answer(error: LawchatdError, body: object, headers: dict[str, str]) -> web.Response:
+    reason = None if error.reason is None else _printable(error.reason)  # one status line
+    response = web.json_response(body, status=error.status, headers=headers, reason=reason)
+    if error.status == 408:
+        response.force_close()  # the rest of a late body may still be on its way
+    return response
+
+
+def detail_response(error: LawchatdError) -> web.Response:
+    """`{"detail": message}`, with the error's extra fields beside it."""
+    return _answer(error, {"detail": error.message, **error.fields}, _headers(error))
+
+
+def openai_body(error: LawchatdError) -> dict[str, str | None]:
+    """The object inside OpenAI's `{"error": ...}` (also sent inside a broken stream)."""
+    return {
+        "message": error.message,
+        "type": _openai_type(error.status),
+        "param": error.param,
+        "code": error.code,
+    }
+
+
+def openai_response(error: LawchatdError) -> web.Response:
+    """OpenAI's shape. With `retry_after` the SDKs wait that long and retry; a 503 without
+    it tells them not to (no model is loaded: retrying will not load one)."""
+    headers = _headers(error)
+    if error.retry_after is not None:
+        headers["x-should-retry"] = "true"
+    elif error.status == 503:
+        headers["x-should-retry"] = "false"
+    return _answer(error, {"error": openai_body(error)}, headers)
+
+
+def hub_response(error: LawchatdError) -> web.Response:
+    """The Hub's shape: `{"error": message}` and X-Error-Code / X-Error-Message headers (the
+    message as one printable ASCII line, as HTTP headers must be)."""
+    headers = _headers(error)
+    if error.code:
+        headers["X-Error-Code"] = error.code
+    headers["X-Error-Message"] = _printable(error.message)
+    return _answer(error, {"error": error.message}, headers)
+
+
+def _openai_type(status: int) -> str:
+    if status == 403:
+        return "permission_error"
+    if status == 429:
+        return "rate_limit_error"
+    if status >= 500:
+        return "server_error"
+    return "invalid_request_error"
+
+
+def _printable(text: str) -> str:
+    return "".join(c for c in text if " " <= c <= "~")
+
+
+def rendered(exc: BaseException, request: web.Request) -> LawchatdError:
+    """`exc` as an error to render; a bug's traceback goes to the log, never to the client."""
+    if not isinstance(exc, LawchatdError | web.HTTPException):
+        log.error("unexpected error in %s %s", request.method, request.path, exc_info=exc)
+    return as_error(exc)
 
 
 @web.middleware
-async def json_errors(request: web.Request, handler):
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The daemon's errors: OpenAI's shape under /v1, `{"detail"}` elsewhere."""
     try:
         return await handler(request)
     except web.HTTPException as exc:
-        if exc.content_type == "application/json" or exc.status < 400:
-            raise
-        # aiohttp's own errors (404 route, 405, 413) speak plain text: say the same in JSON.
-        detail = exc.reason
-        if exc.status == 413:
-            detail = "Request body too large"
-        raise error(exc.status, detail) from None
+        if exc.status < 400:
+            raise  # a redirect, not an error
+        error = rendered(exc, request)
     except (ConnectionError, asyncio.CancelledError):
         raise  # the client went away: nobody to answer
-    except Exception:
-        # A bug: the traceback goes to the log, never to the client.
-        log.exception("unexpected error in %s %s", request.method, request.path)
-        raise error(500, "Internal error; the daemon's log has the details") from None
+    except Exception as exc:
+        error = rendered(exc, request)
+    if request.path.startswith(OPENAI_PREFIX):
+        return openai_response(error)
+    return detail_response(error)
 
 
-async def read_json(request: web.Request, model: type[Body]) -> Body:
-    """The body validated against `model`: 408 when it trickles in too slowly, 422 in words
-    when it is not JSON or not well-typed. (A body not declared JSON is refused with 415 by
-    the guard middleware, before any route.)"""
+@web.middleware
+async def hub_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The mirror's errors, in the Hub's shape; aiohttp's own refusals stay as they are."""
     try:
-        async with asyncio.timeout(request.app.get(BODY_TIMEOUT, DEFAULT_BODY_TIMEOUT)):
-            raw = await request.read()
-    except (RequestPayloadError, HttpProcessingError):  # a broken chunk, a bad encoding
-        raise error(400, "The request body could not be read") from None
-    except TimeoutError:
-        late = error(408, "The request body did not arrive in time")
-        late.force_close()  # the rest of the body may still be on its way: no keep-alive
-        raise late from None
-    try:
-        # A big body is parsed and checked off the event loop (a 1 MiB array: ~0.1 s of CPU).
-        big = len(raw) > THREAD_PARSE_BYTES
-        data = await asyncio.to_thread(body.parse, raw) if big else body.parse(raw)
-    except body.BadBody as exc:
-        raise error(exc.status, exc.detail) from None
-    if not isinstance(data, dict):
-        raise error(422, "The request body must be a JSON object")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
-        )
-        raise error(422, problems) from None
+        return await handler(request)
+    except (web.HTTPException, ConnectionError, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        return hub_response(rendered(exc, request))

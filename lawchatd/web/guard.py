@@ -24,9 +24,9 @@ from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
 
+from lawchatd.errors import Forbidden, UserError
 from lawchatd.process.config import Settings, split_host
 from lawchatd.web.body import content_type_problem
-from lawchatd.web.errors import error
 from lawchatd.web.keys import SETTINGS
 
 log = logging.getLogger(__name__)
@@ -115,16 +115,17 @@ async def guard(request: web.Request, handler):
     if not host_allowed(request):
         name = split_host(request.headers.get(hdrs.HOST, ""))[0]
         log.warning("refused Host %a from %s (not in LAWCHATD_ALLOWED_HOSTS)", name, request.remote)
-        raise error(
-            421,
+        raise UserError(
             f"This daemon does not answer to the name {name!r} (Host); "
             "its administrator can add the name to LAWCHATD_ALLOWED_HOSTS",
+            status=421,
+            code="misdirected_request",
         )
     state_changing = request.method not in SAFE_METHODS
     if (state_changing or _is_websocket(request)) and not origin_allowed(request):
-        raise error(403, "Requests from another site's page are refused")
+        raise Forbidden("Requests from another site's page are refused")
     if state_changing and (problem := content_type_problem(request)):
-        raise error(415, problem)
+        raise UserError(problem, status=415, code="unsupported_media_type")
     return await handler(request)
 
 

@@ -23,7 +23,8 @@ import aiosqlite
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, SecretStr, StrictStr
 
-from lawchatd.web.errors import error, read_json
+from lawchatd.errors import TooManyRequests, Unauthorized
+from lawchatd.web.body import read_json
 from lawchatd.web.keys import SETTINGS
 from lawchatd.web.loginlimit import FailureLimiter
 
@@ -186,13 +187,11 @@ async def post_session(request: web.Request) -> web.Response:
     limiter = request.app[LOGIN_LIMITER]
     client = request.remote or "unknown"
     if wait := limiter.retry_after(client):
-        refused = error(429, f"Too many wrong API keys; try again in {wait} s")
-        refused.headers["Retry-After"] = str(wait)
-        raise refused
+        raise TooManyRequests(f"Too many wrong API keys; try again in {wait} s", retry_after=wait)
     if not keys_match(login.api_key, expected):
         limiter.failed(client)
         log.warning("wrong API key on POST /session from %s", client)
-        raise error(401, "Invalid or missing API key")
+        raise Unauthorized("Invalid or missing API key")
     limiter.succeeded(client)
     token = await request.app[SESSIONS].create()
     response = web.Response(status=204, headers={"Cache-Control": "no-store"})

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from lawchatd.downloads.bandwidth import Bandwidth, parse_schedule
 from lawchatd.fetch.ratelimit import RateLimiter
-from lawchatd.web.errors import read_json
+from lawchatd.web.body import read_json
 from lawchatd.web.keys import BANDWIDTH, PROGRESS, SETTINGS
 
 routes = web.RouteTableDef()

@@ -5,10 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
 
-from lawchatd.downloads.catalog import UnknownVariant
-from lawchatd.downloads.manager import Busy, NotEnoughSpace
 from lawchatd.fetch import Snapshot
-from lawchatd.web.errors import error, read_json
+from lawchatd.web.body import read_json
 from lawchatd.web.keys import CATALOG, MANAGER
 
 routes = web.RouteTableDef()
@@ -75,9 +73,6 @@ async def get_available(request: web.Request) -> web.Response:
     )
 
 
-# The user errors of the download manager, and the status each gets.
-_HTTP_STATUS: dict[type[Exception], int] = {UnknownVariant: 400, Busy: 409, NotEnoughSpace: 507}
-
 _MESSAGES = {
     "download_started": "Download of {} started",
     "already_downloaded": "{} is already downloaded",
@@ -89,11 +84,9 @@ _MESSAGES = {
 @routes.post("/models/download")
 async def post_download(request: web.Request) -> web.Response:
     body = await read_json(request, DownloadRequest)
-    try:
-        manager = request.app[MANAGER]
-        status = await manager.start(body.model_variant, force=body.force, queue=body.queue)
-    except tuple(_HTTP_STATUS) as exc:
-        raise error(_HTTP_STATUS[type(exc)], str(exc)) from None
+    manager = request.app[MANAGER]
+    # UnknownVariant (400), Busy (409) and NotEnoughSpace (507) answer for themselves.
+    status = await manager.start(body.model_variant, force=body.force, queue=body.queue)
     reply = {
         "message": _MESSAGES[status].format(body.model_variant),
         "model_variant": body.model_variant,

@@ -11,9 +11,9 @@ from typing import Any
 
 from aiohttp import web
 
-from lawchatd.downloads.catalog import ModelSpec, UnknownVariant
+from lawchatd.downloads.catalog import ModelSpec
+from lawchatd.errors import Unprocessable, UserError
 from lawchatd.web import views
-from lawchatd.web.errors import error
 from lawchatd.web.keys import ACTIVATOR, CATALOG, MODEL_HOST
 
 routes = web.RouteTableDef()
@@ -43,16 +43,13 @@ async def get_health(request: web.Request) -> web.Response:
 def _variant_query(request: web.Request) -> str:
     variant = request.query.get("model_variant")
     if not variant:
-        raise error(422, "model_variant: the query parameter is required")
+        raise Unprocessable("model_variant: the query parameter is required")
     return known_spec(request, variant).variant
 
 
 def known_spec(request: web.Request, variant: str) -> ModelSpec:
-    """The catalog's spec of ``variant``, or 400 naming the variants it has."""
-    try:
-        return request.app[CATALOG].require(variant)
-    except UnknownVariant as exc:
-        raise error(400, str(exc)) from None
+    """The catalog's spec of ``variant``, or UnknownVariant (400) naming the variants it has."""
+    return request.app[CATALOG].require(variant)
 
 
 @routes.post("/models/unload")
@@ -76,7 +73,7 @@ async def post_unload(request: web.Request) -> web.Response:
 async def post_switch(request: web.Request) -> web.Response:
     variant = _variant_query(request)
     if answering(request) != variant:
-        raise error(400, f"{variant} is not loaded; load it first with POST /models/load")
+        raise UserError(f"{variant} is not loaded; load it first with POST /models/load")
     return web.json_response(
         {"message": f"{variant} is the active model", "model_variant": variant, "status": "active"}
     )

@@ -12,8 +12,9 @@ import asyncio
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
 
-from lawchatd.modelhost import LoadInProgress, ModelLoadError, ModelTooLarge
-from lawchatd.web.errors import error, read_json
+from lawchatd.errors import NotFound
+from lawchatd.modelhost import ModelLoadError, ModelTooLarge
+from lawchatd.web.body import read_json
 from lawchatd.web.keys import ACTIVATOR, MANAGER, MODEL_HOST
 from lawchatd.web.routes.legacy import known_spec, loaded_body
 
@@ -42,17 +43,16 @@ async def post_load(request: web.Request) -> web.Response:
     spec = known_spec(request, body.model_variant)
     manager = request.app[MANAGER]
     if not manager.is_downloaded(spec):
-        raise error(404, f"{spec.variant} is not downloaded; download it first")
+        raise NotFound(f"{spec.variant} is not downloaded; download it first")
     if request.app[MODEL_HOST].model_variant == spec.variant and not body.force_reload:
         return web.json_response(_answer(request, spec.variant, f"{spec.variant} is loaded"))
     try:
-        # Shielded: a client that hangs up does not abort a swap half-way.
+        # LoadInProgress (409: any load running or waiting, a keep-alive wake-up too) answers
+        # for itself. Shielded: a client that hangs up does not abort a swap half-way.
         await asyncio.shield(request.app[ACTIVATOR].load(spec, manager.final_path(spec)))
-    except LoadInProgress as exc:  # any load running or waiting, a keep-alive wake-up too
-        raise error(409, str(exc)) from None
-    except ModelTooLarge as exc:
-        raise error(507, f"Loading {spec.variant} refused: {exc}") from None
-    except ModelLoadError as exc:
+    except ModelTooLarge as exc:  # 507
+        raise exc.reworded(f"Loading {spec.variant} refused: {exc}") from None
+    except ModelLoadError as exc:  # 500, with the old app's answer beside the detail
         message = f"Loading {spec.variant} failed: {exc}"
-        raise error(500, message, **_answer(request, spec.variant, message, loaded=False)) from None
+        raise exc.reworded(message, _answer(request, spec.variant, message, False)) from None
     return web.json_response(_answer(request, spec.variant, f"{spec.variant} is loaded"))

@@ -16,32 +16,16 @@ from typing import Any
 
 from aiohttp import web
 
-from lawchatd.modelhost import (
-    Conversation,
-    InvalidRequest,
-    ModelHostError,
-    ModelWaitTimeout,
-    NoModelLoaded,
-    PromptTooLong,
-    QueueFull,
-)
+from lawchatd.errors import LawchatdError, NotFound, Unprocessable, UserError
+from lawchatd.modelhost import Conversation
 from lawchatd.modelhost.chat_types import Chunk, Completion, Usage, gathered
 from lawchatd.state.histograms import ChatTimings
+from lawchatd.web.body import read_json
 from lawchatd.web.chat_request import ChatRequest, include_usage, messages_of, sampling_of
-from lawchatd.web.errors import read_json
+from lawchatd.web.errors import as_error, openai_body
 from lawchatd.web.keys import CHAT_TIMINGS, MODEL_HOST
-from lawchatd.web.openai_errors import openai_error
 
 log = logging.getLogger(__name__)
-
-# Model host errors -> status, OpenAI code, param, Retry-After (None: retrying will not help).
-_ERRORS: list[tuple[type[ModelHostError], int, str, str | None, int | None]] = [
-    (NoModelLoaded, 503, "model_not_loaded", None, None),
-    (QueueFull, 429, "rate_limit_exceeded", None, 1),
-    (PromptTooLong, 400, "context_length_exceeded", "messages", None),
-    (InvalidRequest, 400, "invalid_value", None, None),  # the error names its param
-    (ModelWaitTimeout, 503, "model_not_ready", None, None),  # and says when to come back
-]
 
 
 def add_chat_routes(app: web.Application) -> None:
@@ -73,8 +57,7 @@ async def get_model(request: web.Request) -> web.Response:
     model = _model_object(request)
     wanted = request.match_info["model_id"]
     if model is None or model["id"] != wanted:
-        raise openai_error(
-            404,
+        raise NotFound(
             f"The model '{wanted}' is not loaded (GET /v1/models lists the one that is)",
             param="model",
             code="model_not_found",
@@ -90,31 +73,20 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     try:
         conversation = Conversation.parse(messages)  # the order of roles; types were checked
     except ValueError as exc:
-        raise openai_error(422, str(exc), param="messages", code="invalid_value") from None
+        raise Unprocessable(str(exc), param="messages") from None
     # None while a swap unloads first: the host makes the request wait for the new model, and
     # raises NoModelLoaded itself when no model is loaded or loading.
     n_ctx = host.context_length
     if n_ctx is not None and sampling.max_tokens is not None and sampling.max_tokens > n_ctx:
         param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-        raise openai_error(
-            400, f"{param}: must be at most {n_ctx} (n_ctx)", param=param, code="invalid_value"
+        raise UserError(
+            f"{param}: must be at most {n_ctx} (n_ctx)", param=param, code="invalid_value"
         )
-    try:
-        chunks = request.app[CHAT_TIMINGS].observe(host.chat_stream(conversation, sampling))
-        if body.stream:
-            return await _sse(request, chunks, include_usage(body))
-        return web.json_response(_completion_object(await gathered(chunks)))
-    except ModelHostError as exc:
-        raise _http_error(exc) from None
-
-
-def _http_error(exc: ModelHostError) -> web.HTTPException:
-    for kind, status, code, param, retry_after in _ERRORS:
-        if isinstance(exc, kind):
-            param = getattr(exc, "param", param)
-            retry_after = getattr(exc, "retry_after", retry_after)
-            return openai_error(status, str(exc), param=param, code=code, retry_after=retry_after)
-    return openai_error(500, str(exc))
+    # The host's errors (no model, a full queue, a prompt too long...) answer for themselves.
+    chunks = request.app[CHAT_TIMINGS].observe(host.chat_stream(conversation, sampling))
+    if body.stream:
+        return await _sse(request, chunks, include_usage(body))
+    return web.json_response(_completion_object(await gathered(chunks)))
 
 
 # --- OpenAI objects -----------------------------------------------------------------------
@@ -201,11 +173,9 @@ async def _sse(
             except ConnectionResetError:
                 raise
             except Exception as exc:  # headers are out: tell the client in the stream
-                log.warning(
-                    "chat stream failed: %s", exc, exc_info=not isinstance(exc, ModelHostError)
-                )
-                error = {"message": str(exc), "type": "server_error", "param": None, "code": None}
-                await _send(response, {"error": error})
+                known = isinstance(exc, LawchatdError)
+                log.warning("chat stream failed: %s", exc, exc_info=not known)
+                await _send(response, {"error": openai_body(as_error(exc))})
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
         except ConnectionResetError:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from lawchatd.downloads.manager import DownloadManager
+from lawchatd.errors import NotFound
 from lawchatd.fetch import Status
-from lawchatd.web.errors import error
 from lawchatd.web.keys import CATALOG, MANAGER
 from lawchatd.web.routes.downloads import progress_fields
 
@@ -49,7 +49,7 @@ async def get_downloads(request: web.Request) -> web.Response:
 async def delete_queued(request: web.Request) -> web.Response:
     variant = request.match_info["variant"]
     if not await request.app[MANAGER].queue.remove(variant):
-        raise error(404, f"{variant} is not queued")
+        raise NotFound(f"{variant} is not queued")
     return web.json_response(
         {"message": f"{variant} was removed from the queue", "model_variant": variant}
     )
