@@ -5,18 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from lawchatd.mirror.api import Api
-from lawchatd.mirror.core import Core, Refused
+from lawchatd.mirror.core import Core
 from lawchatd.mirror.digests import Digests
 from lawchatd.mirror.files import Files
 from lawchatd.mirror.index import RepoIndex
 from lawchatd.mirror.signing import Signer
+from lawchatd.web.errors import hub_errors
 
 if TYPE_CHECKING:
     from lawchatd.fetch import FetchOptions
@@ -25,16 +26,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("lawchatd.mirror")
 
 CORE: web.AppKey[Core] = web.AppKey("mirror_core", Core)
-
-
-@web.middleware
-async def _refusals(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except Refused as refused:
-        return refused.response
 
 
 def create_mirror_app(
@@ -63,7 +54,7 @@ def create_mirror_app(
         digests=Digests(),
         index=RepoIndex(real_root),
     )
-    app = web.Application(middlewares=[_refusals])
+    app = web.Application(middlewares=[hub_errors])  # a Refused (or a bug) in the Hub's shape
     app[CORE] = core
     if upstream:
         from lawchatd.mirror.pull import PullThrough

@@ -10,17 +10,37 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from lawchatd.errors import UserError
 from lawchatd.mirror.answers import Refusal
 from lawchatd.mirror.digests import Digests
 from lawchatd.mirror.index import RepoIndex
 from lawchatd.mirror.paths import BadPath, is_hidden, segments
 from lawchatd.mirror.repo import Repo
 from lawchatd.mirror.signing import Signer
+from lawchatd.web.errors import hub_response
 
 if TYPE_CHECKING:
     from lawchatd.mirror.pull import PullThrough  # pull.py imports nothing of the routes
 
 MAIN = "main"
+
+
+class Refused(UserError):
+    """The mirror's refusal in the Hub's words: a status, the Hub's X-Error-Code (None for
+    none) and a message; `reason` replaces the status line's phrase, for clients that show
+    only that. Raised anywhere in a route, answered by the app's hub_errors middleware."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str | None,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+        *,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(message, status=status, headers=headers)
+        self.code, self.reason = code, reason
 
 
 def error(
@@ -31,29 +51,12 @@ def error(
     *,
     reason: str | None = None,
 ) -> web.Response:
-    """The Hub's error shape: a JSON body, and X-Error-Code / X-Error-Message for clients.
-
-    `reason` replaces the status line's phrase, for clients that show only that.
-    """
-    extra = dict(headers or {})
-    if code:
-        extra["X-Error-Code"] = code
-    extra["X-Error-Message"] = "".join(c for c in message if " " <= c <= "~")
-    if reason is not None:
-        reason = "".join(c for c in reason if " " <= c <= "~")  # one printable ASCII line
-    return web.json_response({"error": message}, status=status, headers=extra, reason=reason)
+    """A Refused as the response to return (the Hub's JSON body and X-Error-* headers)."""
+    return hub_response(Refused(status, code, message, headers, reason=reason))
 
 
 def refusal(answer: Refusal) -> web.Response:
     return error(answer.status, answer.code, answer.message, reason=answer.reason)
-
-
-class Refused(Exception):
-    """Raised by a helper, caught by the route: this response is the answer."""
-
-    def __init__(self, response: web.Response) -> None:
-        super().__init__(response.status)
-        self.response = response
 
 
 @dataclass
@@ -71,16 +74,16 @@ class Core:
             org = segments(request.match_info["org"], single=True)[0]
             name = segments(request.match_info["repo"], single=True)[0]
         except BadPath:
-            raise Refused(error(400, None, "Invalid path")) from None
+            raise Refused(400, None, "Invalid path") from None
         if is_hidden(f"{org}/{name}"):
-            raise Refused(error(404, "RepoNotFound", "Repository not found"))
+            raise Refused(404, "RepoNotFound", "Repository not found")
         return org, name
 
     async def repo(self, request: web.Request) -> Repo:
         """The repo named in the URL, scanned afresh, or Refused with the Hub's 404."""
         repo = await self.index.scan(*self.repo_id(request))
         if repo is None:
-            raise Refused(error(404, "RepoNotFound", "Repository not found"))
+            raise Refused(404, "RepoNotFound", "Repository not found")
         return repo
 
     def check_revision(self, repo: Repo, revision: str, org: str, name: str) -> None:
@@ -88,7 +91,7 @@ class Core:
             return
         if self.pull is not None and self.pull.knows_commit(f"{org}/{name}", revision):
             return
-        raise Refused(error(404, "RevisionNotFound", f"Invalid rev id: {revision}"))
+        raise Refused(404, "RevisionNotFound", f"Invalid rev id: {revision}")
 
     def authorized(self, request: web.Request) -> bool:
         if self.token is None:
@@ -104,4 +107,4 @@ class Core:
             f"Access to model {repo_id} is restricted. You must have access to it "
             "and be authenticated to access it. Please log in."
         )
-        raise Refused(error(401, "GatedRepo", message))
+        raise Refused(401, "GatedRepo", message)

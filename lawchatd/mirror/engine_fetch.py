@@ -12,13 +12,14 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+from lawchatd.errors import LawchatdError
 from lawchatd.fetch import DownloadFailed, FetchOptions, FileFetch, FileJournal, FileRef, part_path
 from lawchatd.hub.client import HubClient
 from lawchatd.mirror.digests import blob_oid_file
 from lawchatd.mirror.upstream import UpstreamFile
 
 
-class FetchFailed(Exception):
+class FetchFailed(LawchatdError):
     """The fetch ended without a verified file; the message is for people."""
 
 

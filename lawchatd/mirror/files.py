@@ -41,7 +41,7 @@ class Files:
         try:
             return "/".join(segments(request.match_info["filename"]))
         except BadPath:
-            raise Refused(error(400, None, "Invalid path")) from None
+            raise Refused(400, None, "Invalid path") from None
 
     # ---- resolve ------------------------------------------------------------------------
 
@@ -135,7 +135,7 @@ class Files:
         try:
             return FileSource(await asyncio.to_thread(open_inside, self.core.root, entry.path))
         except OSError:
-            raise Refused(error(404, "EntryNotFound", "Entry not found")) from None
+            raise Refused(404, "EntryNotFound", "Entry not found") from None
 
     # ---- bytes --------------------------------------------------------------------------
 

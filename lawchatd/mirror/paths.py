@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from lawchatd.errors import UserError
+
 SIDECAR = ".sha256"
 
 
-class BadPath(Exception):
+class BadPath(UserError):
     """A request path that tries to leave DIR."""
 
 

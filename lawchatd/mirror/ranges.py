@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import hashlib
 
+from lawchatd.errors import UserError
 
-class Unsatisfiable(Exception):
-    pass
+
+class Unsatisfiable(UserError):
+    """A range outside the file (416)."""
+
+    status = 416
+    code = "range_not_satisfiable"
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:

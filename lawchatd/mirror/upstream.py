@@ -13,6 +13,7 @@ from pydantic import SecretStr
 from yarl import URL
 
 from lawchatd import __version__
+from lawchatd.errors import LawchatdError
 from lawchatd.fetch.errors import describe
 from lawchatd.hub.client import HubClient, HubError, Resolved, TransientHubError
 from lawchatd.hub.session import NetworkSettings, client_session
@@ -26,12 +27,12 @@ _OID = re.compile(r"[0-9a-f]{40}")
 _FORWARDED = (401, 403, 404, 429)  # refusals a client should see as they are; the rest is a 502
 
 
-class UpstreamError(Exception):
+class UpstreamError(LawchatdError):
     """The upstream's refusal (forwarded with its status and X-Error-Code) or its absence."""
 
     def __init__(self, status: int, code: str | None, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        super().__init__(message, status=status)
+        self.code = code
 
 
 @dataclass(frozen=True)
