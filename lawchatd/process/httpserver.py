@@ -20,6 +20,9 @@ from http import HTTPStatus
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
+from lawchatd.errors import INTERNAL, LawchatdError, UserError
+from lawchatd.web.errors import detail_response
+
 log = logging.getLogger(__name__)
 WARN_EVERY = 10.0
 _TOO_MANY = json.dumps({"detail": "Too many connections; try again"}).encode()
@@ -43,12 +46,12 @@ class HardenedHandler(RequestHandler):
             return super().handle_error(request, status, exc, message)
         if status >= 500:
             log.error("error handling a request from %s", request.remote, exc_info=exc)
-            detail = "Internal error; the daemon's log has the details"
+            error = LawchatdError(INTERNAL, status=status)
         else:  # a malformed request line, header or chunk: the client's, not worth a traceback
             reason = (message or HTTPStatus(status).phrase).splitlines()[0].rstrip(": ")[:100]
             log.info("bad request from %s: %s", request.remote, reason)
-            detail = f"Bad request: {reason}"
-        response = web.json_response({"detail": detail}, status=status)
+            error = UserError(f"Bad request: {reason}", status=status)
+        response = detail_response(error)
         response.force_close()
         return response
 
