@@ -6,13 +6,15 @@ import struct
 from pathlib import Path
 from typing import IO
 
+from lawchatd.errors import LawchatdError
+
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 # Far above any real model; a larger count means the header is garbage.
 _MAX_COUNT = 1 << 20
 
 
-class NotGGUF(ValueError):
+class NotGGUF(LawchatdError):
     """The file is not a GGUF model this daemon can load."""
 
 

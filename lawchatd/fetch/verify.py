@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from lawchatd.errors import LawchatdError
 from lawchatd.fetch.gguf import NotGGUF, check_header
 from lawchatd.fetch.ref import FileRef
 
@@ -63,7 +64,7 @@ def unchanged(path: Path, record: Verified | None) -> bool:
     return stat_key(path) == (record.size, record.mtime_ns, record.inode)
 
 
-class Stopped(Exception):
+class Stopped(LawchatdError):
     """A hash was given up because the daemon is stopping."""
 
 

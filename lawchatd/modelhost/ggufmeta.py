@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from lawchatd.errors import LawchatdError
 from lawchatd.fetch.gguf import NotGGUF, read_preamble
 
 # GGUF value types: fixed-size scalars (struct format), 8 = string, 9 = array.
@@ -47,7 +48,7 @@ class ModelShape:
         return self.n_layer * 2 * n_embd_kv * 2
 
 
-class GGUFMetaError(ValueError):
+class GGUFMetaError(LawchatdError):
     pass
 
 
