@@ -1,15 +1,24 @@
 """lawchatd's one error tree, and any exception in words.
 
-    LawchatdError                     the rest: lawchatd, its machine or an upstream failed (500)
-    ├── UserError                     the request cannot be served as things stand (400)
-    │   ├── Unauthorized              401 invalid_api_key
-    │   ├── Forbidden                 403 permission_denied
-    │   ├── NotFound                  404 not_found
-    │   ├── Conflict                  409 conflict
-    │   ├── Unprocessable             422 invalid_value
-    │   └── InsufficientStorage       507 insufficient_storage
-    └── TransientError                retrying later may work (503, Retry-After)
-        └── TooManyRequests           429 rate_limit_exceeded
+    LawchatdError                 500  the rest: lawchatd, its machine or an upstream failed
+    ├── UserError                 400  the request cannot be served as things stand
+    │   ├── Unauthorized          401  invalid_api_key
+    │   ├── Forbidden             403  permission_denied
+    │   ├── NotFound              404  not_found
+    │   ├── Conflict              409  conflict: Busy (a download runs), LoadInProgress
+    │   ├── Unprocessable         422  invalid_value: BadBody (not strict JSON)
+    │   ├── InsufficientStorage   507  NotEnoughSpace (disk)
+    │   └── UnknownVariant (400 model_not_found), NoModelLoaded (503 model_not_loaded),
+    │       PromptTooLong, InvalidRequest (400), the mirror's Refused, BadPath, Unsatisfiable
+    └── TransientError            503  unavailable, with Retry-After: later may work
+        ├── TooManyRequests       429  rate_limit_exceeded: QueueFull (chat requests waiting)
+        ├── ModelWaitTimeout      503  model_not_ready (a swap takes longer than load_wait)
+        └── TransientHubError          the Hub or CDN hiccuped: the engine's Transient retries
+
+    The rest: ModelHostError, ModelLoadError (ModelTooLarge: 507), HubError (502),
+    UpstreamError (the mirror's upstream), DownloadFailed, FetchFailed, the engine's
+    RestartFromZero and OneStream signals, Stopped, NotGGUF, GGUFMetaError, CatalogError,
+    CABundleError. (Start-up's errors and the CLI's carry exit codes instead: not here.)
 
 Every error carries what an answer needs: an HTTP `status`, a machine `code` (OpenAI-style,
 such as "model_not_found"), the request field at fault (`param`), the seconds to wait before a
