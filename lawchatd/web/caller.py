@@ -28,7 +28,7 @@ class Caller:
 
 
 BOOTSTRAP = Caller("admin", Role.ADMIN)
-_KEY = "lawchatd.caller"
+_KEY = web.RequestKey("caller", Caller)
 
 
 def set_caller(request: web.Request, caller: Caller) -> None:
