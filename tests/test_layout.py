@@ -1,7 +1,8 @@
 """The house's shape: no import cycle between lawchatd's modules, and the engine stands alone.
 
-Imports are read from the source, `if TYPE_CHECKING:` blocks included: two modules that need
-each other's names are one idea split in two, whether or not Python can import them."""
+Imports are read from the source, `if TYPE_CHECKING:` blocks and functions included: two
+modules that need each other's names are one idea split in two, whether or not Python can
+import them."""
 
 from __future__ import annotations
 
@@ -27,26 +28,19 @@ def _parents(module: str) -> list[str]:
 
 
 def _imports(tree: ast.Module, modules: set[str]) -> set[str]:
+    # Every import in the file, inside functions too: an import moved into a function to dodge
+    # a cycle is still the cycle.
     found: set[str] = set()
-
-    def visit(body: list[ast.stmt]) -> None:
-        for node in body:
-            if isinstance(node, ast.If):
-                visit(node.body)
-                visit(node.orelse)
-            elif isinstance(node, ast.Try):
-                visit(node.body)
-            elif isinstance(node, ast.Import):
-                for alias in node.names:
-                    found.add(alias.name)
-                    found.update(_parents(alias.name))
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                for alias in node.names:  # `from pkg import module` names a module
-                    sub = f"{node.module}.{alias.name}"
-                    found.add(sub if sub in modules else node.module)
-                found.update(_parents(node.module))
-
-    visit(tree.body)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                found.add(alias.name)
+                found.update(_parents(alias.name))
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:  # `from pkg import module` names a module
+                sub = f"{node.module}.{alias.name}"
+                found.add(sub if sub in modules else node.module)
+            found.update(_parents(node.module))
     return {m for m in found if m in modules}
 
 
