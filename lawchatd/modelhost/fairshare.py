@@ -67,6 +67,11 @@ class FairShare:
     def of(self, caller: str) -> KeyUsage:
         return self.usage.setdefault(caller, KeyUsage())
 
+    def figures(self, caller: str) -> dict[str, int | None]:
+        """One caller's usage as plain data (zeros for one that has not asked yet)."""
+        usage = self.usage.get(caller) or KeyUsage()
+        return usage.as_dict(self._clock())
+
     def enter(self, caller: str, limits: Limits) -> KeyUsage:
         """Count a request in flight, or raise KeyLimitReached (429 + Retry-After)."""
         usage = self.of(caller)
