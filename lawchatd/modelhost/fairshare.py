@@ -79,9 +79,9 @@ class FairShare:
         if limits.max_concurrent is not None and usage.in_flight >= limits.max_concurrent:
             usage.refused += 1
             raise KeyLimitReached(
-                f"The key '{caller}' already has {usage.in_flight} chat requests running or "
-                f"waiting, its limit (max concurrent {limits.max_concurrent}); wait for one to "
-                "finish",
+                f"The key '{caller}' already has {_requests(usage.in_flight)} running or "
+                f"waiting, its limit (max concurrent {limits.max_concurrent}); try again when "
+                "one has finished",
                 retry_after=1,
             )
         tpm = limits.tokens_per_minute
@@ -106,6 +106,10 @@ class FairShare:
         usage.completion_tokens += completion
         if prompt + completion:
             usage.spent.append((self._clock(), prompt + completion))
+
+
+def _requests(n: int) -> str:
+    return f"{n} chat request" if n == 1 else f"{n} chat requests"
 
 
 def _seconds_until_below(spent: deque[tuple[float, int]], excess: int, now: float) -> int:
