@@ -5,8 +5,8 @@ output queue. Every step is one ``llama_decode`` over a batch holding the next t
 decoding sequence plus a slice of a new prompt, then one sample per sequence that asked for
 logits. Every active sequence advances by one token per step (fair by construction); a free
 slot goes to the caller with the fewest requests in slots, round robin among equals
-(fairqueue.py), so one key's many queued requests do not keep others waiting; a long prompt is fed in slices while others
-decode so their streams do not freeze.
+(fairqueue.py), so one key's many queued requests do not keep others waiting; a long
+prompt is fed in slices while others decode so their streams do not freeze.
 
 Threads: state lives on the event loop; only ``_step`` runs in the engine's own thread and
 touches llama.cpp (KV removals, decode, sampling). The loop plans a step, awaits it and
