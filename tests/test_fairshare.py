@@ -20,10 +20,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from openai import AsyncOpenAI
 
+from lawchatd.config import Settings
 from lawchatd.modelhost import Limits, ModelHost
 from lawchatd.modelhost.fairqueue import FairQueue
 from lawchatd.modelhost.fairshare import FairShare, KeyLimitReached
-from lawchatd.process.config import Settings
 from lawchatd.testing.ggufgen import make_tiny_llama
 from lawchatd.web.caller import Caller, Role, set_caller
 from lawchatd.web.errors import json_errors

@@ -115,3 +115,17 @@ def test_fetch_engine_knows_nothing_of_the_daemon() -> None:
             and m not in ("lawchatd", "lawchatd.errors")
         }
         assert outside == set(), f"{module} reaches {sorted(outside)}"
+
+
+def test_packages_depend_one_way() -> None:
+    # The same at the level of lawchatd's packages: the process runs the web face, which uses
+    # the services, which use the engine; settings and errors sit under all of them.
+    def package(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    packages: dict[str, set[str]] = {}
+    for module, deps in import_graph().items():
+        packages.setdefault(package(module), set()).update(
+            package(d) for d in deps if package(d) != package(module)
+        )
+    assert _cycles({p: deps & packages.keys() for p, deps in packages.items()}) == []

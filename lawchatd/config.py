@@ -11,9 +11,9 @@ from pathlib import Path
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lawchatd.downloads.bandwidth import parse_schedule
 from lawchatd.fetch.options import FetchOptions
 from lawchatd.fetch.ratelimit import parse_rate
+from lawchatd.fetch.schedule import parse_schedule
 
 
 def _default_data_dir() -> Path:
