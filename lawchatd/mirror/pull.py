@@ -71,6 +71,7 @@ class PullThrough:
         self.endpoint, self._token = endpoint, token
         self.options = options or FetchOptions()
         self.client_wait = client_wait
+        self.retry_after = RETRY_AFTER
         self._engine_options = dataclasses.replace(
             self.options, max_retries=min(self.options.max_retries, ENGINE_RETRIES)
         )
@@ -106,7 +107,7 @@ class PullThrough:
         try:
             return await self.revisions.tree(f"{org}/{name}", revision)
         except Unlisted as exc:
-            retry = RETRY_AFTER if exc.status == 503 else None
+            retry = self.retry_after if exc.status == 503 else None
             return Refusal(
                 exc.status, exc.code, exc.message, _reason(exc.status, exc.message), retry
             )
@@ -167,7 +168,7 @@ class PullThrough:
 
     def unavailable(self, relpath: str, why: str) -> Refusal:
         message = f"{relpath} is not in this mirror yet, and {why}"
-        return Refusal(503, None, message, _reason(503, message), RETRY_AFTER)
+        return Refusal(503, None, message, _reason(503, message), self.retry_after)
 
     async def source(
         self, org: str, name: str, relpath: str, sha256: str

@@ -26,7 +26,9 @@ from lawchatd.mirror.upstream import METADATA_TIMEOUT, Upstream, UpstreamError
 
 log = logging.getLogger("lawchatd.mirror")
 
-RETRY_AFTER = 10  # seconds a client is told to wait when the upstream is down
+# Seconds a client is told to wait when the upstream is down: the mirror asks the upstream
+# every second, and huggingface_hub retries a 5xx five times, each after Retry-After + 1 s.
+RETRY_AFTER = 2
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _MAX_INFO = 64 << 20  # a model_info with blobs lists every file; a repo with 100k files fits
