@@ -42,12 +42,8 @@ class UpstreamTrouble:
     message: str
 
 
-class Unlisted(Exception):
+class Unlisted(UpstreamError):
     """No tree for a revision: the upstream refused it (status, code) or could not be asked."""
-
-    def __init__(self, status: int, code: str | None, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 class Revisions:
