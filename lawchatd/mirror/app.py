@@ -83,9 +83,17 @@ async def _status(request: web.Request) -> web.Response:
             "upstream": core.pull.endpoint if core.pull else None,
             "files": repos,
             "fetches": core.pull.fetches() if core.pull else [],
-            "repos": await core.pull.status() if core.pull else [],
+            "repos": await _repos(core),
         }
     )
+
+
+async def _repos(core: Core) -> list[dict]:
+    if core.pull is None:
+        return []
+    from lawchatd.mirror.report import repos_report
+
+    return await repos_report(core.pull)
 
 
 def _list_repos(root: Path) -> list[dict]:

@@ -199,35 +199,8 @@ class PullThrough:
     async def held(self, repo_id: str, relpath: str, listed: TreeFile) -> bool:
         return await self._local(_upstream_file(repo_id, relpath, "", listed)) is not None
 
-    async def status(self) -> list[dict]:
-        """Per repo recorded: its commit (main), files held and missing, the last upstream error."""
-        repos = await asyncio.to_thread(_recorded_repos, self.revisions.folder)
-        answer = []
-        for repo_id in repos:
-            record = await self.revisions.record(repo_id)
-            tree = record.at("main") or max(
-                record.trees.values(), key=lambda t: t.recorded_at, default=None
-            )
-            held: list[str] = []
-            missing: list[str] = []
-            for path, listed in sorted(tree.files.items()) if tree else []:
-                (held if await self.held(repo_id, path, listed) else missing).append(path)
-            trouble = self.revisions.trouble.get(repo_id)
-            answer.append(
-                {
-                    "repo": repo_id,
-                    "commit": tree.commit if tree else None,
-                    "refs": dict(record.refs),
-                    "held": held,
-                    "missing": missing,
-                    "upstream": "down" if trouble else "answering",
-                    "last_error": trouble.message if trouble else None,
-                    "last_error_at": trouble.at if trouble else None,
-                    "fetching": [f.file.relpath for f in self._fetches.values()
-                                 if f.file.repo_id == repo_id],
-                }
-            )  # fmt: skip
-        return answer
+    def fetching(self, repo_id: str) -> list[str]:
+        return [f.file.relpath for f in self._fetches.values() if f.file.repo_id == repo_id]
 
     def fetches(self) -> list[dict]:
         return [
@@ -373,12 +346,3 @@ def _reason(status: int, message: str) -> str:
     """The status line: lawchatd's daemon (and some clients) show only that."""
     phrase = {502: "Bad Gateway", 503: "Service Unavailable"}.get(status, "Error")
     return f"{phrase}: {message}"[:200]
-
-
-def _recorded_repos(folder: Path) -> list[str]:
-    """Blocking: the repos with a recorded tree (trees/<org>/<name>.json)."""
-    if not folder.is_dir():
-        return []
-    return sorted(
-        f"{p.parent.name}/{p.stem}" for p in folder.glob("*/*.json") if not p.name.startswith(".")
-    )

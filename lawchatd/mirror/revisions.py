@@ -31,6 +31,7 @@ log = logging.getLogger("lawchatd.mirror")
 RETRY_AFTER = 2
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_MAX_TROUBLE = 1024  # repos whose last upstream error is kept for /_mirror/status
 _MAX_INFO = 64 << 20  # a model_info with blobs lists every file; a repo with 100k files fits
 
 
@@ -55,12 +56,18 @@ class Revisions:
         self.trouble: dict[str, UpstreamTrouble] = {}  # repos whose last question failed
 
     async def record(self, repo_id: str) -> RepoRecord:
-        if repo_id not in self._records:
-            loaded = await asyncio.to_thread(load_record, self._path(repo_id))
-            self._records.setdefault(repo_id, loaded)
-        return self._records[repo_id]
+        """The repo's record (kept in memory once it holds a tree: a name nobody lists, asked
+        by anyone who can reach the mirror, costs nothing after the answer)."""
+        if (kept := self._records.get(repo_id)) is not None:
+            return kept
+        loaded = await asyncio.to_thread(load_record, self._path(repo_id))
+        if loaded.trees:
+            return self._records.setdefault(repo_id, loaded)
+        return loaded
 
     def note_down(self, repo_id: str, why: str) -> None:
+        if repo_id not in self.trouble and len(self.trouble) >= _MAX_TROUBLE:
+            del self.trouble[next(iter(self.trouble))]  # the oldest: bounded, whatever is asked
         self.trouble[repo_id] = UpstreamTrouble(time.time(), why)
 
     def note_up(self, repo_id: str) -> None:
@@ -96,13 +103,16 @@ class Revisions:
             record.refs[revision] = tree.commit
             changed = True
         if changed:
+            self._records[repo_id] = record
             await self._save(repo_id, record)
         return record.trees[tree.commit]
 
     async def _save(self, repo_id: str, record: RepoRecord) -> None:
         try:
             async with self._saving:  # one writer at a time
-                await asyncio.to_thread(save_record, self._path(repo_id), record)
+                # Serialised here, on the loop: the record may change while the thread writes.
+                data = record.to_json()
+                await asyncio.to_thread(save_record, self._path(repo_id), data)
         except OSError as exc:
             log.warning("could not record the tree of %s: %s", repo_id, exc)
 

@@ -83,12 +83,12 @@ def load_record(path: Path) -> RepoRecord:
         return RepoRecord()
 
 
-def save_record(path: Path, record: RepoRecord) -> None:
-    """Blocking: write `record` to `path` atomically (a crash leaves the old one or the new)."""
+def save_record(path: Path, data: dict[str, Any]) -> None:
+    """Blocking: write a record's JSON to `path` atomically (a crash leaves the old or the new)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
-        json.dump(record.to_json(), f)
+        json.dump(data, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
