@@ -215,6 +215,9 @@ def test_the_cli_refuses_an_upstream_that_is_not_http(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "lawchatd", "mirror", str(tmp_path), "--upstream", "ftp://hub"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     assert done.returncode == 1 and "must start with http(s)://" in done.stderr
+    argv = [sys.executable, "-m", "lawchatd", "mirror", str(tmp_path), "--client-wait", "0"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and "--client-wait '0' must be seconds" in done.stderr
 
 
 async def test_bytes_that_fail_the_sha256_never_enter_dir(

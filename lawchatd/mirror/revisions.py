@@ -31,6 +31,9 @@ log = logging.getLogger("lawchatd.mirror")
 RETRY_AFTER = 2
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# After the upstream failed a question, a recorded revision is answered without asking it for
+# this long: a black-holed upstream costs its timeout once, not on every request.
+QUIET_SECONDS = 5.0
 _MAX_TROUBLE = 1024  # repos whose last upstream error is kept for /_mirror/status
 _MAX_INFO = 64 << 20  # a model_info with blobs lists every file; a repo with 100k files fits
 
@@ -79,6 +82,9 @@ class Revisions:
         if _COMMIT.fullmatch(revision) and revision in record.trees:
             return record.trees[revision]
         kept = record.at(revision)
+        trouble = self.trouble.get(repo_id)
+        if kept is not None and trouble and time.time() - trouble.at < QUIET_SECONDS:
+            return kept  # the upstream just failed: no client waits METADATA_SECONDS again
         try:
             tree = await self._ask(repo_id, revision)
         except UpstreamError as exc:
