@@ -197,9 +197,7 @@ out["sha"] = hh.model_info({REPO!r}).sha
     tried = await office.python(f"out['path'] = hh.snapshot_download({REPO!r})")
     # The first file missing that its workers hit, by name, in the mirror's words.
     assert re.search(r"(README.md|Q8_0.gguf|notes.txt) is not in this mirror yet", tried["cause"])
-    got = await office.python(f"out['p'] = hh.hf_hub_download({REPO!r}, 'sub/notes.txt')")
-    assert "sub/notes.txt is not in this mirror yet" in got["cause"], got
-    assert got["seconds"] < 10, got  # its five retries included
+    assert tried["seconds"] < 15, tried  # each 503 at once; the client's own retries aside
 
     # Offline: every file fetched, in the one snapshot folder of the upstream's commit.
     offline = await office.python(
@@ -297,7 +295,7 @@ async def test_a_long_outage_is_a_503_before_the_clients_timeout_and_the_fill_re
     assert waiting and "unreachable" in (waiting[0]["waiting"] or ""), waiting
     done_before = waiting[0]["downloaded"]
 
-    await asyncio.sleep(3)  # an outage longer than the engine's own retries
+    await asyncio.sleep(1)  # the outage goes on past the engine's own retries (already given up)
     office.upstream = await office.start_upstream()
     office.upstream.faults.rate = None
     back = time.monotonic()
