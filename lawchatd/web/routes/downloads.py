@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
 
 from lawchatd.fetch import Snapshot
 from lawchatd.web.body import read_json
-from lawchatd.web.keys import CATALOG, MANAGER
+from lawchatd.web.caller import caller_of
+from lawchatd.web.keys import ACTIVATOR, CATALOG, MANAGER, SETTINGS
 
 routes = web.RouteTableDef()
 
@@ -46,9 +50,12 @@ def progress_message(snap: Snapshot) -> dict:
 
 
 async def available_models(app: web.Application) -> dict:
-    """Every catalog variant with where it stands on disk (shared with the WebSocket snapshot)."""
+    """Every catalog variant with where it stands on disk (shared with the WebSocket snapshot);
+    `on_download`: what a finished download of it will do ("load" or "keep", from
+    LAWCHATD_AUTOLOAD and the model loaded now)."""
     manager = app[MANAGER]
     partial = await manager.partial_bytes()
+    activator = app[ACTIVATOR]
     models = {}
     for spec in app[CATALOG]:
         downloaded = manager.is_downloaded(spec)
@@ -59,8 +66,21 @@ async def available_models(app: web.Application) -> dict:
             "path": str(manager.final_path(spec)) if downloaded else None,
             "label": spec.label,
             "partial_bytes": partial.get(spec.variant, 0),
+            "on_download": activator.on_download(spec.variant),
         }
     return models
+
+
+async def disk_usage(app: web.Application) -> dict:
+    """The models folder: where it is, the bytes its models use and the bytes still free."""
+    folder = app[SETTINGS].models_dir
+
+    def measure() -> dict:
+        used = sum(p.stat().st_size for p in folder.glob("*") if p.is_file())
+        return {"folder": str(folder), "models_bytes": used,
+                "free_bytes": shutil.disk_usage(folder).free}  # fmt: skip
+
+    return await asyncio.to_thread(measure)
 
 
 @routes.get("/models/available")
@@ -69,6 +89,8 @@ async def get_available(request: web.Request) -> web.Response:
         {
             "available_models": await available_models(request.app),
             "download_status": progress_fields(request.app[MANAGER].snapshot()),
+            "disk": await disk_usage(request.app),
+            "autoload": request.app[ACTIVATOR].autoload,
         }
     )
 
@@ -86,7 +108,9 @@ async def post_download(request: web.Request) -> web.Response:
     body = await read_json(request, DownloadRequest)
     manager = request.app[MANAGER]
     # UnknownVariant (400), Busy (409) and NotEnoughSpace (507) answer for themselves.
-    status = await manager.start(body.model_variant, force=body.force, queue=body.queue)
+    status = await manager.start(
+        body.model_variant, force=body.force, queue=body.queue, by=caller_of(request).name
+    )
     reply = {
         "message": _MESSAGES[status].format(body.model_variant),
         "model_variant": body.model_variant,
@@ -96,6 +120,12 @@ async def post_download(request: web.Request) -> web.Response:
     if status == "queued":
         reply["position"] = manager.queue.position(body.model_variant)
     return web.json_response(reply)
+
+
+@routes.get("/downloads/history")
+async def get_history(request: web.Request) -> web.Response:
+    """The last runs, newest first: when, who, outcome, duration, average speed."""
+    return web.json_response({"downloads": await request.app[MANAGER].history.recent()})
 
 
 @routes.get("/models/download-progress")
