@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from lawchatd import __version__
 from lawchatd.process.config import Settings
 from lawchatd.process.sdnotify import Notifier
-from lawchatd.process.startup import EX_CONFIG, StartupError, preflight
+from lawchatd.process.startup import EX_CONFIG, StartupError, log_settings, preflight
 
 
 def _load_settings() -> Settings:
@@ -44,6 +44,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from lawchatd.process.server import serve
 
         setup_logging(settings.log_level)
+        log_settings(settings)
         asyncio.run(serve(settings))
     except StartupError as exc:
         _exit_at_once(exc)

@@ -199,7 +199,7 @@ async def test_wrong_hash_is_an_error_in_words(
     await expect(failure).to_be_visible()
     await expect(failure).to_have_attribute("role", "alert")
     await expect(failure).to_contain_text("sha256 mismatch")
-    await expect(failure).to_contain_text("the partial file was deleted")
+    await expect(failure).to_contain_text("it was deleted")
     await expect(card(page, "tiny-a")).to_contain_text("Not downloaded")
     await page.screenshot(path=ARTIFACTS / "dashboard-download-error.png", full_page=True)
 
