@@ -1,7 +1,7 @@
 // The download panel: the running download's progress, step, speed and time left.
 
 import { formatBytes, formatEta, formatPercent, formatSpeed, sentence } from "./format.js";
-import { $, showNotice } from "./messages.js";
+import { $, setErrorText, showNotice } from "./messages.js";
 import { refreshModels, renderModels } from "./models.js";
 import { state } from "./state.js";
 
@@ -19,9 +19,10 @@ export function applyProgress(progress) {
   renderProgress(progress);
   const changed =
     before.status !== progress.status || before.model_variant !== progress.model_variant;
-  if (changed && progress.status !== "downloading") {
-    // Finished, failed or cancelled: what is on disk changed, so read the list again.
-    refreshModels();
+  if (progress.status !== "downloading") {
+    // Finished, failed or cancelled (or cleaned up): what is on disk changed. The notice is
+    // replaced every time, so "started" never stays beside "failed".
+    if (changed || progress.status !== "idle") refreshModels();
     announceOutcome(progress);
   } else {
     renderModels();
@@ -30,7 +31,12 @@ export function applyProgress(progress) {
 
 function announceOutcome(progress) {
   const name = progress.model_variant;
-  if (progress.status === "completed") showNotice(`${name} is downloaded and verified.`);
+  const failedLoad = state.loadFailed && state.loadFailed.variant === name;
+  if (progress.status === "completed" && failedLoad) {
+    showNotice(`${name} is downloaded and verified, but it could not be loaded (see above).`);
+  } else if (progress.status === "completed") {
+    showNotice(`${name} is downloaded and verified.`);
+  }
   if (progress.status === "cancelled") showNotice(`The download of ${name} was cancelled.`);
   if (progress.status === "error") showNotice(""); // the reason is shown in the download panel
 }
@@ -57,8 +63,10 @@ function phaseWords(p) {
   return p.phase === "retrying" && p.retries ? `${words} (retry ${p.retries})` : words;
 }
 
+// While the daemon cannot be reached nothing here is live: no speed or time left is shown.
 export function renderProgress(p) {
-  const running = p.status === "downloading";
+  const live = document.body.dataset.connection === "connected";
+  const running = p.status === "downloading" && live;
   $("dl-title").textContent = downloadTitle(p);
   const bar = $("dl-bar");
   bar.value = Number(p.progress || 0);
@@ -69,8 +77,8 @@ export function renderProgress(p) {
   $("dl-percent").textContent = p.status === "idle" ? "–" : formatPercent(p.progress) + sizes;
   $("dl-speed").textContent = running ? formatSpeed(p.speed) : "–";
   $("dl-eta").textContent = running ? formatEta(p.eta) : "–";
-  $("dl-phase").textContent = phaseWords(p);
+  $("dl-phase").textContent = live ? phaseWords(p) : "Not connected";
   const failure = $("dl-error");
-  failure.textContent = p.status === "error" && p.error ? sentence(p.error) : "";
+  setErrorText(failure, p.status === "error" && p.error ? sentence(p.error) : "");
   failure.hidden = !failure.textContent;
 }

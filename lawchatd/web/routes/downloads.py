@@ -44,6 +44,18 @@ def progress_fields(snap: Snapshot) -> dict:
     return fields
 
 
+def polled_progress(app: web.Application) -> dict:
+    """PROGRESS for the pollers (the old page, old clients): a download that never reached
+    the file (missing upstream, gated, offline) has no size from upstream; the catalog's size
+    stands in, as the old app, which knew sizes from its catalog, answered — its page divides
+    by `total_size`."""
+    fields = progress_fields(app[MANAGER].snapshot())
+    spec = app[CATALOG].get(fields["model_variant"]) if fields["model_variant"] else None
+    if not fields["total_size"] and spec is not None:
+        fields["total_size"] = spec.size
+    return fields
+
+
 def progress_message(snap: Snapshot) -> dict:
     """The WebSocket's `progress` message."""
     return {"type": "progress", **progress_fields(snap)}
@@ -88,7 +100,7 @@ async def get_available(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "available_models": await available_models(request.app),
-            "download_status": progress_fields(request.app[MANAGER].snapshot()),
+            "download_status": polled_progress(request.app),
             "disk": await disk_usage(request.app),
             "autoload": request.app[ACTIVATOR].autoload,
         }
@@ -130,7 +142,7 @@ async def get_history(request: web.Request) -> web.Response:
 
 @routes.get("/models/download-progress")
 async def get_progress(request: web.Request) -> web.Response:
-    return web.json_response(progress_fields(request.app[MANAGER].snapshot()))
+    return web.json_response(polled_progress(request.app))
 
 
 @routes.post("/models/cancel-download")
