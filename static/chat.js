@@ -30,7 +30,6 @@ async function readEvents(body, onData) {
   }
 }
 
-const MAX_TOKENS = 1024;
 const conversation = []; // earlier questions and answers, sent along with each new question
 let stopping = null; // the AbortController of the answer being written
 
@@ -63,8 +62,8 @@ async function onChatSubmit(event) {
       "POST",
       "/v1/chat/completions",
       {
+        // No max_tokens: the answer may use the rest of the model's context.
         messages: [...conversation, { role: "user", content: text }],
-        max_tokens: MAX_TOKENS,
         stream: true,
       },
       stopping.signal,

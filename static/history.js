@@ -4,6 +4,7 @@
 import { api } from "./api.js";
 import { formatBytes, formatEta, formatSpeed } from "./format.js";
 import { $, reportFailure } from "./messages.js";
+import { state } from "./state.js";
 
 const OUTCOME_WORDS = {
   completed: "Downloaded and verified",
@@ -28,16 +29,19 @@ function cell(text, outcome) {
 }
 
 export function renderHistory(runs) {
+  // The newest outcome per model: a card can say its last download failed.
+  state.lastOutcome = {};
+  for (const run of runs) state.lastOutcome[run.variant] ??= run.outcome;
   const rows = runs.map((run) => {
     const tr = document.createElement("tr");
     const outcome = cell(OUTCOME_WORDS[run.outcome] || run.outcome, run.outcome);
     if (run.error) outcome.title = run.error;
     tr.append(
       cell(new Date(run.started_at * 1000).toLocaleString()),
-      cell(run.model_variant ?? run.variant),
+      cell(run.variant),
       cell(run.started_by),
       outcome,
-      cell(formatEta(run.duration_seconds)),
+      cell(run.duration_seconds < 1 ? "under 1 s" : formatEta(run.duration_seconds)),
       cell(`${formatSpeed(run.average_speed)} (${formatBytes(run.bytes)})`),
     );
     return tr;

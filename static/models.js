@@ -17,7 +17,8 @@ export async function refreshModels() {
     state.models = body.available_models;
     state.disk = body.disk || null;
     renderModels();
-    refreshHistory();
+    await refreshHistory();
+    renderModels(); // the history says which model's last download failed
   } catch (error) {
     // A network failure while reconnecting is expected; the indicator already says so.
     if (error.status !== 0) reportFailure(error, "Could not read the model list");
@@ -71,7 +72,8 @@ function modelState(variant, model, running, loaded) {
   if (model.downloaded) return [loaded ? "Downloaded, in use" : "Downloaded", "downloaded"];
   const queuedAt = state.queued.indexOf(variant);
   if (queuedAt >= 0) return [`Queued (number ${queuedAt + 1})`, "missing"];
-  if (p.status === "error" && p.model_variant === variant) {
+  const lastFailed = state.lastOutcome[variant] === "error";
+  if ((p.status === "error" && p.model_variant === variant) || lastFailed) {
     return ["Not downloaded: the last download failed (see Download)", "failed"];
   }
   return [partialWords(model), "missing"];
