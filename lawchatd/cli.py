@@ -126,8 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     mirror = commands.add_parser("mirror", help="serve a folder as a Hub-compatible endpoint")
     mirror.add_argument("dir", type=Path, help="folder laid out as DIR/<org>/<repo>/<file>")
-    mirror.add_argument("--host", default="127.0.0.1")
-    mirror.add_argument("--port", type=int, default=8900)
+    mirror.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    mirror.add_argument(
+        "--port", type=int, default=8900, help="port to listen on (default: %(default)s)"
+    )
     mirror.add_argument("--cdn-base", help="base URL the redirects point at (default: same host)")
     mirror.add_argument(
         "--token",

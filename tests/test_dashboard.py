@@ -148,9 +148,7 @@ async def test_download_shows_rising_progress_until_completed(
     await expect(tiny_a.get_by_role("button", name="Download tiny-a", exact=True)).to_be_hidden()
 
 
-async def test_cancel_shows_resume(
-    browser_page: Page, daemon: Daemon, mirror: Mirror
-) -> None:
+async def test_cancel_shows_resume(browser_page: Page, daemon: Daemon, mirror: Mirror) -> None:
     page = browser_page
     mirror.faults.rate = 1_000_000
     await open_dashboard(page, daemon)
