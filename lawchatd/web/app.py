@@ -17,7 +17,7 @@ from lawchatd.downloads.manager import DownloadManager
 from lawchatd.hub.client import HubClient
 from lawchatd.hub.session import client_session
 from lawchatd.modelhost import ModelHost
-from lawchatd.process.config import Settings
+from lawchatd.process.config import NEVER, Settings
 from lawchatd.state.progress import ProgressHub
 from lawchatd.state.store import Store
 from lawchatd.web import session
@@ -145,7 +145,7 @@ async def _downloads(app: web.Application) -> AsyncIterator[None]:
         app[STORE],
         HubClient(session, settings.hf_endpoint, token),
         lambda snap: app[PROGRESS].publish(progress_message(snap)),
-        on_verified=activator.downloaded,
+        on_verified=activator.downloaded if settings.autoload != NEVER else None,
         limiter=app[BANDWIDTH].limiter,
         on_queue=lambda: app[PROGRESS].publish(queue_message(app)),
     )
