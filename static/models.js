@@ -74,7 +74,7 @@ function modelState(variant, model, running, loaded) {
   if (queuedAt >= 0) return [`Queued (number ${queuedAt + 1})`, "missing"];
   const lastFailed = state.lastOutcome[variant] === "error";
   if ((p.status === "error" && p.model_variant === variant) || lastFailed) {
-    return ["Not downloaded: the last download failed (see Download)", "failed"];
+    return ["Not downloaded: its last download failed (see the history)", "failed"];
   }
   return [partialWords(model), "missing"];
 }

@@ -129,7 +129,7 @@ async def test_failed_cards_and_the_history(
     await tiny_a.get_by_role("button", name="Download tiny-a", exact=True).click()
     await expect(page.locator("#dl-title")).to_have_text("The download of tiny-a failed")
     await expect(tiny_a).to_have_attribute("data-state", "failed")
-    await expect(tiny_a).to_contain_text("Not downloaded: the last download failed")
+    await expect(tiny_a).to_contain_text("Not downloaded: its last download failed")
     failure = page.locator("#dl-error")
     await expect(failure).to_contain_text(
         "The file received does not match the checksum the publisher gave; it was deleted. "
