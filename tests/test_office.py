@@ -174,3 +174,36 @@ def render(line: str) -> str:
         else:
             shown = piece + shown[len(piece) :]
     return shown
+
+
+def test_unknown_variables_name_the_nearest_setting() -> None:
+    from lawchatd.process.startup import unknown_variables
+
+    environ = {
+        "LAWCHATD_APIKEY": "x",
+        "LAWCHATD_DATADIR": "/srv",
+        "LAWCHATD_PORT": "8000",  # known
+        "LAWCHATD_MIRROR_TOKEN": "t",  # read by `lawchatd mirror`
+        "LAWCHATD_SOMETHING_ELSE": "1",
+        "HOME": "/root",
+    }
+    assert unknown_variables(environ) == [
+        ("LAWCHATD_APIKEY", "LAWCHATD_API_KEY"),
+        ("LAWCHATD_DATADIR", "LAWCHATD_DATA_DIR"),
+        ("LAWCHATD_SOMETHING_ELSE", None),
+    ]
+
+
+async def test_history_is_trimmed_and_survives_a_torn_line(tmp_path) -> None:
+    from lawchatd.downloads import history as history_module
+    from lawchatd.downloads.history import History, Run
+
+    book = History(tmp_path / "history.jsonl")
+    for n in range(history_module.KEEP * 3):
+        await book.add(Run(f"v{n}", "admin", "completed", 0.0, 2.0, 1000))
+    with (tmp_path / "history.jsonl").open("a") as f:
+        f.write('{"variant": "cut')  # a power loss mid-line
+    runs = await book.recent(limit=10_000)
+    assert history_module.KEEP <= len(runs) <= 2 * history_module.KEEP + 1
+    assert runs[0]["variant"] == f"v{history_module.KEEP * 3 - 1}"  # newest first
+    assert runs[0]["duration_seconds"] == 2.0 and runs[0]["average_speed"] == 500.0

@@ -63,8 +63,9 @@ class History:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         with self._path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(asdict(run)) + "\n")
-        if self._path.stat().st_size > KEEP * 2 * 300:  # about twice KEEP lines: trim
-            runs = self._read()[-KEEP:]
+        runs = self._read()  # a few hundred short lines, once per download, in a thread
+        if len(runs) > 2 * KEEP:
+            runs = runs[-KEEP:]
             tmp = self._path.with_suffix(".tmp")
             tmp.write_text("".join(json.dumps(asdict(r)) + "\n" for r in runs), "utf-8")
             tmp.replace(self._path)

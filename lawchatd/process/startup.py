@@ -189,10 +189,14 @@ def known_variables() -> set[str]:
 def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
     """Each LAWCHATD_* name that nothing reads, with the nearest known name (a typo such as
     LAWCHATD_APIKEY would otherwise leave the daemon without a key, silently)."""
+    prefix = "LAWCHATD_"
     known = known_variables()
-    unknown = sorted(n for n in environ if n.upper().startswith("LAWCHATD_") and n not in known)
-    return [(n, next(iter(difflib.get_close_matches(n.upper(), known, 1, 0.6)), None))
-            for n in unknown]  # fmt: skip
+    tails = {name.removeprefix(prefix): name for name in known}  # the shared prefix misleads
+    found = []
+    for name in sorted(n for n in environ if n.upper().startswith(prefix) and n not in known):
+        near = difflib.get_close_matches(name.upper().removeprefix(prefix), tails, 1, 0.6)
+        found.append((name, tails[near[0]] if near else None))
+    return found
 
 
 def log_settings(settings: Settings, environ: Mapping[str, str] = os.environ) -> None:
