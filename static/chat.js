@@ -80,6 +80,7 @@ async function onChatSubmit(event) {
     if (!answer.textContent) answer.textContent = "(The model answered with no text.)";
     else conversation.push({ role: "user", content: text }, { role: "assistant", content: answer.textContent });
     $("chat-input").value = "";
+    $("chat-new").hidden = false;
   } catch (error) {
     if (stopping.signal.aborted) answer.append(" (stopped)");
     else if (error instanceof ApiError) reportFailure(error, "The model could not answer");
@@ -96,6 +97,14 @@ async function onChatSubmit(event) {
 export function setupChat() {
   $("chat-form").addEventListener("submit", onChatSubmit);
   $("chat-stop").addEventListener("click", () => stopping && stopping.abort());
+  $("chat-new").addEventListener("click", () => {
+    if (stopping) stopping.abort();
+    conversation.length = 0; // the model forgets what was asked before
+    $("chat-answer").replaceChildren();
+    $("chat-answer").hidden = true;
+    $("chat-cut").hidden = true;
+    $("chat-new").hidden = true;
+  });
   // Ctrl/Cmd+Enter sends, as in most chat boxes; Enter alone makes a new line.
   $("chat-input").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("chat-form").requestSubmit();

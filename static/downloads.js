@@ -23,7 +23,11 @@ export function applyProgress(progress) {
     // Finished, failed or cancelled (or cleaned up): what is on disk changed. The notice is
     // replaced every time, so "started" never stays beside "failed".
     if (changed || progress.status !== "idle") refreshModels();
-    announceOutcome(progress);
+    // An end may arrive alone (a fast failure coalesced with its start): it still replaces
+    // the "started" notice.
+    if (changed || progress.status === "error" || progress.status === "completed") {
+      announceOutcome(progress);
+    }
   } else {
     renderModels();
   }
@@ -51,7 +55,9 @@ function downloadTitle(p) {
     case "error":
       return `The download of ${name} failed`;
     case "cancelled":
-      return `The download of ${name} was cancelled; the partial file is kept`;
+      return p.downloaded_size > 0
+        ? `The download of ${name} was cancelled; the partial file is kept`
+        : `The download of ${name} was cancelled`; // cleaned up: nothing is kept
     default:
       return "No download running";
   }
