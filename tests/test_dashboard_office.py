@@ -163,3 +163,29 @@ async def test_failed_cards_and_the_history(
     await expect(tiny_a).to_have_attribute("data-state", "failed")
     await expect(history.last).to_contain_text("under 1 s")
     await shots(page, "failed-and-history")
+
+
+async def test_chat_is_a_conversation(browser_page: Page, daemon: Daemon) -> None:  # noqa: F811
+    page = browser_page
+    await download_and_wait(daemon, "tiny-small")
+    await open_dashboard(page, daemon)
+    await card(page, "tiny-small").get_by_role("button", name="Load tiny-small", exact=True).click()
+    await expect(page.locator("#loaded-state")).to_have_text("Ready")
+    sent: list[dict] = []
+    page.on(
+        "request",
+        lambda r: sent.append(r.post_data_json) if r.url.endswith("/chat/completions") else None,
+    )
+    send = page.get_by_role("button", name="Send")
+    for question in ("What is a tort?", "And a contract?"):
+        await page.get_by_label("Message").fill(question)
+        await send.click()
+        await expect(page.get_by_role("button", name="Stop")).to_be_hidden()
+        await expect(send).to_be_enabled()
+    log = page.get_by_role("log", name="Answer")
+    await expect(log.locator(".turn.you")).to_have_text(["What is a tort?", "And a contract?"])
+    # The second question went with the first and its answer, and no 64-token cap.
+    assert [m["role"] for m in sent[1]["messages"]] == ["user", "assistant", "user"], sent
+    assert "max_tokens" not in sent[1]
+    await page.get_by_role("button", name="New conversation").click()
+    await expect(log).to_be_hidden()
