@@ -73,7 +73,8 @@ function phaseWords(p) {
 export function renderProgress(p) {
   const live = document.body.dataset.connection === "connected";
   const running = p.status === "downloading" && live;
-  $("dl-title").textContent = downloadTitle(p);
+  const lost = ["reconnecting", "disconnected"].includes(document.body.dataset.connection);
+  $("dl-title").textContent = downloadTitle(p) + (lost ? " (last known state)" : "");
   const bar = $("dl-bar");
   bar.value = Number(p.progress || 0);
   bar.textContent = formatPercent(p.progress);
