@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from lawchatd.config import ALWAYS, EMPTY, NEVER
 from lawchatd.downloads.catalog import ModelSpec
 from lawchatd.modelhost import ModelHost
 from lawchatd.state.store import Store
@@ -19,9 +20,10 @@ ACTIVE_KEY = "active_variant"
 
 
 class Activator:
-    def __init__(self, host: ModelHost, store: Store) -> None:
+    def __init__(self, host: ModelHost, store: Store, autoload: str = ALWAYS) -> None:
         self._host = host
         self._store = store
+        self.autoload = autoload
 
     async def load(self, spec: ModelSpec, path: Path) -> None:
         """A user's load (`POST /models/load`): LoadInProgress while another load runs or
@@ -33,6 +35,23 @@ class Activator:
         """Load after the loads before it (a finished download must not be dropped)."""
         await self._host.load(spec.variant, path, wait=True)
         await self._store.set_meta(ACTIVE_KEY, spec.variant)
+
+    def on_download(self, variant: str) -> str:
+        """What a verified download of ``variant`` will do, in words (the dashboard shows it
+        before the download starts): "load" or "keep"."""
+        if self.autoload == NEVER:
+            return "keep"
+        if self.autoload == EMPTY and self._host.snapshot().variant not in (None, variant):
+            return "keep"
+        return "load"
+
+    async def downloaded(self, spec: ModelSpec, path: Path) -> None:
+        """A download was verified: load it as LAWCHATD_AUTOLOAD says."""
+        if self.on_download(spec.variant) == "load":
+            await self.activate(spec, path)
+        else:
+            log.info("%s is downloaded; not loaded (LAWCHATD_AUTOLOAD=%s)", spec.variant,
+                     self.autoload)  # fmt: skip
 
     async def unload(self) -> None:
         """Unload the answering model (its requests finish first); none loads at the next start."""

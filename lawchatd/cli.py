@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from lawchatd import __version__
 from lawchatd.config import Settings
 from lawchatd.process.sdnotify import Notifier
-from lawchatd.process.startup import EX_CONFIG, StartupError, preflight
+from lawchatd.process.startup import EX_CONFIG, StartupError, log_settings, preflight
 
 
 def _load_settings() -> Settings:
@@ -44,6 +44,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from lawchatd.process.server import serve
 
         setup_logging(settings.log_level)
+        log_settings(settings)
         asyncio.run(serve(settings))
     except StartupError as exc:
         _exit_at_once(exc)
@@ -135,8 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     mirror = commands.add_parser("mirror", help="serve a folder as a Hub-compatible endpoint")
     mirror.add_argument("dir", type=Path, help="folder laid out as DIR/<org>/<repo>/<file>")
-    mirror.add_argument("--host", default="127.0.0.1")
-    mirror.add_argument("--port", type=int, default=8900)
+    mirror.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    mirror.add_argument(
+        "--port", type=int, default=8900, help="port to listen on (default: %(default)s)"
+    )
     mirror.add_argument("--cdn-base", help="base URL the redirects point at (default: same host)")
     mirror.add_argument(
         "--token",

@@ -159,6 +159,9 @@ def _queued_line(variant: str, position: int | None) -> str:
     )
 
 
+ERASE = "\x1b[K"  # the terminal's "erase to the end of the line"
+
+
 async def _follow(ws, variant: str, out: TextIO, interrupted: asyncio.Event) -> dict | None:
     """Draw the bar until the download ends; None when the user pressed Ctrl-C."""
     tty = out.isatty()
@@ -180,11 +183,14 @@ async def _follow(ws, variant: str, out: TextIO, interrupted: asyncio.Event) -> 
             if message.get("model_variant") != variant:
                 continue
             if message["status"] != "downloading" and message["type"] == "progress":
-                out.write(("\r" if tty else "") + progress_bar(message) + "\n")
+                # Erase to the end of the line: the last bar is shorter than the ones before.
+                out.write(
+                    ("\r" + progress_bar(message) + ERASE if tty else progress_bar(message)) + "\n"
+                )
                 return message
             now = time.monotonic()
             if tty:
-                out.write("\r" + progress_bar(message) + "\x1b[K")
+                out.write("\r" + progress_bar(message) + ERASE)
                 out.flush()
             elif now - last_line_at >= 2:  # a log file gets a line every few seconds
                 out.write(progress_bar(message) + "\n")

@@ -15,6 +15,15 @@ from lawchatd.fetch.options import FetchOptions
 from lawchatd.fetch.ratelimit import parse_rate
 from lawchatd.fetch.schedule import parse_schedule
 
+# LAWCHATD_AUTOLOAD: what a verified download does to the answering model (activation.py).
+ALWAYS = "always"  # swap it in (the default: hot-swapping is what the daemon is for)
+EMPTY = "empty"  # load it only when no model is loaded
+NEVER = "never"  # leave it on disk until someone loads it
+AUTOLOAD_WORDS = {
+    "true": ALWAYS, "always": ALWAYS, "1": ALWAYS, "yes": ALWAYS, "on": ALWAYS,
+    "empty": EMPTY, "false": NEVER, "never": NEVER, "0": NEVER, "no": NEVER, "off": NEVER,
+}  # fmt: skip
+
 
 def _default_data_dir() -> Path:
     # systemd's StateDirectory= hands us a writable folder in $STATE_DIRECTORY.
@@ -65,7 +74,7 @@ class Settings(BaseSettings):
     hf_endpoint: str = Field(default_factory=_default_hf_endpoint)
     hf_token: SecretStr | None = Field(default_factory=_default_hf_token)
     catalog: Path | None = None
-    autoload: bool = True
+    autoload: str = "always"  # always (true) | empty | never (false): lawchatd/activation.py
     resume_on_start: bool = True
     # The download engine's knobs start from its own defaults (lawchatd.fetch.FetchOptions).
     connections: int = Field(FetchOptions.connections, ge=1, le=16)
@@ -148,6 +157,14 @@ class Settings(BaseSettings):
         if parse_schedule(value) is None:  # raises on a rule it cannot read
             return None
         return value.strip() if value else None
+
+    @field_validator("autoload", mode="before")
+    @classmethod
+    def _autoload_word(cls, value: object) -> str:
+        word = str(value).strip().lower()
+        if word not in AUTOLOAD_WORDS:
+            raise ValueError("must be always (or true), empty, or never (or false)")
+        return AUTOLOAD_WORDS[word]
 
     @field_validator("hf_endpoint")
     @classmethod

@@ -3,8 +3,8 @@
 
 import { sentence } from "./format.js";
 
+// The daemon's 409s say what to do themselves (cancel, unload, queue).
 const STATUS_HINTS = {
-  409: "Try again when it has finished.",
   503: "Load a downloaded model first.",
   507: "Free some disk space and try again.",
 };
@@ -48,7 +48,7 @@ async function httpError(response) {
   return new ApiError(response.status, hint ? `${words} ${hint}` : words);
 }
 
-export async function request(method, path, body) {
+export async function request(method, path, body, signal) {
   const headers = {};
   if (body !== undefined) headers["Content-Type"] = "application/json";
   let response;
@@ -57,8 +57,10 @@ export async function request(method, path, body) {
       method,
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
+      signal,
     });
-  } catch {
+  } catch (error) {
+    if (signal && signal.aborted) throw error;
     throw new ApiError(0, "Cannot reach lawchatd. The daemon may be stopped or restarting.");
   }
   if (!response.ok) throw await httpError(response);

@@ -11,10 +11,17 @@
 import { setupChat } from "./chat.js";
 import { applyProgress, renderProgress } from "./downloads.js";
 import { $, showNotice } from "./messages.js";
-import { onModelEvent, refreshModels, renderLoaded } from "./models.js";
+import { onModelEvent, refreshModels, renderLoaded, setupModels } from "./models.js";
 import { onNetworkMessage, renderCap, renderQueue, setupNetwork } from "./network.js";
 import { setupSession } from "./session.js";
-import { connect, connected, dropSocket, reconnectNow, setConnection } from "./socket.js";
+import {
+  connect,
+  connected,
+  dropSocket,
+  reconnectNow,
+  setConnection,
+  whenConnectionChanges,
+} from "./socket.js";
 import { state } from "./state.js";
 
 function onSocketMessage(message) {
@@ -36,6 +43,15 @@ function onSocketMessage(message) {
   }
 }
 
+// Lost: the panels are dimmed and inert (no button can act on a stale picture), a banner
+// says why, and the download panel stops showing a speed. Back: the snapshot redraws them.
+function onConnectionChange(kind) {
+  const lost = kind === "reconnecting" || kind === "disconnected";
+  $("dashboard").inert = lost;
+  $("offline").hidden = !lost;
+  renderProgress(state.progress);
+}
+
 function startDashboard() {
   $("dashboard").hidden = false;
   $("change-key").hidden = false;
@@ -54,6 +70,8 @@ function startDashboard() {
 function main() {
   setupChat();
   setupNetwork();
+  setupModels();
+  whenConnectionChanges(onConnectionChange);
   window.addEventListener("online", reconnectNow);
   window.addEventListener("offline", dropSocket);
   setupSession(startDashboard);

@@ -1,7 +1,7 @@
 // The download panel: the running download's progress, step, speed and time left.
 
 import { formatBytes, formatEta, formatPercent, formatSpeed, sentence } from "./format.js";
-import { $, showNotice } from "./messages.js";
+import { $, setErrorText, showNotice } from "./messages.js";
 import { refreshModels, renderModels } from "./models.js";
 import { state } from "./state.js";
 
@@ -19,10 +19,15 @@ export function applyProgress(progress) {
   renderProgress(progress);
   const changed =
     before.status !== progress.status || before.model_variant !== progress.model_variant;
-  if (changed && progress.status !== "downloading") {
-    // Finished, failed or cancelled: what is on disk changed, so read the list again.
-    refreshModels();
-    announceOutcome(progress);
+  if (progress.status !== "downloading") {
+    // Finished, failed or cancelled (or cleaned up): what is on disk changed. The notice is
+    // replaced every time, so "started" never stays beside "failed".
+    if (changed || progress.status !== "idle") refreshModels();
+    // An end may arrive alone (a fast failure coalesced with its start): it still replaces
+    // the "started" notice.
+    if (changed || progress.status === "error" || progress.status === "completed") {
+      announceOutcome(progress);
+    }
   } else {
     renderModels();
   }
@@ -30,7 +35,12 @@ export function applyProgress(progress) {
 
 function announceOutcome(progress) {
   const name = progress.model_variant;
-  if (progress.status === "completed") showNotice(`${name} is downloaded and verified.`);
+  const failedLoad = state.loadFailed && state.loadFailed.variant === name;
+  if (progress.status === "completed" && failedLoad) {
+    showNotice(`${name} is downloaded and verified, but it could not be loaded (see above).`);
+  } else if (progress.status === "completed") {
+    showNotice(`${name} is downloaded and verified.`);
+  }
   if (progress.status === "cancelled") showNotice(`The download of ${name} was cancelled.`);
   if (progress.status === "error") showNotice(""); // the reason is shown in the download panel
 }
@@ -45,7 +55,9 @@ function downloadTitle(p) {
     case "error":
       return `The download of ${name} failed`;
     case "cancelled":
-      return `The download of ${name} was cancelled; the partial file is kept`;
+      return p.downloaded_size > 0
+        ? `The download of ${name} was cancelled; the partial file is kept`
+        : `The download of ${name} was cancelled`; // cleaned up: nothing is kept
     default:
       return "No download running";
   }
@@ -57,9 +69,12 @@ function phaseWords(p) {
   return p.phase === "retrying" && p.retries ? `${words} (retry ${p.retries})` : words;
 }
 
+// While the daemon cannot be reached nothing here is live: no speed or time left is shown.
 export function renderProgress(p) {
-  const running = p.status === "downloading";
-  $("dl-title").textContent = downloadTitle(p);
+  const live = document.body.dataset.connection === "connected";
+  const running = p.status === "downloading" && live;
+  const lost = ["reconnecting", "disconnected"].includes(document.body.dataset.connection);
+  $("dl-title").textContent = downloadTitle(p) + (lost ? " (last known state)" : "");
   const bar = $("dl-bar");
   bar.value = Number(p.progress || 0);
   bar.textContent = formatPercent(p.progress);
@@ -69,8 +84,8 @@ export function renderProgress(p) {
   $("dl-percent").textContent = p.status === "idle" ? "–" : formatPercent(p.progress) + sizes;
   $("dl-speed").textContent = running ? formatSpeed(p.speed) : "–";
   $("dl-eta").textContent = running ? formatEta(p.eta) : "–";
-  $("dl-phase").textContent = phaseWords(p);
+  $("dl-phase").textContent = live ? phaseWords(p) : "Not connected";
   const failure = $("dl-error");
-  failure.textContent = p.status === "error" && p.error ? sentence(p.error) : "";
+  setErrorText(failure, p.status === "error" && p.error ? sentence(p.error) : "");
   failure.hidden = !failure.textContent;
 }

@@ -29,3 +29,10 @@ export function sentence(text) {
   const trimmed = String(text).trim();
   return /[.!?]$/.test(trimmed) ? trimmed : `${trimmed}.`;
 }
+
+// The daemon's errors put what people read first and the technical detail after " Detail: ".
+export function splitDetail(text) {
+  const at = String(text).indexOf(" Detail: ");
+  if (at < 0) return [String(text), ""];
+  return [String(text).slice(0, at), String(text).slice(at + " Detail: ".length)];
+}

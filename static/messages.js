@@ -1,5 +1,7 @@
 // What the page tells the user about their own actions, and the DOM helpers every panel uses.
 
+import { sentence, splitDetail } from "./format.js";
+
 export const $ = (id) => document.getElementById(id);
 
 export function showNotice(text) {
@@ -8,8 +10,28 @@ export function showNotice(text) {
 
 export function showError(text) {
   const box = $("error");
-  box.textContent = text;
+  setErrorText(box, text);
   box.hidden = !text;
+}
+
+// An error in words, with its technical detail (after " Detail: ") one click away.
+export function setErrorText(node, text) {
+  if (!text) {
+    node.textContent = "";
+    return;
+  }
+  const [words, detail] = splitDetail(text);
+  node.textContent = detail ? sentence(words) : text;
+  if (detail) {
+    const more = document.createElement("details");
+    more.className = "detail";
+    const summary = document.createElement("summary");
+    summary.textContent = "Technical detail";
+    const code = document.createElement("code");
+    code.textContent = detail;
+    more.append(summary, code);
+    node.append(" ", more);
+  }
 }
 
 let onSessionEnded = showError;

@@ -39,12 +39,24 @@ export function renderQueue(downloads) {
   });
   $("queue").replaceChildren(...items);
   $("queue-empty").hidden = queued.length > 0;
-  const choices = Object.entries(state.models).filter(([, model]) => !model.downloaded);
+  state.queued = queued.map((entry) => entry.model_variant);
+  renderQueueChoices();
+}
+
+// Only what can still be queued: not downloaded, not downloading, not queued already.
+export function renderQueueChoices() {
+  const p = state.progress;
+  const running = p.status === "downloading" ? p.model_variant : null;
+  const choices = Object.entries(state.models).filter(
+    ([variant, model]) =>
+      !model.downloaded && variant !== running && !state.queued.includes(variant),
+  );
   const select = $("queue-select");
   const chosen = select.value;
   select.replaceChildren(
     ...choices.map(([variant]) => new Option(variant, variant, false, variant === chosen)),
   );
+  $("queue-form").hidden = choices.length === 0;
 }
 
 async function onCapSubmit(event) {

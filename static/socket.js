@@ -14,11 +14,20 @@ const link = {
   handlers: null, // {onOpen, onMessage, onRefused}: set by connect()
 };
 
+let onConnectionChange = () => {};
+
+// Called with the new kind whenever the connection changes (the panels dim what is stale).
+export function whenConnectionChanges(handler) {
+  onConnectionChange = handler;
+}
+
 export function setConnection(kind, text) {
   const indicator = $("connection");
   indicator.dataset.state = kind;
   $("connection-text").textContent = text;
+  const before = document.body.dataset.connection;
   document.body.dataset.connection = kind;
+  if (before !== kind) onConnectionChange(kind);
 }
 
 function socketUrl() {

@@ -171,10 +171,12 @@ async def the_old_page(page: OldPage, mirror: Mirror) -> None:
     status, refused = await page.call("POST", "/models/switch?model_variant=tiny-b")
     assert status == 400 and "not loaded" in refused["detail"]
 
-    # Unload.
-    not_loaded = await page.ok("POST", "/models/unload?model_variant=tiny-b")
+    # Switch and Unload as the page's buttons send them: the variant in a JSON body.
+    switched = await page.ok("POST", "/models/switch", {"model_variant": "tiny-a"})
+    assert switched["status"] == "active"
+    not_loaded = await page.ok("POST", "/models/unload", {"model_variant": "tiny-b"})
     assert not_loaded["status"] == "not_loaded"
-    unloaded = await page.ok("POST", "/models/unload?model_variant=tiny-a")
+    unloaded = await page.ok("POST", "/models/unload", {"model_variant": "tiny-a"})
     assert unloaded["status"] == "unloaded" and unloaded["model_variant"] == "tiny-a"
     loaded = await page.loaded()
     assert loaded["loaded_models"] == [] and loaded["active_model"] is None
@@ -219,3 +221,24 @@ async def test_speed_is_a_float_when_idle_as_the_old_response_model_declared(
 ) -> None:
     page = OldPage(await make_daemon(LAWCHATD_API_KEY="").start())
     assert (await page.progress())["speed"] == 0.0
+
+
+async def test_a_file_missing_upstream_polls_in_the_old_shape(
+    make_daemon, mirror: Mirror, models, tmp_path
+) -> None:
+    """The page's timer divides by `total_size` and stops on "error": a file the Hub does not
+    have must answer the old shape (the catalog's size, the error in words), not a size of 0."""
+    from lawchatd.testing.models import ModelFile, write_catalog
+
+    ghost = ModelFile("ghost", "ghost.gguf", 1000, "1" * 64)
+    catalog = write_catalog(tmp_path / "ghost.toml", {**models, "ghost": ghost})
+    page = OldPage(await make_daemon(LAWCHATD_API_KEY="", LAWCHATD_CATALOG=str(catalog)).start())
+    started = await page.ok("POST", "/models/download", {"model_variant": "ghost"})
+    assert started["download_started"] is True
+    failed = await page.wait_status("error")
+    assert failed["model_variant"] == "ghost" and failed["total_size"] == 1000
+    assert failed["progress"] == 0 and failed["downloaded_size"] == 0
+    assert failed["speed"] == 0.0 and failed["eta"] is None
+    assert "ghost.gguf was not found" in failed["error"]
+    listed = await page.ok("GET", "/models/available")
+    assert listed["download_status"]["total_size"] == 1000

@@ -84,7 +84,7 @@ def test_settings_env_file(tmp_path, monkeypatch):
     env_file = tmp_path / "lawchatd.env"
     env_file.write_text("LAWCHATD_AUTOLOAD=false\nLAWCHATD_API_KEY=k\n")
     settings = Settings(_env_file=env_file)
-    assert settings.autoload is False and settings.api_key.get_secret_value() == "k"
+    assert settings.autoload == "never" and settings.api_key.get_secret_value() == "k"
 
 
 @pytest.mark.parametrize(

@@ -96,6 +96,24 @@ class FinalFiles:
         if self._checks:
             await asyncio.gather(*self._checks.values(), return_exceptions=True)
 
+    async def remove_final(self, spec: ModelSpec) -> int:
+        """Delete the final file of ``spec`` and forget it was verified; the bytes freed."""
+        path = self._dir / spec.filename
+        check = self._checks.pop(spec.filename, None)
+        if check:
+            check.cancel()
+
+        def remove() -> int:
+            key = stat_key(path)
+            path.unlink(missing_ok=True)
+            return key[0] if key else 0
+
+        freed = await asyncio.to_thread(remove)
+        self._records.pop(spec.filename, None)
+        self._failed.pop(spec.filename, None)
+        await self._store.set_verified(spec.filename, None)
+        return freed
+
     async def remove_partials(self, keep: Path | None) -> list[str]:
         """Delete every `*.part` in the models folder but `keep`; the names removed."""
 

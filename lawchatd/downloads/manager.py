@@ -19,9 +19,10 @@ from lawchatd.config import Settings
 from lawchatd.downloads.catalog import Catalog, ModelSpec
 from lawchatd.downloads.download import Download, final_path, part_path
 from lawchatd.downloads.finals import FinalFiles
+from lawchatd.downloads.history import History, Run
 from lawchatd.downloads.journal import forget_partial, settle_interrupted
 from lawchatd.downloads.queue import DownloadQueue
-from lawchatd.errors import Conflict, InsufficientStorage
+from lawchatd.errors import Conflict, InsufficientStorage, NotFound
 from lawchatd.fetch import Limiter, Phase, Snapshot, Status
 from lawchatd.hub.client import HubClient
 from lawchatd.state.histograms import download_seconds
@@ -85,6 +86,8 @@ class DownloadManager:
         self._task: asyncio.Task | None = None
         self._last_row: DownloadRow | None = None
         self.queue = DownloadQueue(store, on_change=on_queue)
+        self.history = History(settings.data_dir / "download-history.jsonl")
+        self._asked_by: dict[str, str] = {}  # variant -> who asked (a queued one waits here)
         self._closing = False  # a stopping daemon starts nothing queued
         self._starters: set[asyncio.Task] = set()
         # For /metrics: totals of finished runs; the running one is added when read.
@@ -140,8 +143,11 @@ class DownloadManager:
 
     # ---- actions -------------------------------------------------------------------------
 
-    async def start(self, variant: str, force: bool = False, queue: bool = False) -> str:
-        """`queue`: wait behind a running download instead of Busy (old clients never ask)."""
+    async def start(
+        self, variant: str, force: bool = False, queue: bool = False, by: str = "admin"
+    ) -> str:
+        """`queue`: wait behind a running download instead of Busy (old clients never ask);
+        `by`: who asked (the name of their key), for the history."""
         spec = self.catalog.require(variant)
         async with self._start_lock:
             await self._let_a_stopping_download_end()
@@ -155,9 +161,11 @@ class DownloadManager:
                 return "already_downloaded"
             if self.running:
                 await self.queue.add(variant, force)
+                self._asked_by[variant] = by
                 return "queued"
             await self._check_space(spec)
             await self.queue.remove(variant)  # started now: it waits no more
+            self._asked_by[variant] = by
             self._launch(spec)
             return "download_started"
 
@@ -214,7 +222,8 @@ class DownloadManager:
 
     async def _run(self, download: Download) -> None:
         log.info("download of %s started", download.spec.variant)
-        started = time.monotonic()
+        by = self._asked_by.pop(download.spec.variant, "lawchatd")  # else: resumed at start
+        started, started_at = time.monotonic(), time.time()
         try:
             await download.run()
             if download.published:
@@ -233,6 +242,10 @@ class DownloadManager:
             self.finished_retries += download.retries
             self.finished_seconds += time.monotonic() - started
             self._last_row = download.row
+            outcome = "interrupted" if download.shutting_down else str(status)
+            run = Run(download.spec.variant, by, outcome, started_at, time.time(),
+                      download.fetched, download.row.error)  # fmt: skip
+            await self.history.add(run)
 
     async def _hand_over(self, download: Download) -> None:
         """The on-verified hook (load the model); its failure does not undo the download."""
@@ -267,8 +280,26 @@ class DownloadManager:
             return False, f"{download.spec.variant} could not be stopped in time; try again"
         return True, f"Download of {download.spec.variant} cancelled; the partial file is kept"
 
+    async def delete(self, spec: ModelSpec) -> int:
+        """Delete the downloaded file of ``spec`` (the caller checked it is not loaded);
+        the bytes freed. Refused while it downloads."""
+        async with self._start_lock:  # no download may start on a file being deleted
+            if self.running and self.current is not None and self.current.spec == spec:
+                raise Conflict(
+                    f"{spec.variant} is downloading: cancel its download first, then delete it"
+                )
+            if not await asyncio.to_thread(self.final_path(spec).exists):
+                raise NotFound(f"{spec.variant} is not downloaded: there is no file to delete")
+            freed = await self.finals.remove_final(spec)
+        log.info("deleted %s (%d bytes freed)", self.final_path(spec), freed)
+        return freed
+
     async def cleanup(self) -> int:
-        """Delete partial files that no running download owns (catalog variant or not)."""
+        """Delete partial files that no running download owns (catalog variant or not).
+
+        `DELETE /models/cleanup` keeps the old app's meaning: a cancelled download's partial
+        goes too (that is what the office asks for to free the disk), so its row is reset to
+        nothing kept and the progress shown says so (not the bytes that are gone)."""
         async with self._start_lock:  # no download may start on a file being deleted
             owned = None
             if self.running and self.current is not None:
@@ -279,6 +310,11 @@ class DownloadManager:
                 row = by_file.get(name.removesuffix(".part"))
                 if row and row.status != Status.COMPLETED:
                     await forget_partial(self._store, row)
+                    if self._last_row and self._last_row.variant == row.variant:
+                        if not self.running:  # the ended Download still tells the old bytes
+                            self.current = None
+                        self._last_row = row
+                        self._on_progress(self.snapshot())
             return len(removed)
 
     async def resume_interrupted(self) -> None:

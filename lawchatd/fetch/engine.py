@@ -296,6 +296,6 @@ class FileFetch:
             self.plan = None
             self.link.etag = None
             await self._recorder.record()  # no parts: nothing is kept
-            raise DownloadFailed(f"{problem}; the partial file was deleted")
+            raise DownloadFailed(problem)  # it says the partial file was deleted
         await self.partial.publish(self.final_path)
         return Fetched(self.final_path, digest, size, self.upstream.commit)

@@ -24,21 +24,40 @@ class Verified:
     sha256: str
 
 
+DETAIL = " Detail: "  # what people read comes first; the technical detail follows this
+
+
 def check_bytes(
     ref: FileRef, upstream_sha256: str | None, size: int, digest: str, path: Path
 ) -> str | None:
-    """What is wrong with a finished partial file, in words; None when it is the file."""
+    """What is wrong with a finished partial file (which the caller deletes), in words for the
+    person who asked, the technical detail after DETAIL; None when it is the file."""
     if size != ref.size:
-        return f"size mismatch: expected {ref.size} bytes, got {size}"
+        return _words(
+            "The file received is not the size the publisher gave; it was deleted. Try again.",
+            f"size mismatch: expected {ref.size} bytes, got {size}",
+        )
     for name, want in ((ref.expected_by, ref.sha256), ("Hub", upstream_sha256)):
         if want and digest != want:
-            return f"sha256 mismatch: the {name} expects {want}, the bytes hash to {digest}"
+            return _words(
+                "The file received does not match the checksum the publisher gave; it was "
+                "deleted. Try again; if it happens again the source may be damaged.",
+                f"sha256 mismatch: the {name} expects {want}, the bytes hash to {digest}",
+            )
     if ref.gguf:
         try:
             check_header(path)
         except NotGGUF as exc:
-            return str(exc)
+            return _words(
+                "The file received is not a GGUF model file; it was deleted. Check that the "
+                "catalog or the mirror names the right file.",
+                str(exc),
+            )
     return None
+
+
+def _words(sentence: str, detail: str) -> str:
+    return f"{sentence}{DETAIL}{detail}"
 
 
 def stat_key(path: Path) -> tuple[int, int, int] | None:

@@ -79,6 +79,7 @@ class ModelHost:
             n_gpu_layers=n_gpu_layers,
             parallel=self.parallel,
             memory_max=memory_max,
+            on_unloaded=lambda variant, path: self._emit("unloaded", variant, path),
         )
         self._keep_alive = KeepAlive(keep_alive, self._swap, self._lock, self._slept)
         self.admission = Admission(
@@ -201,8 +202,11 @@ class ModelHost:
 
     async def unload(self) -> None:
         """Unload the answering model (it finishes its requests) and wait until freed."""
+        named = self._swap.current or self._swap.asleep
         self._swap.asleep = None
         await self._swap.unload_all()
+        if named is not None:
+            self._emit("unloaded", named.variant, named.path)
 
     async def close(self) -> None:
         """Stop: running requests fail with NoModelLoaded, every model is freed."""

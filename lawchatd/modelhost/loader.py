@@ -63,7 +63,10 @@ def open_model(
         if not model:
             reason = errors[0] if errors else "llama.cpp could not read it"
             reason = reason.rpartition("error loading model: ")[2]  # drop llama.cpp's prefix
-            raise ModelLoadError(f"could not load {path.name}: {reason}")
+            raise ModelLoadError(
+                f"{path.name} could not be loaded: the file is damaged or is not a model this "
+                f"llama.cpp can run. Delete it and download it again. Detail: {reason}"
+            )
         threads = n_threads or default_threads()
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = n_ctx

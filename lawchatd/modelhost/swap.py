@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,7 +59,9 @@ class Swapper:
         n_gpu_layers: int | None,
         parallel: int,
         memory_max: int | None,
+        on_unloaded: Callable[[str, Path], None] = lambda variant, path: None,
     ) -> None:
+        self._on_unloaded = on_unloaded  # the answering model stopped answering
         self._n_ctx = n_ctx or None  # 0 / None: the model's trained context
         self._n_threads = n_threads
         self._n_gpu_layers = n_gpu_layers
@@ -93,6 +96,8 @@ class Swapper:
                 variant, memory.gib(cost.total), memory.gib(room.available),
             )  # fmt: skip
             await self.unload_all()
+            if old is not None:
+                self._on_unloaded(old.variant, old.path)
         try:
             loaded = await self._open(path, n_ctx)
         except ModelLoadError:

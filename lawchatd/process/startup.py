@@ -8,10 +8,13 @@ kinds can appear there: a disk that fills between the two, a port already taken)
 from __future__ import annotations
 
 import contextlib
+import difflib
 import errno
+import logging
 import os
 import socket
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
 
 from lawchatd.config import Settings
@@ -26,6 +29,7 @@ EX_DATAERR = 65  # the database is not a SQLite database (or is damaged)
 EX_PROTOCOL = 76  # the database was written by a newer lawchatd
 EX_UNAVAILABLE = 69  # the address or port cannot be listened on
 PROBE_BYTES = 64 * 1024
+log = logging.getLogger(__name__)
 FULL = (errno.ENOSPC, errno.EDQUOT)
 READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 
@@ -172,3 +176,34 @@ def classify(exc: BaseException, settings: Settings) -> StartupError | None:
     if isinstance(exc, SchemaTooNew):
         return StartupError(EX_PROTOCOL, str(exc))
     return None
+
+
+# LAWCHATD_* variables read outside Settings (the mirror's CLI, the env file's own name).
+OTHER_VARIABLES = ("LAWCHATD_ENV_FILE", "LAWCHATD_MIRROR_TOKEN", "LAWCHATD_MIRROR_UPSTREAM_TOKEN")
+
+
+def known_variables() -> set[str]:
+    return {f"LAWCHATD_{name.upper()}" for name in Settings.model_fields} | set(OTHER_VARIABLES)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """Each LAWCHATD_* name that nothing reads, with the nearest known name (a typo such as
+    LAWCHATD_APIKEY would otherwise leave the daemon without a key, silently)."""
+    prefix = "LAWCHATD_"
+    known = known_variables()
+    tails = {name.removeprefix(prefix): name for name in known}  # the shared prefix misleads
+    found = []
+    for name in sorted(n for n in environ if n.upper().startswith(prefix) and n not in known):
+        near = difflib.get_close_matches(name.upper().removeprefix(prefix), tails, 1, 0.6)
+        found.append((name, tails[near[0]] if near else None))
+    return found
+
+
+def log_settings(settings: Settings, environ: Mapping[str, str] = os.environ) -> None:
+    """At start: a warning per unknown LAWCHATD_* variable, then where things are."""
+    for name, nearest in unknown_variables(environ):
+        hint = f"; did you mean {nearest}?" if nearest else ""
+        log.warning("%s is not a lawchatd setting and is ignored%s", name, hint)
+    log.info("data folder %s (models in %s)", settings.data_dir, settings.models_dir)
+    catalog = settings.catalog or "the built-in catalog (TheBloke/law-chat-GGUF)"
+    log.info("catalog: %s; Hub endpoint: %s", catalog, settings.hf_endpoint)

@@ -12,7 +12,7 @@ from aiohttp import WSCloseCode, web
 
 from lawchatd import __version__
 from lawchatd.activation import Activator
-from lawchatd.config import Settings
+from lawchatd.config import NEVER, Settings
 from lawchatd.downloads.catalog import Catalog, load_catalog
 from lawchatd.downloads.manager import DownloadManager
 from lawchatd.hub.client import HubClient
@@ -129,7 +129,7 @@ async def _model_host(app: web.Application) -> AsyncIterator[None]:
         on_event=app[PROGRESS].publish,
     )
     app[MODEL_HOST] = host
-    app[ACTIVATOR] = Activator(host, app[STORE])
+    app[ACTIVATOR] = Activator(host, app[STORE], settings.autoload)
     yield
     await host.close()
 
@@ -145,7 +145,7 @@ async def _downloads(app: web.Application) -> AsyncIterator[None]:
         app[STORE],
         HubClient(session, settings.hf_endpoint, token),
         lambda snap: app[PROGRESS].publish(progress_message(snap)),
-        on_verified=activator.activate if settings.autoload else None,
+        on_verified=activator.downloaded if settings.autoload != NEVER else None,
         limiter=app[BANDWIDTH].limiter,
         on_queue=lambda: app[PROGRESS].publish(queue_message(app)),
     )

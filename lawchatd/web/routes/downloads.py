@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
 
 from lawchatd.fetch import Snapshot
 from lawchatd.web.body import read_json
-from lawchatd.web.keys import CATALOG, MANAGER
+from lawchatd.web.caller import caller_of
+from lawchatd.web.keys import ACTIVATOR, CATALOG, MANAGER, SETTINGS
 
 routes = web.RouteTableDef()
 
@@ -40,15 +44,30 @@ def progress_fields(snap: Snapshot) -> dict:
     return fields
 
 
+def polled_progress(app: web.Application) -> dict:
+    """PROGRESS for the pollers (the old page, old clients): a download that never reached
+    the file (missing upstream, gated, offline) has no size from upstream; the catalog's size
+    stands in, as the old app, which knew sizes from its catalog, answered — its page divides
+    by `total_size`."""
+    fields = progress_fields(app[MANAGER].snapshot())
+    spec = app[CATALOG].get(fields["model_variant"]) if fields["model_variant"] else None
+    if not fields["total_size"] and spec is not None:
+        fields["total_size"] = spec.size
+    return fields
+
+
 def progress_message(snap: Snapshot) -> dict:
     """The WebSocket's `progress` message."""
     return {"type": "progress", **progress_fields(snap)}
 
 
 async def available_models(app: web.Application) -> dict:
-    """Every catalog variant with where it stands on disk (shared with the WebSocket snapshot)."""
+    """Every catalog variant with where it stands on disk (shared with the WebSocket snapshot);
+    `on_download`: what a finished download of it will do ("load" or "keep", from
+    LAWCHATD_AUTOLOAD and the model loaded now)."""
     manager = app[MANAGER]
     partial = await manager.partial_bytes()
+    activator = app[ACTIVATOR]
     models = {}
     for spec in app[CATALOG]:
         downloaded = manager.is_downloaded(spec)
@@ -59,8 +78,21 @@ async def available_models(app: web.Application) -> dict:
             "path": str(manager.final_path(spec)) if downloaded else None,
             "label": spec.label,
             "partial_bytes": partial.get(spec.variant, 0),
+            "on_download": activator.on_download(spec.variant),
         }
     return models
+
+
+async def disk_usage(app: web.Application) -> dict:
+    """The models folder: where it is, the bytes its models use and the bytes still free."""
+    folder = app[SETTINGS].models_dir
+
+    def measure() -> dict:
+        used = sum(p.stat().st_size for p in folder.glob("*") if p.is_file())
+        return {"folder": str(folder), "models_bytes": used,
+                "free_bytes": shutil.disk_usage(folder).free}  # fmt: skip
+
+    return await asyncio.to_thread(measure)
 
 
 @routes.get("/models/available")
@@ -68,7 +100,9 @@ async def get_available(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "available_models": await available_models(request.app),
-            "download_status": progress_fields(request.app[MANAGER].snapshot()),
+            "download_status": polled_progress(request.app),
+            "disk": await disk_usage(request.app),
+            "autoload": request.app[ACTIVATOR].autoload,
         }
     )
 
@@ -86,7 +120,9 @@ async def post_download(request: web.Request) -> web.Response:
     body = await read_json(request, DownloadRequest)
     manager = request.app[MANAGER]
     # UnknownVariant (400), Busy (409) and NotEnoughSpace (507) answer for themselves.
-    status = await manager.start(body.model_variant, force=body.force, queue=body.queue)
+    status = await manager.start(
+        body.model_variant, force=body.force, queue=body.queue, by=caller_of(request).name
+    )
     reply = {
         "message": _MESSAGES[status].format(body.model_variant),
         "model_variant": body.model_variant,
@@ -98,9 +134,15 @@ async def post_download(request: web.Request) -> web.Response:
     return web.json_response(reply)
 
 
+@routes.get("/downloads/history")
+async def get_history(request: web.Request) -> web.Response:
+    """The last runs, newest first: when, who, outcome, duration, average speed."""
+    return web.json_response({"downloads": await request.app[MANAGER].history.recent()})
+
+
 @routes.get("/models/download-progress")
 async def get_progress(request: web.Request) -> web.Response:
-    return web.json_response(progress_fields(request.app[MANAGER].snapshot()))
+    return web.json_response(polled_progress(request.app))
 
 
 @routes.post("/models/cancel-download")

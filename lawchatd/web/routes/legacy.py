@@ -10,10 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, StrictStr
 
 from lawchatd.downloads.catalog import ModelSpec
 from lawchatd.errors import Unprocessable, UserError
 from lawchatd.web import views
+from lawchatd.web.body import read_json
 from lawchatd.web.keys import ACTIVATOR, CATALOG, MODEL_HOST
 
 routes = web.RouteTableDef()
@@ -40,10 +42,22 @@ async def get_health(request: web.Request) -> web.Response:
     return web.json_response(views.health(snapshot, request.app[CATALOG].variants))
 
 
-def _variant_query(request: web.Request) -> str:
+class VariantBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model_variant: StrictStr
+
+
+async def _variant_asked(request: web.Request) -> str:
+    """`model_variant` from the query (lawchatd's clients) or a JSON body (the old page's
+    Unload button sends `{"model_variant"}`)."""
     variant = request.query.get("model_variant")
+    if not variant and request.can_read_body:
+        variant = (await read_json(request, VariantBody)).model_variant
     if not variant:
-        raise Unprocessable("model_variant: the query parameter is required")
+        raise Unprocessable(
+            "model_variant is required, as a query parameter or in a JSON body",
+            param="model_variant",
+        )
     return known_spec(request, variant).variant
 
 
@@ -54,7 +68,7 @@ def known_spec(request: web.Request, variant: str) -> ModelSpec:
 
 @routes.post("/models/unload")
 async def post_unload(request: web.Request) -> web.Response:
-    variant = _variant_query(request)
+    variant = await _variant_asked(request)
     if answering(request) != variant:
         return web.json_response(
             {
@@ -71,7 +85,7 @@ async def post_unload(request: web.Request) -> web.Response:
 
 @routes.post("/models/switch")
 async def post_switch(request: web.Request) -> web.Response:
-    variant = _variant_query(request)
+    variant = await _variant_asked(request)
     if answering(request) != variant:
         raise UserError(f"{variant} is not loaded; load it first with POST /models/load")
     return web.json_response(

@@ -1,4 +1,5 @@
-"""`POST /models/load`: put a downloaded variant in front of the chat API (the hot-swap path).
+"""`POST /models/load`: put a downloaded variant in front of the chat API (the hot-swap path);
+`DELETE /models/{variant}`: delete a downloaded file that nothing uses.
 
 The body is the old app's (`{"message", "model_variant", "status": "loaded"|"failed",
 "loaded"}`, its page reads them), with the body of `GET /models/loaded` beside it as
@@ -12,9 +13,10 @@ import asyncio
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
 
-from lawchatd.errors import NotFound
+from lawchatd.errors import Conflict, Forbidden, NotFound
 from lawchatd.modelhost import ModelLoadError, ModelTooLarge
 from lawchatd.web.body import read_json
+from lawchatd.web.caller import Role, caller_of
 from lawchatd.web.keys import ACTIVATOR, MANAGER, MODEL_HOST
 from lawchatd.web.routes.legacy import known_spec, loaded_body
 
@@ -56,3 +58,28 @@ async def post_load(request: web.Request) -> web.Response:
         message = f"Loading {spec.variant} failed: {exc}"
         raise exc.reworded(message, _answer(request, spec.variant, message, False)) from None
     return web.json_response(_answer(request, spec.variant, f"{spec.variant} is loaded"))
+
+
+@routes.delete("/models/{variant}")
+async def delete_model(request: web.Request) -> web.Response:
+    """Delete a downloaded model file (admin): refused in words while it is loaded, loading
+    or downloading. (`DELETE /models/cleanup`, the partial files, is matched before this.)"""
+    if caller_of(request).role != Role.ADMIN:
+        raise Forbidden("Only an administrator's key can delete a model")
+    spec = known_spec(request, request.match_info["variant"])
+    snap = request.app[MODEL_HOST].snapshot()
+    if snap.loading == spec.variant:
+        raise Conflict(f"{spec.variant} is being loaded: wait until it is loaded, unload it, "
+                       "then delete it")  # fmt: skip
+    if snap.variant == spec.variant:
+        raise Conflict(f"{spec.variant} is loaded and answers questions: unload it first, "
+                       "then delete it")  # fmt: skip
+    freed = await request.app[MANAGER].delete(spec)  # 409 while it downloads
+    return web.json_response(
+        {
+            "message": f"{spec.variant} was deleted; {freed / 1e9:.2f} GB freed",
+            "model_variant": spec.variant,
+            "status": "deleted",
+            "freed_bytes": freed,
+        }
+    )
