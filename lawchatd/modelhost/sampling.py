@@ -1,7 +1,7 @@
 """One llama.cpp sampler chain per request, and the text it becomes (UTF-8, stop strings).
 
 The chain honours every `Sampling` field: logit_bias, presence/frequency penalties over the
-answer so far, a JSON grammar for json_object, then greedy (temperature 0) or top_p,
+answer so far, a grammar (json_object's, or one from a JSON Schema), then greedy (temperature 0) or top_p,
 temperature and a seeded random pick. Chains are made and used on the engine's thread only.
 """
 
@@ -35,8 +35,13 @@ def build_chain(vocab: llama_cpp.llama_vocab_p, n_vocab: int, s: Sampling, n_ctx
                 n_vocab, n_ctx, 1.0, s.frequency_penalty, s.presence_penalty
             )
         )
-    if s.json_object:
-        add(llama_cpp.llama_sampler_init_grammar(vocab, JSON_GBNF.encode(), b"root"))
+    grammar = s.grammar or (JSON_GBNF if s.json_object else None)
+    if grammar:
+        sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+        if not sampler:  # llama.cpp could not parse it: a bug in the converter, not the user's
+            llama_cpp.llama_sampler_free(chain)
+            raise ValueError("llama.cpp refused the grammar built for this request")
+        add(sampler)
     if s.temperature <= 0:
         add(llama_cpp.llama_sampler_init_greedy())
     else:
