@@ -259,3 +259,52 @@ def test_unknown_tool_choice_is_refused(client: OpenAI) -> None:
             tool_choice={"type": "function", "function": {"name": "nope"}},
         )
     assert caught.value.body["param"] == "tool_choice"
+
+
+# --- /v1/completions, routes not served, the context window ---------------------------------
+
+
+def test_legacy_completions_plain_and_streamed(client: OpenAI) -> None:
+    done = client.completions.create(model=VARIANT, prompt="The court held", max_tokens=8, seed=1)
+    assert done.object == "text_completion" and done.choices[0].finish_reason == "length"
+    assert done.usage.completion_tokens == 8 and len(done.choices[0].text) == 8
+    default = client.completions.create(model=VARIANT, prompt="The court held", temperature=0)
+    assert default.usage.completion_tokens <= 16  # OpenAI's default max_tokens
+    stream = client.completions.create(
+        model=VARIANT,
+        prompt="The court held",
+        max_tokens=8,
+        seed=1,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == done.choices[0].text
+    assert chunks[-1].usage.completion_tokens == 8
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c: c.embeddings.create(model=VARIANT, input="a tort"),
+        lambda c: c.responses.create(model=VARIANT, input="a tort"),
+        lambda c: c.images.generate(prompt="a court"),
+        lambda c: c.files.list(),
+    ],
+    ids=["embeddings", "responses", "images", "files"],
+)
+def test_routes_not_served_say_so(client: OpenAI, call) -> None:
+    with pytest.raises(openai.NotFoundError, match="not supported by this server") as caught:
+        call(client)
+    assert caught.value.body["code"] == "unsupported_endpoint"
+
+
+def test_prompt_plus_max_tokens_past_the_context_is_refused(client: OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match=f"context window holds {N_CTX}") as caught:
+        client.chat.completions.create(model=VARIANT, messages=ASK, max_tokens=N_CTX - 4)
+    assert caught.value.body["code"] == "context_length_exceeded"
+    # Without max_tokens, the answer may take all the room there is.
+    answer = client.chat.completions.create(
+        model=VARIANT, messages=ASK, logit_bias={"2": -100}, temperature=0
+    )
+    assert answer.usage.total_tokens <= N_CTX

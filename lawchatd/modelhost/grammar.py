@@ -18,6 +18,8 @@ from typing import Any
 import jsonschema
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
+from lawchatd.errors import UserError
+
 # Keywords the converter would ignore while they restrict what is valid.
 UNSUPPORTED = (
     "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "not",
@@ -31,9 +33,11 @@ _NAMED = ("properties", "$defs", "definitions")
 _LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 
 
-class UnsupportedSchema(ValueError):
-    """The schema cannot be enforced by a grammar; ``keyword`` names what, ``where`` its
-    JSON pointer in the schema."""
+class UnsupportedSchema(UserError):
+    """The schema cannot be enforced by a grammar (HTTP 400); ``keyword`` names what,
+    ``where`` its JSON pointer in the schema. The web layer sets ``param``."""
+
+    code = "unsupported_schema"
 
     def __init__(self, message: str, keyword: str, where: str) -> None:
         super().__init__(message)

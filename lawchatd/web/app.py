@@ -43,6 +43,7 @@ from lawchatd.web.keys import (
     WEBSOCKETS,
 )
 from lawchatd.web.routes import bandwidth, downloads, legacy, metrics, models, ws
+from lawchatd.web.routes.completions import add_completion_routes, add_not_served
 from lawchatd.web.routes.downloads import progress_message
 from lawchatd.web.routes.openai import add_chat_routes
 from lawchatd.web.routes.queue import queue_message, queue_routes
@@ -84,6 +85,8 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> web.Applic
     metrics.setup(app)  # /metrics and the registry it renders
     app.add_routes(session.routes)
     add_chat_routes(app)
+    add_completion_routes(app)
+    add_not_served(app)  # after every /v1 route: the rest answer "not supported"
     if STATIC_DIR.is_dir():
         app.router.add_get("/", _index)
         app.router.add_static("/static/", STATIC_DIR)

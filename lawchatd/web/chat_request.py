@@ -55,14 +55,13 @@ class _StreamOptions(BaseModel):
 Penalty = Annotated[float, Field(ge=-2, le=2)]
 
 
-class ChatRequest(BaseModel):
-    """The parameters with a type; `model_extra` holds the ones lawchatd does not know."""
+class SamplingRequest(BaseModel):
+    """What chat and legacy completions share: the parameters with a type; `model_extra`
+    holds the ones lawchatd does not know."""
 
     model_config = ConfigDict(extra="allow")
-    messages: list[_Message] = Field(min_length=1)
     model: StrictStr | None = None  # the loaded model answers; the reply names it
     max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     stop: StrictStr | list[StrictStr] | None = Field(default=None)
@@ -70,15 +69,20 @@ class ChatRequest(BaseModel):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
-    response_format: _ResponseFormat | None = None
-    tools: list[ToolDef] | None = None
-    tool_choice: StrictStr | dict[str, Any] | None = None
-    parallel_tool_calls: StrictBool | None = None
     stream: StrictBool | None = False
     stream_options: _StreamOptions | None = None
     n: int | None = Field(default=None, ge=1)
     # End-user identifiers, for abuse monitoring at OpenAI: nothing to do with the answer.
     user: StrictStr | None = None
+
+
+class ChatRequest(SamplingRequest):
+    messages: list[_Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    response_format: _ResponseFormat | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: StrictStr | dict[str, Any] | None = None
+    parallel_tool_calls: StrictBool | None = None
     safety_identifier: StrictStr | None = None
     prompt_cache_key: StrictStr | None = None
 
@@ -117,14 +121,14 @@ def _refuse(param: str, why: str, code: str = "unsupported_value") -> UserError:
     return UserError(f"{param}: {why}", param=param, code=code)
 
 
-def _check_parameters(body: ChatRequest) -> None:
+def _check_parameters(body: SamplingRequest, neutrals: dict[str, tuple[Any, ...]]) -> None:
     given = {**(body.model_extra or {}), "n": body.n}
     for name in given:
-        if name not in _NEUTRAL:
+        if name not in neutrals:
             raise _refuse(
                 name, "unrecognized request argument supplied", code="unsupported_parameter"
             )
-    for name, neutral in _NEUTRAL.items():
+    for name, neutral in neutrals.items():
         value = given.get(name)
         if not any(value == ok and type(value) is type(ok) for ok in neutral):
             raise _refuse(name, _WHY.get(name, "not supported by lawchatd"))
@@ -132,7 +136,8 @@ def _check_parameters(body: ChatRequest) -> None:
         raise _refuse("stream_options", "only allowed when stream is true", code="invalid_value")
     if body.stream_options and body.stream_options.include_obfuscation:
         raise _refuse("stream_options.include_obfuscation", "lawchatd adds no obfuscation")
-    if body.response_format and body.response_format.type not in (
+    response_format = getattr(body, "response_format", None)
+    if response_format and response_format.type not in (
         "text",
         "json_object",
         "json_schema",
@@ -221,8 +226,8 @@ def prompt_messages(body: ChatRequest, structure: Structure) -> list[dict[str, s
     return with_system(messages_of(body), structure)
 
 
-def _max_tokens(body: ChatRequest) -> int | None:
-    a, b = body.max_tokens, body.max_completion_tokens
+def _max_tokens(body: SamplingRequest) -> int | None:
+    a, b = body.max_tokens, getattr(body, "max_completion_tokens", None)
     if a is not None and b is not None and a != b:
         raise _refuse(
             "max_completion_tokens", "differs from max_tokens; send one of them", "invalid_value"
@@ -239,13 +244,19 @@ def _logit_bias(raw: dict[str, float] | None) -> dict[int, float]:
     return bias
 
 
-def _stops(body: ChatRequest) -> tuple[str, ...]:
+def _stops(body: SamplingRequest) -> tuple[str, ...]:
     return (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
 
 
-def sampling_of(body: ChatRequest, structure: Structure | None = None) -> Sampling:
-    """The `Sampling` the body asks for; raises a 400 for what lawchatd cannot honour."""
-    _check_parameters(body)
+def sampling_of(
+    body: SamplingRequest,
+    structure: Structure | None = None,
+    neutrals: dict[str, tuple[Any, ...]] = _NEUTRAL,
+) -> Sampling:
+    """The `Sampling` the body asks for; raises a 400 for what lawchatd cannot honour
+    (``neutrals``: the parameters known but not honoured, with the values that ask nothing)."""
+    _check_parameters(body, neutrals)
+    response_format = getattr(body, "response_format", None)
     default = Sampling()
     return Sampling(
         max_tokens=_max_tokens(body),
@@ -256,10 +267,10 @@ def sampling_of(body: ChatRequest, structure: Structure | None = None) -> Sampli
         presence_penalty=body.presence_penalty or 0.0,
         frequency_penalty=body.frequency_penalty or 0.0,
         logit_bias=_logit_bias(body.logit_bias),
-        json_object=body.response_format is not None and body.response_format.type == "json_object",
+        json_object=response_format is not None and response_format.type == "json_object",
         grammar=structure.grammar if structure else None,
     )
 
 
-def include_usage(body: ChatRequest) -> bool:
+def include_usage(body: SamplingRequest) -> bool:
     return bool(body.stream_options and body.stream_options.include_usage)

@@ -6,8 +6,6 @@ The model host answers with plain data (`chat_types`); the OpenAI objects are bu
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import time
 import uuid
@@ -16,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from lawchatd.errors import LawchatdError, NotFound, Unprocessable, UserError
+from lawchatd.errors import NotFound, Unprocessable, UserError
 from lawchatd.modelhost import Conversation
 from lawchatd.modelhost.chat_types import Chunk, Completion, Usage, gathered
 from lawchatd.state.histograms import ChatTimings
@@ -28,8 +26,8 @@ from lawchatd.web.chat_request import (
     sampling_of,
     structure_of,
 )
-from lawchatd.web.errors import as_error, openai_body
 from lawchatd.web.keys import CHAT_TIMINGS, MODEL_HOST
+from lawchatd.web.sse import stream_events
 from lawchatd.web.structured import Structure, finished, streamed
 
 log = logging.getLogger(__name__)
@@ -95,7 +93,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if structure.tools:  # a tool call is known when the answer is whole
         chunks = _whole(chunks)
     if body.stream:
-        return await _sse(request, chunks, include_usage(body), structure)
+        with_usage = include_usage(body)
+        return await stream_events(
+            request, chunks, lambda first: _ChunkObjects(first.model_variant, with_usage, structure)
+        )
     return web.json_response(_completion_object(await gathered(chunks), structure))
 
 
@@ -152,6 +153,9 @@ class _ChunkObjects:
         if with_usage:
             self.head["usage"] = None  # every chunk but the last, as OpenAI sends it
 
+    def start(self) -> list[dict[str, Any]]:
+        return [self.delta({"role": "assistant", "content": ""})]
+
     def delta(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return {**self.head, "choices": [choice]}
@@ -171,44 +175,3 @@ class _ChunkObjects:
             if "usage" in self.head and chunk.usage is not None:
                 out.append({**self.head, "choices": [], "usage": _usage(chunk.usage)})
         return out
-
-
-async def _sse(
-    request: web.Request, chunks: AsyncIterator[Chunk], with_usage: bool, structure: Structure
-) -> web.StreamResponse:
-    """Server-sent events; closing `chunks` (aclosing) stops generation when the client
-    goes away, whether we notice it by a failed write or by the handler's cancellation."""
-    async with contextlib.aclosing(chunks):  # type: ignore[type-var]
-        first = await anext(chunks)  # queue/model errors still become a JSON status here
-        objects = _ChunkObjects(first.model_variant, with_usage, structure)
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",  # a proxy in front must not hold the tokens back
-            }
-        )
-        await response.prepare(request)
-        try:
-            await _send(response, objects.delta({"role": "assistant", "content": ""}))
-            try:
-                for obj in objects.of(first):
-                    await _send(response, obj)
-                async for chunk in chunks:
-                    for obj in objects.of(chunk):
-                        await _send(response, obj)
-            except ConnectionResetError:
-                raise
-            except Exception as exc:  # headers are out: tell the client in the stream
-                known = isinstance(exc, LawchatdError)
-                log.warning("chat stream failed: %s", exc, exc_info=not known)
-                await _send(response, {"error": openai_body(as_error(exc))})
-            await response.write(b"data: [DONE]\n\n")
-            await response.write_eof()
-        except ConnectionResetError:
-            log.info("chat client went away; generation stopped")
-    return response
-
-
-async def _send(response: web.StreamResponse, data: dict[str, Any]) -> None:
-    await response.write(f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode())
