@@ -31,7 +31,7 @@ import numpy as np
 from lawchatd.modelhost import ModelHost
 from lawchatd.modelhost.chat_types import Conversation, Sampling
 from lawchatd.modelhost.grammar import schema_grammar
-from lawchatd.modelhost.sampling import build_chain
+from lawchatd.modelhost.sampling import Candidates, build_chain, build_grammar, pick_constrained
 from lawchatd.modelhost.tools import Tool, tool_grammar
 from lawchatd.testing.lawchat_gguf import LawChatShape, make_lawchat_gguf
 
@@ -79,27 +79,36 @@ async def decode_ms(host: ModelHost, sampling: Sampling) -> tuple[float, int]:
     return (last - first) * 1000 / max(tokens - 1, 1), tokens
 
 
-def sampler_us(vocab: llama_cpp.llama_vocab_p, sampling: Sampling, tokens: int) -> float:
-    """Microseconds per token of the chain (apply + accept) over random logits."""
+def sampler_us(
+    vocab: llama_cpp.llama_vocab_p, sampling: Sampling, tokens: int, lazy: bool
+) -> float:
+    """Microseconds per token of sampling over random logits (a random model: the worst
+    case for a lazy check, whose picks the grammar mostly refuses). ``lazy``: the engine's
+    way (`pick_constrained`); else the grammar in the chain, over the whole vocabulary."""
     n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
-    chain = build_chain(vocab, n_vocab, sampling, 1024)
+    chain = build_chain(vocab, n_vocab, sampling, 1024, grammar=not lazy)
+    grammar = build_grammar(vocab, sampling) if lazy else None
     rng = np.random.default_rng(0)
-    data = (llama_cpp.llama_token_data * n_vocab)()
-    spent = 0.0
+    scratch = Candidates(n_vocab)
+    spent, done = 0.0, 0
     for _ in range(tokens):
         logits = rng.normal(size=n_vocab).astype(np.float32)
-        for i in range(n_vocab):
-            data[i].id, data[i].logit, data[i].p = i, float(logits[i]), 0.0
-        array = llama_cpp.llama_token_data_array(data, n_vocab, -1, False)
         started = time.perf_counter()
-        llama_cpp.llama_sampler_apply(chain, ctypes.byref(array))
-        token = array.data[array.selected].id
-        llama_cpp.llama_sampler_accept(chain, token)
+        if grammar is None:
+            array = scratch.load(logits)
+            llama_cpp.llama_sampler_apply(chain, ctypes.byref(array))
+            token = array.data[array.selected].id
+            llama_cpp.llama_sampler_accept(chain, token)
+        else:
+            token = pick_constrained(chain, grammar, lambda: scratch.load(logits))  # noqa: B023
         spent += time.perf_counter() - started
+        done += 1
         if llama_cpp.llama_vocab_is_eog(vocab, token):
             break
-    llama_cpp.llama_sampler_free(chain)
-    return spent * 1e6 / tokens
+    for sampler in (chain, grammar):
+        if sampler is not None:
+            llama_cpp.llama_sampler_free(sampler)
+    return spent * 1e6 / done
 
 
 def sampler_only(path: Path, tokens: int) -> None:
@@ -107,9 +116,12 @@ def sampler_only(path: Path, tokens: int) -> None:
     params.vocab_only = True
     model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
     vocab = llama_cpp.llama_model_get_vocab(model)
-    print("3. the sampler chain alone, µs per token (32,000-token vocabulary)")
+    print("3. sampling alone, µs per token (32,000-token vocabulary, random logits)")
+    print("   kind         grammar over the vocabulary   checked on the pick (the engine's)")
     for name, sampling in kinds(tokens).items():
-        print(f"   {name:12s} {sampler_us(vocab, sampling, tokens):9.0f}")
+        full = sampler_us(vocab, sampling, tokens, lazy=False)
+        lazy = sampler_us(vocab, sampling, tokens, lazy=True) if name != "plain" else full
+        print(f"   {name:12s} {full:9.0f} {lazy:30.0f}")
     llama_cpp.llama_model_free(model)
 
 
