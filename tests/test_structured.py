@@ -288,11 +288,11 @@ def test_legacy_completions_plain_and_streamed(client: OpenAI) -> None:
     "call",
     [
         lambda c: c.embeddings.create(model=VARIANT, input="a tort"),
-        lambda c: c.responses.create(model=VARIANT, input="a tort"),
+        lambda c: c.audio.speech.create(model=VARIANT, voice="alloy", input="a tort"),
         lambda c: c.images.generate(prompt="a court"),
         lambda c: c.files.list(),
     ],
-    ids=["embeddings", "responses", "images", "files"],
+    ids=["embeddings", "audio", "images", "files"],
 )
 def test_routes_not_served_say_so(client: OpenAI, call) -> None:
     with pytest.raises(openai.NotFoundError, match="not supported by this server") as caught:
@@ -309,3 +309,17 @@ def test_prompt_plus_max_tokens_past_the_context_is_refused(client: OpenAI) -> N
         model=VARIANT, messages=ASK, logit_bias={"2": -100}, temperature=0
     )
     assert answer.usage.total_tokens <= N_CTX
+
+
+def test_responses_for_text(client: OpenAI) -> None:
+    cut = client.responses.create(
+        model=VARIANT, input="What is a tort?", instructions="Be brief.", max_output_tokens=8
+    )
+    assert cut.status == "incomplete" and len(cut.output_text) == 8
+    assert cut.usage.output_tokens == 8 and cut.incomplete_details.reason == "max_output_tokens"
+    parsed = client.responses.parse(
+        model=VARIANT, input=[{"role": "user", "content": "Who sells?"}], text_format=Party
+    )
+    assert parsed.status == "completed" and isinstance(parsed.output_parsed, Party)
+    with pytest.raises(openai.BadRequestError, match="not streamed"):
+        client.responses.create(model=VARIANT, input="x", stream=True)

@@ -56,7 +56,7 @@ async def not_served(request: web.Request) -> web.Response:
             raise web.HTTPMethodNotAllowed(request.method, allowed)
     raise NotFound(
         f"{request.method} {request.path} is not supported by this server: lawchatd serves "
-        "/v1/chat/completions, /v1/completions and /v1/models only",
+        "/v1/chat/completions, /v1/completions, /v1/responses (text) and /v1/models only",
         code="unsupported_endpoint",
     )
 
