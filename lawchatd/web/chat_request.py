@@ -181,7 +181,8 @@ def _calls_of(i: int, raw: Any) -> list[tuple[str, str, str]]:
 
 def _tool_result(i: int, m: _Message, names: dict[str, str]) -> dict[str, str]:
     call_id = (m.model_extra or {}).get("tool_call_id")
-    name = names.get(call_id, m.name or "a tool") if isinstance(call_id, str) else m.name
+    name = names.get(call_id) if isinstance(call_id, str) else None
+    name = name or m.name or "a tool"
     return {"role": "user", "content": f"Result of the call to {name}:\n{_content(i, m)}"}
 
 
