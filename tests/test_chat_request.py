@@ -94,7 +94,7 @@ def test_every_honoured_parameter_reaches_the_sampling() -> None:
         ({"stop": [""]}, "stop", "invalid_value"),
         ({"logit_bias": {"token": 1}}, "logit_bias", "invalid_value"),
         (
-            {"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]},
+            {"messages": [{"role": "function", "content": "x", "name": "f"}]},
             "messages[0].role",
             "unsupported_value",
         ),
@@ -103,15 +103,17 @@ def test_every_honoured_parameter_reaches_the_sampling() -> None:
             "messages[0].content",
             "unsupported_value",
         ),
+        ({"tools": [{"type": "retrieval"}]}, "tools[0].type", "invalid_value"),
+        ({"tool_choice": "required"}, "tool_choice", "invalid_value"),
         (
             {
-                "messages": [
-                    {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]},
-                    *USER,
-                ]
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "integer", "maximum": 3}},
+                }
             },
-            "messages[0].tool_calls",
-            "unsupported_value",
+            "response_format.json_schema.schema",
+            "unsupported_schema",
         ),
     ],
 )

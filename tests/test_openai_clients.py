@@ -211,12 +211,34 @@ def test_json_object_response_format(client: OpenAI) -> None:
     [
         ({"n": 2}, "only one choice"),
         ({"logprobs": True}, "log probabilities"),
-        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "json"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tool calls"),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "number", "minimum": 0}},
+                }
+            },
+            "'minimum'",
+        ),
+        (
+            {
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "f",
+                            "parameters": {"type": "array", "uniqueItems": True},
+                        },
+                    }
+                ]
+            },
+            "'uniqueItems'",
+        ),
         ({"extra_body": {"top_k": 5}}, "unrecognized request argument"),
         ({"logit_bias": {"999999": 1}}, "vocabulary"),
         ({"max_tokens": 5, "max_completion_tokens": 6}, "differs"),
         ({"max_tokens": 100_000}, "n_ctx"),
+        ({"max_tokens": 250}, "context window holds 256"),  # prompt + 250 > n_ctx
     ],
 )
 def test_what_cannot_be_honoured_is_a_400_in_words(client: OpenAI, kwargs: dict, words: str):

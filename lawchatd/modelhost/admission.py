@@ -133,10 +133,8 @@ class Admission:
             prompt = await engine.run_in_thread(_encode, model, conversation, s)
             if model is not self._swapper.current:
                 continue  # swapped while we tokenized: the new model may cut words otherwise
-            if len(prompt) >= model.n_ctx:
-                raise PromptTooLong(
-                    f"the prompt has {len(prompt)} tokens; the context window holds {model.n_ctx}"
-                )
+            if len(prompt) >= model.n_ctx or len(prompt) + (s.max_tokens or 0) > model.n_ctx:
+                raise PromptTooLong(_overflow(len(prompt), s.max_tokens, model.n_ctx))
             room = model.n_ctx - len(prompt)
             seq = Seq(prompt, s, min(room, s.max_tokens) if s.max_tokens else room, caller)
             engine.submit(seq)
@@ -179,6 +177,17 @@ class Admission:
     def _refused(self, error: Exception) -> Exception:
         self._counters.chat_rejected += 1
         return error
+
+
+def _overflow(prompt: int, max_tokens: int | None, n_ctx: int) -> str:
+    """context_length_exceeded in words, with the numbers (as OpenAI gives them)."""
+    if not max_tokens:
+        return f"the prompt has {prompt} tokens; the context window holds {n_ctx}"
+    return (
+        f"the prompt has {prompt} tokens and max_tokens asks for {max_tokens} more: "
+        f"{prompt + max_tokens} tokens, but the context window holds {n_ctx}. Shorten the "
+        f"messages or lower max_tokens (leave it out to answer in what room is left)"
+    )
 
 
 def _encode(model: Resident, conversation: Conversation, s: Sampling) -> list[int]:

@@ -27,6 +27,8 @@ class Sampling:
     logit_bias: token id -> bias added to its logit (-100 bans it).
     json_object: constrain the answer to one JSON object (OpenAI's response_format
     {"type": "json_object"}), through a llama.cpp grammar.
+    grammar: a GBNF grammar (root rule "root") the answer must follow, e.g. one built from a
+    JSON Schema (`modelhost.grammar`); it takes the place of json_object's.
     """
 
     max_tokens: int | None = None
@@ -38,6 +40,7 @@ class Sampling:
     frequency_penalty: float = 0.0
     logit_bias: Mapping[int, float] = field(default_factory=dict)
     json_object: bool = False
+    grammar: str | None = None
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,14 @@ from lawchatd.modelhost.chat_types import FinishReason, Sampling, Usage
 from lawchatd.modelhost.errors import ModelHostError
 from lawchatd.modelhost.fairqueue import FairQueue
 from lawchatd.modelhost.loader import Loaded, free_model
-from lawchatd.modelhost.sampling import TextOut, build_chain, token_piece
+from lawchatd.modelhost.sampling import (
+    Candidates,
+    TextOut,
+    build_chain,
+    build_grammar,
+    sample_constrained,
+    token_piece,
+)
 from lawchatd.modelhost.slots import Slots
 
 log = logging.getLogger(__name__)
@@ -76,6 +83,8 @@ class Seq:
     n_past: int = 0
     seq_id: int = -1
     chain: Any = None  # made and used on the engine thread
+    grammar: Any = None  # the grammar sampler, apart from the chain (sample_constrained)
+    candidates: Candidates | None = None  # its scratch array of logits
     generated: int = 0
     cancelled: bool = False
     text: TextOut = field(init=False)
@@ -265,6 +274,9 @@ class Engine:
         if seq.chain is not None:  # freed by the engine thread at its next step
             self._chains_to_free.append(seq.chain)
             seq.chain = None
+        if seq.grammar is not None:
+            self._chains_to_free.append(seq.grammar)
+            seq.grammar = None
 
     def _preempt(self) -> None:
         victim = self.active[-1]
@@ -324,7 +336,13 @@ class Engine:
     def _sample(self, seq: Seq, idx: int) -> tuple[int, bytes, bool]:
         lo = self.loaded
         if seq.chain is None:
-            seq.chain = build_chain(lo.vocab, lo.n_vocab, seq.sampling, lo.n_ctx)
-        token = llama_cpp.llama_sampler_sample(seq.chain, lo.ctx, idx)
+            seq.chain = build_chain(lo.vocab, lo.n_vocab, seq.sampling, lo.n_ctx, grammar=False)
+            seq.grammar = build_grammar(lo.vocab, seq.sampling)
+            seq.candidates = Candidates(lo.n_vocab) if seq.grammar else None
+        if seq.grammar is None:
+            token = llama_cpp.llama_sampler_sample(seq.chain, lo.ctx, idx)
+        else:
+            assert seq.candidates is not None
+            token = sample_constrained(seq.chain, seq.grammar, lo.ctx, idx, seq.candidates)
         end = llama_cpp.llama_vocab_is_eog(lo.vocab, token)
         return token, b"" if end else token_piece(lo.vocab, token), end

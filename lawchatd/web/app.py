@@ -43,9 +43,11 @@ from lawchatd.web.keys import (
     WEBSOCKETS,
 )
 from lawchatd.web.routes import bandwidth, downloads, legacy, metrics, models, ws
+from lawchatd.web.routes.completions import add_completion_routes, add_not_served
 from lawchatd.web.routes.downloads import progress_message
 from lawchatd.web.routes.openai import add_chat_routes
 from lawchatd.web.routes.queue import queue_message, queue_routes
+from lawchatd.web.routes.responses import add_responses_routes
 
 log = logging.getLogger(__name__)
 # Package data (lawchatd/static links to the top-level static/), so a wheel serves it too.
@@ -84,6 +86,9 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> web.Applic
     metrics.setup(app)  # /metrics and the registry it renders
     app.add_routes(session.routes)
     add_chat_routes(app)
+    add_completion_routes(app)
+    add_responses_routes(app)
+    add_not_served(app)  # after every /v1 route: the rest answer "not supported"
     if STATIC_DIR.is_dir():
         app.router.add_get("/", _index)
         app.router.add_static("/static/", STATIC_DIR)

@@ -13,8 +13,17 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from lawchatd.errors import Unprocessable, UserError
 from lawchatd.modelhost.chat_types import Sampling
+from lawchatd.modelhost.tools import written_calls
+from lawchatd.web.structured import (
+    Structure,
+    ToolDef,
+    json_schema_structure,
+    tools_structure,
+    with_system,
+)
 
-# Roles Llama-2 chat knows; OpenAI's newer "developer" role is its system prompt.
+# Roles Llama-2 chat knows; OpenAI's newer "developer" role is its system prompt. A tool's
+# result is told to the model as a user message (Llama-2 has no tool role), see _tool_result.
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
@@ -46,14 +55,13 @@ class _StreamOptions(BaseModel):
 Penalty = Annotated[float, Field(ge=-2, le=2)]
 
 
-class ChatRequest(BaseModel):
-    """The parameters with a type; `model_extra` holds the ones lawchatd does not know."""
+class SamplingRequest(BaseModel):
+    """What chat and legacy completions share: the parameters with a type; `model_extra`
+    holds the ones lawchatd does not know."""
 
     model_config = ConfigDict(extra="allow")
-    messages: list[_Message] = Field(min_length=1)
     model: StrictStr | None = None  # the loaded model answers; the reply names it
     max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     stop: StrictStr | list[StrictStr] | None = Field(default=None)
@@ -61,12 +69,20 @@ class ChatRequest(BaseModel):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
-    response_format: _ResponseFormat | None = None
     stream: StrictBool | None = False
     stream_options: _StreamOptions | None = None
     n: int | None = Field(default=None, ge=1)
     # End-user identifiers, for abuse monitoring at OpenAI: nothing to do with the answer.
     user: StrictStr | None = None
+
+
+class ChatRequest(SamplingRequest):
+    messages: list[_Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    response_format: _ResponseFormat | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: StrictStr | dict[str, Any] | None = None
+    parallel_tool_calls: StrictBool | None = None
     safety_identifier: StrictStr | None = None
     prompt_cache_key: StrictStr | None = None
 
@@ -76,9 +92,6 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "n": (None, 1),
     "logprobs": (None, False),
     "top_logprobs": (None, 0),
-    "tools": (None, []),
-    "tool_choice": (None, "none"),
-    "parallel_tool_calls": (None, True, False),  # without tools there is nothing to call
     "functions": (None, []),
     "function_call": (None, "none"),
     "store": (None, False),
@@ -95,10 +108,8 @@ _WHY = {
     "n": "only one choice per request is supported (send n=1 or leave it out)",
     "logprobs": "log probabilities are not supported",
     "top_logprobs": "log probabilities are not supported",
-    "tools": "tool calls are not supported by this model",
-    "tool_choice": "tool calls are not supported by this model",
-    "functions": "function calls are not supported by this model",
-    "function_call": "function calls are not supported by this model",
+    "functions": "the deprecated functions are not supported; send tools",
+    "function_call": "the deprecated function_call is not supported; send tool_choice",
     "store": "lawchatd stores no completions",
     "metadata": "lawchatd stores no completions",
     "modalities": "only text output is supported",
@@ -110,14 +121,14 @@ def _refuse(param: str, why: str, code: str = "unsupported_value") -> UserError:
     return UserError(f"{param}: {why}", param=param, code=code)
 
 
-def _check_parameters(body: ChatRequest) -> None:
+def _check_parameters(body: SamplingRequest, neutrals: dict[str, tuple[Any, ...]]) -> None:
     given = {**(body.model_extra or {}), "n": body.n}
     for name in given:
-        if name not in _NEUTRAL:
+        if name not in neutrals:
             raise _refuse(
                 name, "unrecognized request argument supplied", code="unsupported_parameter"
             )
-    for name, neutral in _NEUTRAL.items():
+    for name, neutral in neutrals.items():
         value = given.get(name)
         if not any(value == ok and type(value) is type(ok) for ok in neutral):
             raise _refuse(name, _WHY.get(name, "not supported by lawchatd"))
@@ -125,10 +136,13 @@ def _check_parameters(body: ChatRequest) -> None:
         raise _refuse("stream_options", "only allowed when stream is true", code="invalid_value")
     if body.stream_options and body.stream_options.include_obfuscation:
         raise _refuse("stream_options.include_obfuscation", "lawchatd adds no obfuscation")
-    if body.response_format and body.response_format.type not in ("text", "json_object"):
-        raise _refuse(
-            "response_format", "only {'type': 'text'} and {'type': 'json_object'} are supported"
-        )
+    response_format = getattr(body, "response_format", None)
+    if response_format and response_format.type not in (
+        "text",
+        "json_object",
+        "json_schema",
+    ):
+        raise _refuse("response_format", "type must be text, json_object or json_schema")
     stops = _stops(body)
     if len(stops) > 4 or "" in stops:
         raise _refuse("stop", "up to 4 non-empty strings", code="invalid_value")
@@ -153,24 +167,68 @@ def _content(i: int, m: _Message) -> str:
     return "\n".join(texts)
 
 
+def _calls_of(i: int, raw: Any) -> list[tuple[str, str, str]]:
+    """(id, name, arguments) of an assistant message's tool_calls."""
+    calls = []
+    for j, call in enumerate(raw if isinstance(raw, list) else [None]):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            param = f"messages[{i}].tool_calls[{j}]"
+            raise Unprocessable(f"{param}: a function call with a name is required", param=param)
+        calls.append((str(call.get("id", "")), fn["name"], str(fn.get("arguments") or "{}")))
+    return calls
+
+
+def _tool_result(i: int, m: _Message, names: dict[str, str]) -> dict[str, str]:
+    call_id = (m.model_extra or {}).get("tool_call_id")
+    name = names.get(call_id) if isinstance(call_id, str) else None
+    name = name or m.name or "a tool"
+    return {"role": "user", "content": f"Result of the call to {name}:\n{_content(i, m)}"}
+
+
 def messages_of(body: ChatRequest) -> list[dict[str, str]]:
     out = []
+    names: dict[str, str] = {}  # tool call id -> function name, for the tool results
     for i, m in enumerate(body.messages):
+        extra = m.model_extra or {}
+        if m.role == "tool":
+            out.append(_tool_result(i, m, names))
+            continue
         if m.role not in _ROLES:
             param = f"messages[{i}].role"
-            why = f"must be one of system, developer, user, assistant, not {m.role!r}"
-            if m.role in ("tool", "function"):  # OpenAI's, but no tools here
+            why = f"must be one of system, developer, user, assistant, tool, not {m.role!r}"
+            if m.role == "function":  # OpenAI's deprecated form
                 raise _refuse(param, why)
             raise Unprocessable(f"{param}: {why}", param=param)
-        for extra in m.model_extra or {}:
-            if extra in ("tool_calls", "function_call", "audio") and m.model_extra[extra]:
-                raise _refuse(f"messages[{i}].{extra}", "tool and audio messages are not supported")
+        for key in ("function_call", "audio"):
+            if extra.get(key):
+                raise _refuse(f"messages[{i}].{key}", "function_call and audio are not supported")
+        if m.role == "assistant" and extra.get("tool_calls"):
+            calls = _calls_of(i, extra["tool_calls"])
+            names.update((call_id, name) for call_id, name, _ in calls)
+            written = written_calls([(name, args) for _, name, args in calls])
+            out.append({"role": "assistant", "content": written})
+            continue
         out.append({"role": _ROLES[m.role], "content": _content(i, m)})
     return out
 
 
-def _max_tokens(body: ChatRequest) -> int | None:
-    a, b = body.max_tokens, body.max_completion_tokens
+def structure_of(body: ChatRequest) -> Structure:
+    """The grammar and prompt addition of tools or a json_schema (tools come first when
+    both are sent and tool_choice is not "none")."""
+    structure = tools_structure(body.tools, body.tool_choice, body.parallel_tool_calls)
+    rf = body.response_format
+    if structure.grammar is None and rf is not None and rf.type == "json_schema":
+        return json_schema_structure(rf.model_dump())
+    return structure
+
+
+def prompt_messages(body: ChatRequest, structure: Structure) -> list[dict[str, str]]:
+    return with_system(messages_of(body), structure)
+
+
+def _max_tokens(body: SamplingRequest) -> int | None:
+    a, b = body.max_tokens, getattr(body, "max_completion_tokens", None)
     if a is not None and b is not None and a != b:
         raise _refuse(
             "max_completion_tokens", "differs from max_tokens; send one of them", "invalid_value"
@@ -187,13 +245,19 @@ def _logit_bias(raw: dict[str, float] | None) -> dict[int, float]:
     return bias
 
 
-def _stops(body: ChatRequest) -> tuple[str, ...]:
+def _stops(body: SamplingRequest) -> tuple[str, ...]:
     return (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
 
 
-def sampling_of(body: ChatRequest) -> Sampling:
-    """The `Sampling` the body asks for; raises a 400 for what lawchatd cannot honour."""
-    _check_parameters(body)
+def sampling_of(
+    body: SamplingRequest,
+    structure: Structure | None = None,
+    neutrals: dict[str, tuple[Any, ...]] = _NEUTRAL,
+) -> Sampling:
+    """The `Sampling` the body asks for; raises a 400 for what lawchatd cannot honour
+    (``neutrals``: the parameters known but not honoured, with the values that ask nothing)."""
+    _check_parameters(body, neutrals)
+    response_format = getattr(body, "response_format", None)
     default = Sampling()
     return Sampling(
         max_tokens=_max_tokens(body),
@@ -204,9 +268,10 @@ def sampling_of(body: ChatRequest) -> Sampling:
         presence_penalty=body.presence_penalty or 0.0,
         frequency_penalty=body.frequency_penalty or 0.0,
         logit_bias=_logit_bias(body.logit_bias),
-        json_object=body.response_format is not None and body.response_format.type == "json_object",
+        json_object=response_format is not None and response_format.type == "json_object",
+        grammar=structure.grammar if structure else None,
     )
 
 
-def include_usage(body: ChatRequest) -> bool:
+def include_usage(body: SamplingRequest) -> bool:
     return bool(body.stream_options and body.stream_options.include_usage)

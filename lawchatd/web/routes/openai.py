@@ -6,8 +6,6 @@ The model host answers with plain data (`chat_types`); the OpenAI objects are bu
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import time
 import uuid
@@ -16,16 +14,22 @@ from typing import Any
 
 from aiohttp import web
 
-from lawchatd.errors import LawchatdError, NotFound, Unprocessable, UserError
+from lawchatd.errors import NotFound, Unprocessable, UserError
 from lawchatd.modelhost import Conversation
 from lawchatd.modelhost.chat_types import Chunk, Completion, Usage, gathered
 from lawchatd.state.histograms import ChatTimings
 from lawchatd.web.body import read_json
-from lawchatd.web.caller import caller_of
-from lawchatd.web.chat_request import ChatRequest, include_usage, messages_of, sampling_of
-from lawchatd.web.errors import as_error, openai_body
+from lawchatd.web.chat_request import (
+    ChatRequest,
+    include_usage,
+    prompt_messages,
+    sampling_of,
+    structure_of,
+)
 from lawchatd.web.keys import CHAT_TIMINGS, MODEL_HOST
 from lawchatd.web.routes import usage
+from lawchatd.web.sse import stream_events
+from lawchatd.web.structured import Structure, finished, streamed
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +75,9 @@ async def get_model(request: web.Request) -> web.Response:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     host = request.app[MODEL_HOST]
     body = await read_json(request, ChatRequest)
-    messages = messages_of(body)
-    sampling = sampling_of(body)
+    structure = structure_of(body)  # json_schema or tools: a grammar, the tool list
+    messages = prompt_messages(body, structure)
+    sampling = sampling_of(body, structure)
     try:
         conversation = Conversation.parse(messages)  # the order of roles; types were checked
     except ValueError as exc:
@@ -86,13 +91,21 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             f"{param}: must be at most {n_ctx} (n_ctx)", param=param, code="invalid_value"
         )
     # The host's errors (no model, a full queue, a prompt too long...) answer for themselves.
-    caller = caller_of(request)  # slots are shared between keys; each is held to its limits
-    limits = usage.limits_for(request.app, caller)
-    stream = host.chat_stream(conversation, sampling, caller.name, limits)
-    chunks = request.app[CHAT_TIMINGS].observe(stream)
+    chunks = usage.answer_for(request, conversation, sampling)
+    if structure.tools:  # a tool call is known when the answer is whole
+        chunks = _whole(chunks)
     if body.stream:
-        return await _sse(request, chunks, include_usage(body))
-    return web.json_response(_completion_object(await gathered(chunks)))
+        with_usage = include_usage(body)
+        return await stream_events(
+            request, chunks, lambda first: _ChunkObjects(first.model_variant, with_usage, structure)
+        )
+    return web.json_response(_completion_object(await gathered(chunks), structure))
+
+
+async def _whole(chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    """The answer as one chunk (errors before the first token still come first)."""
+    done = await gathered(chunks)
+    yield Chunk(done.model_variant, done.text, done.finish_reason, done.usage)
 
 
 # --- OpenAI objects -----------------------------------------------------------------------
@@ -116,15 +129,16 @@ def _usage(usage: Usage) -> dict[str, int]:
     }
 
 
-def _completion_object(done: Completion) -> dict[str, Any]:
+def _completion_object(done: Completion, structure: Structure) -> dict[str, Any]:
+    fields, reason = finished(done.text, done.finish_reason, structure)
     return {
         **_head("chat.completion", done.model_variant),
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": done.text, "refusal": None},
+                "message": {"role": "assistant", **fields, "refusal": None},
                 "logprobs": None,
-                "finish_reason": done.finish_reason,
+                "finish_reason": reason,
             }
         ],
         "usage": _usage(done.usage),
@@ -134,60 +148,32 @@ def _completion_object(done: Completion) -> dict[str, Any]:
 class _ChunkObjects:
     """chat.completion.chunk objects of one answer: one id, role first, usage last if asked."""
 
-    def __init__(self, variant: str, with_usage: bool) -> None:
+    def __init__(self, variant: str, with_usage: bool, structure: Structure) -> None:
         self.head = _head("chat.completion.chunk", variant)
+        self.structure = structure
+        self.text: list[str] = []  # a schema's answer is checked once whole
         if with_usage:
             self.head["usage"] = None  # every chunk but the last, as OpenAI sends it
 
-    def delta(self, delta: dict[str, str], finish_reason: str | None = None) -> dict[str, Any]:
+    def start(self) -> list[dict[str, Any]]:
+        return [self.delta({"role": "assistant", "content": ""})]
+
+    def delta(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return {**self.head, "choices": [choice]}
 
     def of(self, chunk: Chunk) -> list[dict[str, Any]]:
-        out = [self.delta({"content": chunk.text})] if chunk.text else []
+        if self.structure.tools:  # one chunk: the whole answer
+            fields, reason = finished(chunk.text, chunk.finish_reason or "stop", self.structure)
+            out = [self.delta(d) for d in streamed(fields)]
+        else:
+            out = [self.delta({"content": chunk.text})] if chunk.text else []
+            self.text.append(chunk.text)
+            reason = chunk.finish_reason or "stop"
+            if chunk.finish_reason is not None:  # raises if a schema's answer is not valid
+                reason = finished("".join(self.text), reason, self.structure)[1]
         if chunk.finish_reason is not None:
-            out.append(self.delta({}, chunk.finish_reason))
+            out.append(self.delta({}, reason))
             if "usage" in self.head and chunk.usage is not None:
                 out.append({**self.head, "choices": [], "usage": _usage(chunk.usage)})
         return out
-
-
-async def _sse(
-    request: web.Request, chunks: AsyncIterator[Chunk], with_usage: bool
-) -> web.StreamResponse:
-    """Server-sent events; closing `chunks` (aclosing) stops generation when the client
-    goes away, whether we notice it by a failed write or by the handler's cancellation."""
-    async with contextlib.aclosing(chunks):  # type: ignore[type-var]
-        first = await anext(chunks)  # queue/model errors still become a JSON status here
-        objects = _ChunkObjects(first.model_variant, with_usage)
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",  # a proxy in front must not hold the tokens back
-            }
-        )
-        await response.prepare(request)
-        try:
-            await _send(response, objects.delta({"role": "assistant", "content": ""}))
-            try:
-                for obj in objects.of(first):
-                    await _send(response, obj)
-                async for chunk in chunks:
-                    for obj in objects.of(chunk):
-                        await _send(response, obj)
-            except ConnectionResetError:
-                raise
-            except Exception as exc:  # headers are out: tell the client in the stream
-                known = isinstance(exc, LawchatdError)
-                log.warning("chat stream failed: %s", exc, exc_info=not known)
-                await _send(response, {"error": openai_body(as_error(exc))})
-            await response.write(b"data: [DONE]\n\n")
-            await response.write_eof()
-        except ConnectionResetError:
-            log.info("chat client went away; generation stopped")
-    return response
-
-
-async def _send(response: web.StreamResponse, data: dict[str, Any]) -> None:
-    await response.write(f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode())

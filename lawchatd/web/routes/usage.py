@@ -7,14 +7,29 @@ have none unless the key sets them)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
-from lawchatd.modelhost import Limits
+from lawchatd.modelhost import Conversation, Limits
+from lawchatd.modelhost.chat_types import Chunk, Sampling
 from lawchatd.modelhost.fairshare import NO_LIMITS
 from lawchatd.web.caller import Caller, Role, caller_of
-from lawchatd.web.keys import MODEL_HOST, SETTINGS
+from lawchatd.web.keys import CHAT_TIMINGS, MODEL_HOST, SETTINGS
 
 routes = web.RouteTableDef()
+
+
+def answer_for(
+    request: web.Request, conversation: Conversation, sampling: Sampling
+) -> AsyncIterator[Chunk]:
+    """The model's answer for whoever sent `request`: a fair share of the slots, held to the
+    caller's limits, timed for /metrics. Every /v1 route that generates goes through here."""
+    caller = caller_of(request)
+    stream = request.app[MODEL_HOST].chat_stream(
+        conversation, sampling, caller.name, limits_for(request.app, caller)
+    )
+    return request.app[CHAT_TIMINGS].observe(stream)
 
 
 def limits_for(app: web.Application, caller: Caller) -> Limits:
