@@ -20,6 +20,7 @@ from lawchatd.errors import LawchatdError, NotFound, Unprocessable, UserError
 from lawchatd.modelhost import Conversation
 from lawchatd.modelhost.chat_types import Chunk, Completion, Usage, gathered
 from lawchatd.state.histograms import ChatTimings
+from lawchatd.web.auditing import watch_chat
 from lawchatd.web.body import read_json
 from lawchatd.web.chat_request import ChatRequest, include_usage, messages_of, sampling_of
 from lawchatd.web.errors import as_error, openai_body
@@ -84,6 +85,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         )
     # The host's errors (no model, a full queue, a prompt too long...) answer for themselves.
     chunks = request.app[CHAT_TIMINGS].observe(host.chat_stream(conversation, sampling))
+    chunks = watch_chat(request, chunks, prompt=messages)  # the audit trail's record
     if body.stream:
         return await _sse(request, chunks, include_usage(body))
     return web.json_response(_completion_object(await gathered(chunks)))
