@@ -41,7 +41,7 @@ async def keys_command(settings: Settings, args: argparse.Namespace, out: TextIO
             key, stored = await keys.add(
                 args.name, args.role, expires, args.max_concurrent, args.tokens_per_minute
             )
-            await trail.append(_actor(), "key.add", stored.name, "ok", None, role=stored.role)
+            await trail.append(_actor(), "key.add", stored.name, "ok", None, key_role=stored.role)
             out.write(key + "\n")  # the key alone on its line: scripts read it from here
         elif args.keys_command == "revoke":
             stored = await keys.revoke(args.name)
