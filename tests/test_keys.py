@@ -202,7 +202,9 @@ async def test_every_route_with_every_kind_of_key(daemon: Daemon) -> None:
     assert (await call(daemon, None, "GET", "/models/available", cookie=cookie))[0] == 401
 
     # The admin API makes a key that works at once and lists keys, never a key or a digest.
-    status, made = await call(daemon, keys["carla"], "POST", "/keys", {"name": "bo", "role": "viewer"})
+    status, made = await call(
+        daemon, keys["carla"], "POST", "/keys", {"name": "bo", "role": "viewer"}
+    )
     assert status == 201 and made["role"] == "viewer", made
     assert (await call(daemon, made["key"], "GET", "/models/loaded"))[0] == 200
     status, listed = await call(daemon, keys["carla"], "GET", "/keys")
@@ -288,15 +290,15 @@ async def test_audit_verify_names_an_edited_and_a_deleted_row(
     assert done.returncode == 1 and "deleted" in done.stdout, done.stdout
 
 
-async def test_an_action_the_trail_cannot_record_is_refused(
-    daemon: Daemon, tmp_path: Path
-) -> None:
+async def test_an_action_the_trail_cannot_record_is_refused(daemon: Daemon, tmp_path: Path) -> None:
     db_path = daemon.data_dir / "lawchatd.sqlite3"
     with contextlib.closing(sqlite3.connect(db_path)) as db:
         db.execute("ALTER TABLE audit RENAME TO audit_away")
         db.commit()
     try:
-        status, body = await call(daemon, API_KEY, "POST", "/models/unload?model_variant=" + VARIANT)
+        status, body = await call(
+            daemon, API_KEY, "POST", "/models/unload?model_variant=" + VARIANT
+        )
         assert status == 503 and "audit trail could not record it" in body["detail"], body
         assert (await call(daemon, API_KEY, "GET", "/models/loaded"))[1]["active_model"] == VARIANT
         status, body = await call(daemon, API_KEY, "POST", "/v1/chat/completions", CHAT)

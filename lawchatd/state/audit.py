@@ -11,8 +11,10 @@ itself recorded. Appends run in one `BEGIN IMMEDIATE` transaction, so the daemon
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -33,10 +35,13 @@ def now_iso(at: float | None = None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1e6):06d}Z"
 
 
+HASHED = COLUMNS[:-1]  # every column but the hash itself
+
+
 def canonical(row: dict[str, Any]) -> bytes:
-    """The bytes a row's hash covers: every column but the hash, in a fixed form."""
-    fields = {k: row[k] for k in COLUMNS if k != "hash"}
-    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """The bytes a row's hash covers: a JSON array of its columns in COLUMNS' order."""
+    values = [row[k] for k in HASHED]
+    return json.dumps(values, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def row_hash(row: dict[str, Any]) -> str:
@@ -66,7 +71,11 @@ def check_chain(
     for row in rows:
         count += 1
         if row["prev"] != expected_prev:
-            gap = "" if row["id"] == expected_id else f" (rows {expected_id}..{row['id'] - 1} are missing)"
+            gap = (
+                ""
+                if row["id"] == expected_id
+                else f" (rows {expected_id}..{row['id'] - 1} are missing)"
+            )
             return count, Broken(
                 row["id"], f"does not follow the row before it: a row was deleted or edited{gap}"
             )
@@ -84,13 +93,23 @@ def check_chain(
     return count, None
 
 
+def _verify_file(
+    path: Path, anchor: tuple[int, str] | None, head: tuple[int, str] | None
+) -> tuple[int, Broken | None]:
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        cursor = db.execute(f"SELECT {', '.join(COLUMNS)} FROM audit ORDER BY id")
+        cursor.arraysize = _BATCH
+        return check_chain((dict(zip(COLUMNS, r, strict=True)) for r in cursor), anchor, head)
+
+
 class AuditWriteFailed(RuntimeError):
     """The trail could not be written: the action it would record must not happen."""
 
 
 class AuditTrail:
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self._db = db
+        self._path = path
         self._lock = asyncio.Lock()
         self.healthy = True  # False after a failed append, until one succeeds again
 
@@ -99,7 +118,7 @@ class AuditTrail:
         db = await connect(path)
         db.row_factory = aiosqlite.Row
         await db.execute("PRAGMA synchronous=NORMAL")
-        return cls(db)
+        return cls(db, path)
 
     async def close(self) -> None:
         await self._db.close()
@@ -187,10 +206,11 @@ class AuditTrail:
             after = batch[-1]["id"]
 
     async def verify(self) -> tuple[int, Broken | None]:
+        """(rows checked, the first break or None), read and hashed in a worker thread with
+        its own read-only connection: the event loop stays free on a trail of any length."""
         anchor = await self._meta("audit_anchor")
         head = await self._meta("audit_head")
-        collected = [row async for row in self.rows()]
-        return await asyncio.to_thread(check_chain, collected, anchor, head)
+        return await asyncio.to_thread(_verify_file, self._path, anchor, head)
 
     async def prune(self, days: float, actor: str = "lawchatd") -> int:
         """Delete events older than `days`; the prune is itself recorded. Rows deleted."""

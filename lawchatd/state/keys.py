@@ -80,9 +80,7 @@ def new_key() -> str:
     return "lck_" + secrets.token_urlsafe(32)
 
 
-_COLUMNS = (
-    "id, name, role, created, last_used, expires, revoked, max_concurrent, tokens_per_minute"
-)
+_COLUMNS = "id, name, role, created, last_used, expires, revoked, max_concurrent, tokens_per_minute"
 
 
 async def connect(path: Path) -> aiosqlite.Connection:
@@ -123,9 +121,7 @@ class KeyStore:
         if version == self._data_version and not force:
             return
         rows = await self._fetch(f"SELECT {_COLUMNS}, digest FROM api_keys")
-        self._by_digest = {
-            row[-1]: (bytes.fromhex(row[-1]), StoredKey(*row[:-1])) for row in rows
-        }
+        self._by_digest = {row[-1]: (bytes.fromhex(row[-1]), StoredKey(*row[:-1])) for row in rows}
         self._data_version = version
 
     def find(self, presented: str) -> StoredKey | None:

@@ -61,12 +61,7 @@ def action_name(request: web.Request) -> str:
 
 def target_of(request: web.Request) -> str | None:
     info = request.match_info
-    return (
-        info.get("variant")
-        or info.get("name")
-        or request.query.get("model_variant")
-        or None
-    )
+    return info.get("variant") or info.get("name") or request.query.get("model_variant") or None
 
 
 async def record(
@@ -203,7 +198,9 @@ def _in_background(request: web.Request, detail: dict[str, Any], outcome: str) -
     caller = caller_of(request)
     trail = request.app[AUDIT]
     task = asyncio.get_running_loop().create_task(
-        _logged(trail.append(caller.name, "chat", request.path, outcome, str(caller.role), **detail))
+        _logged(
+            trail.append(caller.name, "chat", request.path, outcome, str(caller.role), **detail)
+        )
     )
     _PENDING.add(task)
     task.add_done_callback(_PENDING.discard)

@@ -1,0 +1,54 @@
+"""The audit trail's chain on its own (lawchatd/state/audit.py): appends, pruning that is itself
+recorded and keeps the chain checkable, and the breaks `verify` names."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+
+from lawchatd.state.audit import AuditTrail
+from lawchatd.state.store import Store
+
+
+async def trail_at(tmp_path: Path) -> AuditTrail:
+    await (await Store.open(tmp_path / "db.sqlite3")).close()  # the migration makes the table
+    return await AuditTrail.open(tmp_path / "db.sqlite3")
+
+
+async def test_a_pruned_trail_stays_whole_and_says_it_was_pruned(tmp_path: Path) -> None:
+    trail = await trail_at(tmp_path)
+    try:
+        for n in range(5):
+            await trail.append("anna", "download", f"model-{n}", "ok", "admin", n=n)
+        assert await trail.verify() == (5, None)
+        assert await trail.prune(days=0) == 5  # everything is older than "now"
+        rows = [row async for row in trail.rows()]
+        assert [r["action"] for r in rows] == ["audit.prune"] and '"deleted": 5' in rows[0][
+            "detail"
+        ]
+        await trail.append("anna", "load", "model-1")
+        assert await trail.verify() == (2, None)
+        assert await trail.prune(days=30) == 0  # nothing that old: nothing recorded either
+        assert (await trail.verify())[0] == 2
+    finally:
+        await trail.close()
+
+
+async def test_verify_names_the_first_broken_row(tmp_path: Path) -> None:
+    trail = await trail_at(tmp_path)
+    try:
+        for n in range(6):
+            await trail.append("anna", "chat", None, "ok", "user", prompt_tokens=n)
+        with contextlib.closing(sqlite3.connect(tmp_path / "db.sqlite3")) as db:
+            db.execute("UPDATE audit SET detail = '{\"prompt_tokens\": 99}' WHERE id = 4")
+            db.commit()
+        _, broken = await trail.verify()
+        assert broken is not None and broken.row_id == 4 and "edited" in str(broken)
+        with contextlib.closing(sqlite3.connect(tmp_path / "db.sqlite3")) as db:
+            db.execute("DELETE FROM audit WHERE id IN (2, 4)")
+            db.commit()
+        _, broken = await trail.verify()
+        assert broken is not None and broken.row_id == 3 and "rows 2..2 are missing" in str(broken)
+    finally:
+        await trail.close()
