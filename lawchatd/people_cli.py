@@ -14,7 +14,7 @@ from typing import TextIO
 from lawchatd.errors import LawchatdError
 from lawchatd.process.config import Settings
 from lawchatd.state.audit import AuditTrail
-from lawchatd.state.keys import KeyStore
+from lawchatd.state.keys import KeyStore, parse_expiry
 from lawchatd.state.store import Store
 
 
@@ -32,8 +32,6 @@ async def _open(settings: Settings) -> tuple[KeyStore, AuditTrail]:
 
 
 async def keys_command(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    from lawchatd.web.routes.keys import parse_expiry
-
     keys, trail = await _open(settings)
     try:
         if args.keys_command == "add":

@@ -23,6 +23,7 @@ from typing import Any
 
 import aiosqlite
 
+from lawchatd.errors import TransientError
 from lawchatd.state.keys import connect
 
 GENESIS = "0" * 64
@@ -102,8 +103,10 @@ def _verify_file(
         return check_chain((dict(zip(COLUMNS, r, strict=True)) for r in cursor), anchor, head)
 
 
-class AuditWriteFailed(RuntimeError):
-    """The trail could not be written: the action it would record must not happen."""
+class AuditWriteFailed(TransientError):
+    """The trail could not be written: the action it would record must not happen (503)."""
+
+    code = "audit_unavailable"
 
 
 class AuditTrail:
@@ -138,7 +141,9 @@ class AuditTrail:
                 return await self._append(actor, action, target, outcome, role, detail)
         except (aiosqlite.Error, OSError) as exc:
             self.healthy = False
-            raise AuditWriteFailed(f"the audit trail could not be written ({exc})") from exc
+            raise AuditWriteFailed(
+                f"the audit trail could not be written ({exc})", retry_after=5
+            ) from exc
 
     async def _append(self, actor, action, target, outcome, role, detail) -> int:
         db = self._db

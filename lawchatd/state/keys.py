@@ -14,11 +14,12 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import aiosqlite
 
-from lawchatd.errors import Conflict, NotFound, UserError
+from lawchatd.errors import Conflict, NotFound, Unprocessable, UserError
 
 ROLES = ("admin", "user", "viewer")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
@@ -81,6 +82,25 @@ def new_key() -> str:
 
 
 _COLUMNS = "id, name, role, created, last_used, expires, revoked, max_concurrent, tokens_per_minute"
+
+
+def parse_expiry(value: str | None) -> float | None:
+    """An ISO date or date-time (local time when no zone is given) as a Unix time."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise Unprocessable(
+            f"expires: {value!r} is not a date such as 2027-01-31 or 2027-01-31T18:00",
+            param="expires",
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.now().astimezone().tzinfo)
+    at = moment.timestamp()
+    if at <= time.time():
+        raise Unprocessable(f"expires: {value!r} is already past", param="expires")
+    return at
 
 
 async def connect(path: Path) -> aiosqlite.Connection:

@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from lawchatd.errors import LawchatdError, TransientError
+from lawchatd.errors import LawchatdError
 from lawchatd.modelhost.chat_types import Chunk
 from lawchatd.state.audit import AuditTrail, AuditWriteFailed
 from lawchatd.web.caller import caller_of
@@ -48,12 +48,6 @@ ACTIONS = {
 }
 
 
-class AuditUnavailable(TransientError):
-    """The action was refused because the audit trail could not record it."""
-
-    code = "audit_unavailable"
-
-
 def action_name(request: web.Request) -> str:
     pattern = route_pattern(request)
     return ACTIONS.get((request.method, pattern), f"{request.method} {pattern}")
@@ -67,7 +61,7 @@ def target_of(request: web.Request) -> str | None:
 async def record(
     request: web.Request, action: str, target: str | None = None, outcome: str = "ok", **detail
 ) -> None:
-    """Append one event as the request's caller; AuditUnavailable (503, in words) if it cannot."""
+    """Append one event as the request's caller; AuditWriteFailed (503, in words) if not."""
     caller = caller_of(request)
     await _append(request.app, caller.name, str(caller.role), action, target, outcome, detail)
 
@@ -83,11 +77,10 @@ async def _append(app, actor, role, action, target, outcome, detail) -> None:
     try:
         await app[AUDIT].append(actor, action, target, outcome, role, **detail)
     except AuditWriteFailed as exc:
-        log.error("%s; refused %s by %s", exc, action, actor)
-        raise AuditUnavailable(
-            f"This was not done because the audit trail could not record it ({exc}); "
-            "the administrator should check the disk and the database file",
-            retry_after=5,
+        log.error("%s; refused %s by %s", exc.message, action, actor)
+        raise exc.reworded(
+            f"This was not done because the audit trail could not record it ({exc.message}); "
+            "the administrator should check the disk and the database file"
         ) from None
 
 
@@ -119,7 +112,7 @@ async def _outcome(request, action, target, status, started, **detail) -> None:
     outcome = "ok" if status < 400 else "failed"
     seconds = round(time.monotonic() - started, 3)
     # When this fails (logged), the action happened and was recorded as requested.
-    with contextlib.suppress(AuditUnavailable):
+    with contextlib.suppress(AuditWriteFailed):
         await record(request, action, target, outcome, status=status, seconds=seconds, **detail)
 
 
@@ -137,7 +130,7 @@ def _answered_variant(response: web.StreamResponse) -> str | None:
 def check_writable(request: web.Request) -> None:
     """Before a chat: refuse it while the trail is failing (its record could not be kept)."""
     if not request.app[AUDIT].healthy:
-        raise AuditUnavailable(
+        raise AuditWriteFailed(
             "Chat is paused because the audit trail could not be written; "
             "the administrator should check the disk and the database file",
             retry_after=5,

@@ -13,7 +13,8 @@ import contextlib
 from aiohttp import web
 
 from lawchatd.errors import Forbidden, Unauthorized
-from lawchatd.web.auditing import AuditUnavailable, action_name, record, record_as, target_of
+from lawchatd.state.audit import AuditWriteFailed
+from lawchatd.web.auditing import action_name, record, record_as, target_of
 from lawchatd.web.caller import caller_of, set_caller
 from lawchatd.web.keys import SETTINGS
 from lawchatd.web.people import PEOPLE, Person, wrong_key
@@ -41,7 +42,7 @@ async def _by_key(request: web.Request, presented: str) -> Person:
         return person
     client = request.remote or "unknown"
     refused = wrong_key(request.app, client, why, f"{request.method} {request.path}")
-    with contextlib.suppress(AuditUnavailable):
+    with contextlib.suppress(AuditWriteFailed):
         await record_as(request, "(unknown key)", "auth.failed", "refused", client=client)
     raise refused
 
@@ -74,7 +75,7 @@ async def require_api_key(request: web.Request, handler):
         set_caller(request, person.caller)
     role = caller_of(request).role
     if not allows(role, permission):
-        with contextlib.suppress(AuditUnavailable):  # refused either way
+        with contextlib.suppress(AuditWriteFailed):  # refused either way
             await record(request, action_name(request), target_of(request), "refused")
         raise Forbidden(refusal(role, request))
     if session is None:

@@ -24,7 +24,8 @@ import aiosqlite
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, StrictStr
 
-from lawchatd.web.auditing import AuditUnavailable, record, record_as
+from lawchatd.state.audit import AuditWriteFailed
+from lawchatd.web.auditing import record, record_as
 from lawchatd.web.body import read_json
 from lawchatd.web.caller import caller_of, set_caller
 from lawchatd.web.keys import SETTINGS
@@ -196,7 +197,7 @@ async def post_session(request: web.Request) -> web.Response:
     if person is None:
         # Checked and counted with no await in between, so parallel guesses are counted too.
         refused = wrong_key(request.app, client, why, "POST /session")
-        with contextlib.suppress(AuditUnavailable):
+        with contextlib.suppress(AuditWriteFailed):
             await record_as(request, "(unknown key)", "login", "failed", client=client)
         raise refused
     set_caller(request, person.caller)

@@ -4,13 +4,10 @@ in the audit trail (by the audit middleware here)."""
 
 from __future__ import annotations
 
-import time
-from datetime import datetime
-
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from lawchatd.errors import Unprocessable
+from lawchatd.state.keys import parse_expiry
 from lawchatd.web.body import read_json
 from lawchatd.web.people import KEYSTORE
 
@@ -24,25 +21,6 @@ class NewKey(BaseModel):
     expires: StrictStr | None = None  # an ISO date or time (UTC when no zone is given)
     max_concurrent: int | None = Field(None, ge=1)
     tokens_per_minute: int | None = Field(None, ge=1)
-
-
-def parse_expiry(value: str | None) -> float | None:
-    """An ISO date or date-time as a Unix time; a date means its end is not reached yet."""
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise Unprocessable(
-            f"expires: {value!r} is not a date such as 2027-01-31 or 2027-01-31T18:00",
-            param="expires",
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.now().astimezone().tzinfo)
-    at = moment.timestamp()
-    if at <= time.time():
-        raise Unprocessable(f"expires: {value!r} is already past", param="expires")
-    return at
 
 
 @routes.get("/keys")
