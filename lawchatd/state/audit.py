@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -21,11 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
 from lawchatd.errors import TransientError
-from lawchatd.state.keys import connect
+from lawchatd.state.keys import BUSY_TIMEOUT
 
+log = logging.getLogger(__name__)
 GENESIS = "0" * 64
 COLUMNS = ("id", "time", "actor", "role", "action", "target", "outcome", "detail", "prev", "hash")
 _BATCH = 5000
@@ -94,10 +94,10 @@ def check_chain(
     return count, None
 
 
-def _verify_file(
-    path: Path, anchor: tuple[int, str] | None, head: tuple[int, str] | None
-) -> tuple[int, Broken | None]:
+def _verify_file(path: Path) -> tuple[int, Broken | None]:
     with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        db.execute("BEGIN")  # one snapshot: the head and the rows agree
+        anchor, head = _meta(db, "audit_anchor"), _meta(db, "audit_head")
         cursor = db.execute(f"SELECT {', '.join(COLUMNS)} FROM audit ORDER BY id")
         cursor.arraysize = _BATCH
         return check_chain((dict(zip(COLUMNS, r, strict=True)) for r in cursor), anchor, head)
@@ -110,21 +110,27 @@ class AuditWriteFailed(TransientError):
 
 
 class AuditTrail:
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+    """One SQLite connection used from worker threads, one transaction at a time (the lock):
+    each append or batch is a single hop off the event loop. `append` waits for its row (an
+    admin action must not happen unrecorded); `append_soon` (chat) joins the next batch."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
         self._db = db
         self._path = path
         self._lock = asyncio.Lock()
-        self.healthy = True  # False after a failed append, until one succeeds again
+        self._pending: list[Event] = []
+        self._flushing: asyncio.Task | None = None
+        self.healthy = True  # False after a failed write, until one succeeds again
 
     @classmethod
     async def open(cls, path: Path) -> AuditTrail:
-        db = await connect(path)
-        db.row_factory = aiosqlite.Row
-        await db.execute("PRAGMA synchronous=NORMAL")
-        return cls(db, path)
+        return cls(await asyncio.to_thread(_connect, path), path)
 
     async def close(self) -> None:
-        await self._db.close()
+        if self._flushing is not None:
+            await asyncio.gather(self._flushing, return_exceptions=True)
+        async with self._lock:
+            await asyncio.to_thread(self._db.close)
 
     async def append(
         self,
@@ -136,74 +142,43 @@ class AuditTrail:
         **detail: Any,
     ) -> int:
         """Append one event; its id. Raises AuditWriteFailed (in words) when it cannot."""
+        return await self._write([Event(actor, action, target, outcome, role, detail)])
+
+    def append_soon(
+        self, actor: str, action: str, target: str | None, outcome: str, role: str | None, **detail
+    ) -> None:
+        """Append one event with the next batch; a failure is logged and marks the trail
+        unhealthy (the chat route then pauses chat)."""
+        self._pending.append(Event(actor, action, target, outcome, role, detail))
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await self._write(batch)
+            except AuditWriteFailed as exc:
+                log.error("%s: %d chat records lost", exc.message, len(batch))
+
+    async def _write(self, events: list[Event]) -> int:
         try:
             async with self._lock:
-                return await self._append(actor, action, target, outcome, role, detail)
-        except (aiosqlite.Error, OSError) as exc:
+                last = await asyncio.to_thread(_append_rows, self._db, events)
+        except (sqlite3.Error, OSError) as exc:
             self.healthy = False
             raise AuditWriteFailed(
                 f"the audit trail could not be written ({exc})", retry_after=5
             ) from exc
-
-    async def _append(self, actor, action, target, outcome, role, detail) -> int:
-        db = self._db
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            async with db.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1") as cur:
-                last = await cur.fetchone()
-            async with db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit'") as cur:
-                seq = await cur.fetchone()
-            row = {
-                "id": max(seq[0] if seq else 0, last[0] if last else 0) + 1,
-                "time": now_iso(),
-                "actor": actor,
-                "role": role,
-                "action": action,
-                "target": target,
-                "outcome": outcome,
-                "detail": json.dumps(detail, sort_keys=True, ensure_ascii=False, default=str),
-                "prev": last[1] if last else await self._anchor_prev(),
-            }
-            row["hash"] = row_hash(row)
-            await db.execute(
-                f"INSERT INTO audit ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
-                [row[c] for c in COLUMNS],
-            )
-            await db.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('audit_head', ?)",
-                (f"{row['id']}:{row['hash']}",),
-            )
-            await db.commit()
-        except BaseException:
-            await asyncio.shield(db.rollback())
-            raise
         self.healthy = True
-        return row["id"]
-
-    async def _anchor_prev(self) -> str:
-        """The chain's start when every row was pruned: the last pruned row's hash."""
-        anchor = await self._meta("audit_anchor")
-        return anchor[1] if anchor else GENESIS
-
-    async def _meta(self, key: str) -> tuple[int, str] | None:
-        async with self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
-            found = await cur.fetchone()
-        if not found:
-            return None
-        number, _, value = found[0].partition(":")
-        return int(number), value
+        return last
 
     async def rows(self, since: str | None = None) -> AsyncIterator[dict[str, Any]]:
         """Every row in order (from `since`, an ISO date or time, when given), read in batches."""
         after = 0
         while True:
-            sql = f"SELECT {', '.join(COLUMNS)} FROM audit WHERE id > ?"
-            args: tuple = (after,)
-            if since:
-                sql += " AND time >= ?"
-                args += (since,)
-            async with self._db.execute(sql + f" ORDER BY id LIMIT {_BATCH}", args) as cur:
-                batch = [dict(r) for r in await cur.fetchall()]
+            async with self._lock:
+                batch = await asyncio.to_thread(_read_batch, self._db, after, since)
             if not batch:
                 return
             for row in batch:
@@ -213,36 +188,116 @@ class AuditTrail:
     async def verify(self) -> tuple[int, Broken | None]:
         """(rows checked, the first break or None), read and hashed in a worker thread with
         its own read-only connection: the event loop stays free on a trail of any length."""
-        anchor = await self._meta("audit_anchor")
-        head = await self._meta("audit_head")
-        return await asyncio.to_thread(_verify_file, self._path, anchor, head)
+        return await asyncio.to_thread(_verify_file, self._path)
 
     async def prune(self, days: float, actor: str = "lawchatd") -> int:
         """Delete events older than `days`; the prune is itself recorded. Rows deleted."""
         cutoff = now_iso(time.time() - days * 86400)
         async with self._lock:
-            db = self._db
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                async with db.execute(
-                    "SELECT id, hash FROM audit WHERE time < ? ORDER BY id DESC LIMIT 1", (cutoff,)
-                ) as cur:
-                    last_old = await cur.fetchone()
-                if last_old is None:
-                    await db.rollback()
-                    return 0
-                cur = await db.execute("DELETE FROM audit WHERE id <= ?", (last_old[0],))
-                deleted = cur.rowcount
-                # The first surviving row (or the next append) links to the last deleted one.
-                await db.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('audit_anchor', ?)",
-                    (f"{last_old[0] + 1}:{last_old[1]}",),
-                )
-                await db.commit()
-            except BaseException:
-                await asyncio.shield(db.rollback())
-                raise
-        await self.append(
-            actor, "audit.prune", None, "ok", None, deleted=deleted, before=cutoff, days=days
-        )
+            deleted = await asyncio.to_thread(_delete_before, self._db, cutoff)
+        if deleted:
+            await self.append(
+                actor, "audit.prune", None, "ok", None, deleted=deleted, before=cutoff, days=days
+            )
         return deleted
+
+
+@dataclass(frozen=True)
+class Event:
+    actor: str
+    action: str
+    target: str | None
+    outcome: str
+    role: str | None
+    detail: dict[str, Any]
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # Used by one worker thread at a time (the trail's lock), never two at once.
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    return db
+
+
+def _meta(db: sqlite3.Connection, key: str) -> tuple[int, str] | None:
+    found = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    if not found:
+        return None
+    number, _, value = found[0].partition(":")
+    return int(number), value
+
+
+def _append_rows(db: sqlite3.Connection, events: list[Event]) -> int:
+    """Chain and insert `events` in one transaction; the last row's id."""
+    db.execute("BEGIN IMMEDIATE")  # the write lock first: no other process appends meanwhile
+    try:
+        last = db.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+        seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit'").fetchone()
+        next_id = max(seq[0] if seq else 0, last[0] if last else 0) + 1
+        if last:
+            prev = last[1]
+        else:
+            anchor = _meta(db, "audit_anchor")  # every row was pruned: link to the last one
+            prev = anchor[1] if anchor else GENESIS
+        rows = []
+        for event in events:
+            row = {
+                "id": next_id,
+                "time": now_iso(),
+                "actor": event.actor,
+                "role": event.role,
+                "action": event.action,
+                "target": event.target,
+                "outcome": event.outcome,
+                "detail": json.dumps(event.detail, sort_keys=True, ensure_ascii=False, default=str),
+                "prev": prev,
+            }
+            row["hash"] = prev = row_hash(row)
+            rows.append([row[c] for c in COLUMNS])
+            next_id += 1
+        db.executemany(_INSERT, rows)
+        db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('audit_head', ?)",
+            (f"{next_id - 1}:{prev}",),
+        )
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return next_id - 1
+
+
+_INSERT = f"INSERT INTO audit ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+
+
+def _read_batch(db: sqlite3.Connection, after: int, since: str | None) -> list[dict[str, Any]]:
+    sql = f"SELECT {', '.join(COLUMNS)} FROM audit WHERE id > ?"
+    args: tuple = (after,)
+    if since:
+        sql += " AND time >= ?"
+        args += (since,)
+    cursor = db.execute(sql + f" ORDER BY id LIMIT {_BATCH}", args)
+    return [dict(zip(COLUMNS, r, strict=True)) for r in cursor.fetchall()]
+
+
+def _delete_before(db: sqlite3.Connection, cutoff: str) -> int:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        last_old = db.execute(
+            "SELECT id, hash FROM audit WHERE time < ? ORDER BY id DESC LIMIT 1", (cutoff,)
+        ).fetchone()
+        if last_old is None:
+            db.execute("ROLLBACK")
+            return 0
+        deleted = db.execute("DELETE FROM audit WHERE id <= ?", (last_old[0],)).rowcount
+        # The first surviving row (or the next append) links to the last deleted one.
+        db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('audit_anchor', ?)",
+            (f"{last_old[0] + 1}:{last_old[1]}",),
+        )
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return deleted

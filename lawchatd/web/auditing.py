@@ -187,26 +187,11 @@ async def watch_chat(
 
 
 def _in_background(request: web.Request, detail: dict[str, Any], outcome: str) -> None:
-    """The chat's record is written after the answer: never on the answer's own time."""
+    """The chat's record joins the trail's next batch: never on the answer's own time."""
     caller = caller_of(request)
-    trail = request.app[AUDIT]
-    task = asyncio.get_running_loop().create_task(
-        _logged(
-            trail.append(caller.name, "chat", request.path, outcome, str(caller.role), **detail)
-        )
+    request.app[AUDIT].append_soon(
+        caller.name, "chat", request.path, outcome, str(caller.role), **detail
     )
-    _PENDING.add(task)
-    task.add_done_callback(_PENDING.discard)
-
-
-_PENDING: set[asyncio.Task] = set()
-
-
-async def _logged(writing) -> None:
-    try:
-        await writing
-    except AuditWriteFailed as exc:
-        log.error("%s (a chat request's record is lost; chat is paused until it works)", exc)
 
 
 async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -221,8 +206,6 @@ async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
         if pruning:
             pruning.cancel()
             await asyncio.gather(pruning, return_exceptions=True)
-        if _PENDING:
-            await asyncio.wait(set(_PENDING), timeout=5)
         await trail.close()
 
 
