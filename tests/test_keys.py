@@ -310,3 +310,16 @@ async def test_an_action_the_trail_cannot_record_is_refused(daemon: Daemon, tmp_
     status, _ = await call(daemon, API_KEY, "POST", "/models/cancel-download")
     assert status == 200  # the trail works again: so do actions, and chat after them
     assert (await call(daemon, API_KEY, "POST", "/v1/chat/completions", CHAT))[0] == 200
+
+
+async def test_the_websocket_takes_a_persons_key_and_cookie(daemon: Daemon) -> None:
+    viewer = add_key(daemon.data_dir, "wendy", "viewer")
+    await asyncio.sleep(1.2)  # made by another process: read within a second
+    cookie = await login(daemon, viewer)
+    async with aiohttp.ClientSession() as session:
+        for url, headers in (
+            (f"{daemon.url}/ws/progress?token={viewer}", {}),
+            (f"{daemon.url}/ws/progress", {"Cookie": f"lawchatd_session={cookie}"}),
+        ):
+            async with session.ws_connect(url, headers=headers) as ws:
+                assert (await ws.receive_json())["type"] == "snapshot"
