@@ -233,7 +233,8 @@ async def _the_trail_holds_who_did_what(daemon: Daemon) -> None:
         return [e for e in events if all(e.get(k) == v for k, v in want.items())]
 
     assert find(actor="anna", action="download", outcome="refused")  # a user's download
-    assert find(actor="admin", action="download", outcome="failed")  # unknown variant
+    failed = find(actor="admin", action="download", outcome="failed", target="no-such-model")
+    assert failed and failed[0]["detail"]["asked"] == {"model_variant": "no-such-model"}
     assert find(actor="admin", action="load", outcome="ok", target=VARIANT)
     assert find(actor="carla", action="key.revoke", target="anna", outcome="ok")
     assert find(action="key.add", target="victor", outcome="ok")  # by the CLI

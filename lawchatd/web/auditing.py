@@ -25,6 +25,7 @@ from aiohttp import web
 from lawchatd.errors import LawchatdError
 from lawchatd.modelhost.chat_types import Chunk
 from lawchatd.state.audit import AuditTrail, AuditWriteFailed
+from lawchatd.web.body import JSON_BODY
 from lawchatd.web.caller import caller_of
 from lawchatd.web.keys import SETTINGS
 from lawchatd.web.roles import Permission, needed, route_pattern
@@ -108,9 +109,19 @@ async def audit_actions(request: web.Request, handler):
     return response
 
 
+# What an admin's request body may put in the trail: never a key, never chat text.
+RECORDED_FIELDS = ("model_variant", "force", "queue", "force_reload", "max_rate", "name", "role")
+
+
 async def _outcome(request, action, target, status, started, **detail) -> None:
     outcome = "ok" if status < 400 else "failed"
     seconds = round(time.monotonic() - started, 3)
+    body = request.get(JSON_BODY) or {}
+    asked = {k: body[k] for k in RECORDED_FIELDS if k in body}
+    if asked:
+        detail["asked"] = asked
+        named = asked.get("model_variant") or asked.get("name")
+        target = target or (named if isinstance(named, str) else None)
     # When this fails (logged), the action happened and was recorded as requested.
     with contextlib.suppress(AuditWriteFailed):
         await record(request, action, target, outcome, status=status, seconds=seconds, **detail)
