@@ -10,9 +10,9 @@ import asyncio
 import bisect
 import time
 
+from lawchatd.config import Settings
 from lawchatd.fetch.ratelimit import QUANTUM, RateLimiter
 from lawchatd.hub.session import client_session
-from lawchatd.process.config import Settings
 
 WINDOW = 5.0
 WARMUP = 1.0  # connection set-up and the first buffers are not the steady state

@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from lawchatd import __version__
-from lawchatd.process.config import Settings
+from lawchatd.config import Settings
 from lawchatd.process.sdnotify import Notifier
 from lawchatd.process.startup import EX_CONFIG, StartupError, preflight
 

@@ -11,7 +11,7 @@ from typing import TextIO
 
 import aiohttp
 
-from lawchatd.process.config import Settings
+from lawchatd.config import Settings
 
 # Exit codes scripts can rely on (also in the README).
 OK, FAILED, USAGE, UNREACHABLE, UNAUTHORIZED, BUSY, NO_SPACE, INTERRUPTED = 0, 1, 2, 3, 4, 5, 6, 130

@@ -160,7 +160,7 @@ def in_words(exc: BaseException, *, unexpected: bool = False) -> str:
         )
     if isinstance(leaf, OSError):
         return f"a file operation failed: {words}; check the data folder and try again"
-    return f"an unexpected error stopped it ({words}); see the log"
+    return f"the download stopped on an unexpected error ({words}); see the log"
 
 
 def first_leaf(

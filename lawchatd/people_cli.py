@@ -11,8 +11,8 @@ import json
 import time
 from typing import TextIO
 
+from lawchatd.config import Settings
 from lawchatd.errors import LawchatdError
-from lawchatd.process.config import Settings
 from lawchatd.state.audit import AuditTrail
 from lawchatd.state.keys import KeyStore, parse_expiry
 from lawchatd.state.store import Store

@@ -17,6 +17,7 @@ import aiosqlite
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from lawchatd.config import Settings
 from lawchatd.downloads.catalog import Catalog, ModelSpec
 from lawchatd.downloads.journal import RowJournal, forget_partial, transition
 from lawchatd.downloads.manager import DownloadManager
@@ -27,7 +28,6 @@ from lawchatd.fetch.partial import PartialFile
 from lawchatd.fetch.plan import PartPlan
 from lawchatd.fetch.verify import HASH_CHUNK, Stopped, hash_file, record_of
 from lawchatd.hub.client import HubClient, retry_after
-from lawchatd.process.config import Settings
 from lawchatd.state.store import DownloadRow, Part, Store
 from lawchatd.testing.flaky_hub import Faults, FlakyHub, start_flaky_hub
 

@@ -189,7 +189,7 @@ def test_a_file_ref_names_one_source() -> None:
 
 
 def test_the_daemons_settings_start_from_the_engines_defaults() -> None:
-    from lawchatd.process.config import Settings
+    from lawchatd.config import Settings
 
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     defaults = FetchOptions()

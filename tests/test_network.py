@@ -14,10 +14,10 @@ import aiohttp
 import pytest
 import trustme
 
+from lawchatd.config import Settings
 from lawchatd.errors import in_words as describe_error
 from lawchatd.hub.session import client_session, proxy_for, redact, ssl_context
 from lawchatd.mirror import create_mirror_app
-from lawchatd.process.config import Settings
 from lawchatd.testing.daemon import daemon_env
 from lawchatd.testing.mirror_server import Mirror, start_mirror
 from lawchatd.testing.models import REPO, ModelFile

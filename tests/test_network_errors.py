@@ -14,9 +14,9 @@ import pytest
 import trustme
 from aiohttp import web
 
+from lawchatd.config import Settings
 from lawchatd.errors import in_words as describe_error
 from lawchatd.hub.session import client_session
-from lawchatd.process.config import Settings
 from lawchatd.testing.mirror_server import Mirror
 from lawchatd.testing.ports import free_port
 from lawchatd.testing.servers import served

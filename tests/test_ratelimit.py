@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from lawchatd.downloads.bandwidth import Bandwidth, parse_schedule
+from lawchatd.config import Settings
+from lawchatd.downloads.bandwidth import Bandwidth
 from lawchatd.fetch.ratelimit import QUANTUM, RateLimiter, format_rate, parse_rate
+from lawchatd.fetch.schedule import parse_schedule
 from lawchatd.hub.session import client_session
-from lawchatd.process.config import Settings
 from lawchatd.testing.mirror_server import Mirror, start_mirror
 from lawchatd.testing.models import REPO, ModelFile, make_big_gguf
 

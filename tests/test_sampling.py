@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lawchatd.modelhost import Conversation, ModelHost
+from lawchatd.modelhost import Conversation, InvalidRequest, ModelHost
 from lawchatd.modelhost.chat_types import Sampling
 from lawchatd.modelhost.sampling import TextOut
 from lawchatd.testing.ggufgen import make_tiny_llama
@@ -65,7 +65,7 @@ async def test_logit_bias_forces_and_bans(host: ModelHost) -> None:
     allowed = {"x", "y"}
     bans = {tok(chr(b)): -100.0 for b in range(0x0A, 0x7F) if chr(b) not in allowed}
     assert set(await text(host, max_tokens=30, logit_bias=bans)) <= allowed
-    with pytest.raises(ValueError, match="vocabulary"):
+    with pytest.raises(InvalidRequest, match="vocabulary"):
         await host.chat(ASK, Sampling(logit_bias={99999: 1.0}))
 
 

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from lawchatd.client import DaemonClient
-from lawchatd.process.config import Settings
+from lawchatd.config import Settings
 from lawchatd.testing.servers import served
 from lawchatd.web.body import MAX_DEPTH, BadBody, parse
 from lawchatd.web.errors import json_errors

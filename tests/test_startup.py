@@ -132,7 +132,7 @@ def test_a_failure_inside_the_running_loop_releases_everything(env, tmp_path):
     (tmp_path / "data" / "lawchatd.sqlite3").write_bytes(os.urandom(8192))
     code = (
         "import asyncio, sys\n"
-        "from lawchatd.process.config import Settings\n"
+        "from lawchatd.config import Settings\n"
         "from lawchatd.process.server import serve\n"
         "from lawchatd.process.startup import StartupError\n"
         "try:\n"

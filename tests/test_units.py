@@ -9,9 +9,9 @@ import aiohttp
 import pytest
 from aioresponses import aioresponses
 
+from lawchatd.config import Settings
 from lawchatd.downloads.catalog import BUILTIN, Catalog, CatalogError, ModelSpec, load_catalog
 from lawchatd.hub.client import HubClient, HubError, TransientHubError
-from lawchatd.process.config import Settings
 from lawchatd.process.startup import StartupError, refuse_unsafe_bind
 from lawchatd.state.store import SCHEMA_VERSION, DownloadRow, Part, Store
 

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from lawchatd.config import Settings
 from lawchatd.downloads.catalog import ModelSpec
 from lawchatd.downloads.journal import RowJournal, transition
 from lawchatd.fetch import (
@@ -29,7 +30,6 @@ from lawchatd.fetch.partial import part_path as part_beside
 from lawchatd.fetch.plan import PartPlan
 from lawchatd.fetch.verify import Verified, record_of
 from lawchatd.hub.client import HubClient
-from lawchatd.process.config import Settings
 from lawchatd.state.store import DownloadRow, Store
 
 log = logging.getLogger(__name__)

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
+from lawchatd.config import Settings
 from lawchatd.downloads.catalog import Catalog, ModelSpec
 from lawchatd.downloads.download import Download, final_path, part_path
 from lawchatd.downloads.finals import FinalFiles
@@ -23,7 +24,6 @@ from lawchatd.downloads.queue import DownloadQueue
 from lawchatd.errors import Conflict, InsufficientStorage
 from lawchatd.fetch import Limiter, Phase, Snapshot, Status
 from lawchatd.hub.client import HubClient
-from lawchatd.process.config import Settings
 from lawchatd.state.histograms import download_seconds
 from lawchatd.state.store import DownloadRow, Store
 

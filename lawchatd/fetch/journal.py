@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -84,12 +85,18 @@ class FileJournal:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        # Saves overlap (the record and sync loops; a cancelled save's thread still writing while
+        # the stop saves again): one writer at a time, and an older entry never lands last.
+        self._writing = threading.Lock()
+        self._asked = 0  # save calls numbered on the event loop
+        self._written = 0  # the newest number on disk
 
     async def load(self) -> Entry | None:
         return await asyncio.to_thread(self._read)
 
     async def save(self, entry: Entry) -> None:
-        await asyncio.to_thread(self._write, entry)
+        self._asked += 1
+        await asyncio.to_thread(self._write, entry, self._asked)
 
     def forget(self) -> None:
         """Delete the file (its fetch is published, or given up). A file operation: call it
@@ -104,11 +111,15 @@ class FileJournal:
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             return None  # none, or unreadable: start over, which is always safe
 
-    def _write(self, entry: Entry) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(json.dumps(asdict(entry)))
-        os.replace(temporary, self.path)
+    def _write(self, entry: Entry, number: int) -> None:
+        with self._writing:
+            if number < self._written:
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self.path.with_name(self.path.name + ".tmp")
+            temporary.write_text(json.dumps(asdict(entry)))
+            os.replace(temporary, self.path)
+            self._written = number
 
 
 def _copy(entry: Entry) -> Entry:

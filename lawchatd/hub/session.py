@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 class NetworkSettings(Protocol):
-    """The network settings read here (lawchatd.process.config.Settings has them all)."""
+    """The network settings read here (lawchatd.config.Settings has them all)."""
 
     @property
     def hf_endpoint(self) -> str: ...

@@ -16,6 +16,8 @@ from lawchatd.mirror.core import Core
 from lawchatd.mirror.digests import Digests
 from lawchatd.mirror.files import Files
 from lawchatd.mirror.index import RepoIndex
+from lawchatd.mirror.pull import PullThrough
+from lawchatd.mirror.repo import Repo
 from lawchatd.mirror.signing import Signer
 from lawchatd.web.errors import hub_errors
 
@@ -57,8 +59,6 @@ def create_mirror_app(
     app = web.Application(middlewares=[hub_errors])  # a Refused (or a bug) in the Hub's shape
     app[CORE] = core
     if upstream:
-        from lawchatd.mirror.pull import PullThrough
-
         core.pull = PullThrough(
             core.index, core.digests, upstream.rstrip("/"), upstream_token, fetch_options,
             upstream_repos, network,
@@ -85,8 +85,6 @@ async def _status(request: web.Request) -> web.Response:
 
 
 def _list_repos(root: Path) -> list[dict]:
-    from lawchatd.mirror.repo import Repo
-
     files = []
     for org in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for folder in sorted(p for p in org.iterdir() if not p.name.startswith(".")):

@@ -9,14 +9,17 @@ small file has no sha256 on the Hub: its git blob id is checked here, before DIR
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from lawchatd.errors import LawchatdError
+from lawchatd.errors import LawchatdError, in_words
 from lawchatd.fetch import DownloadFailed, FetchOptions, FileFetch, FileJournal, FileRef, part_path
 from lawchatd.hub.client import HubClient
 from lawchatd.mirror.digests import blob_oid_file
 from lawchatd.mirror.upstream import UpstreamFile
+
+log = logging.getLogger(__name__)
 
 
 class FetchFailed(LawchatdError):
@@ -65,6 +68,11 @@ class EngineFetch:
             fetched = await self._fetch.run()
         except DownloadFailed as exc:
             raise FetchFailed(str(exc)) from exc
+        except (asyncio.CancelledError, FetchFailed):
+            raise
+        except Exception as exc:  # a bug: the clients must hear a failure, never read the holes
+            log.exception("mirror fetch of %s failed", self.verified_file.name)
+            raise FetchFailed(in_words(exc, unexpected=True)) from exc
         await asyncio.to_thread(self._journal.forget)
         if self._file.blob_oid is not None:
             problem = await asyncio.to_thread(_check_blob, fetched.path, self._file)

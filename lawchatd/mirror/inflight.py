@@ -37,8 +37,9 @@ class Fetch:
 
     def available(self, offset: int) -> int:
         """The end of the bytes that can be read without a gap from `offset`."""
-        if self.task is not None and self.task.done() and self.failed is None:
-            return self.file.size
+        task = self.task
+        if task is not None and task.done() and not task.cancelled() and task.exception() is None:
+            return self.file.size  # published: every byte is there
         return self.transfer.available(offset)
 
     def names(self) -> list[Path]:

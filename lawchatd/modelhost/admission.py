@@ -1,7 +1,11 @@
 """Chat admission: a request finds the answering model (waiting for one being loaded, or
 waking one keep-alive unloaded), is tokenized and queued in its engine, and streams its
 pieces back. Requests beyond ``queue_limit`` waiting, or waiting past ``load_wait`` for a
-model, are refused (QueueFull, ModelWaitTimeout: 503 + Retry-After)."""
+model, are refused (QueueFull, ModelWaitTimeout: 503 + Retry-After).
+
+Each request names its caller (a key's name) and that key's limits: over them it is refused
+(KeyLimitReached: 429 + Retry-After), and what it spends is counted (fairshare.py). In the
+engine, slots are shared round robin between callers (fairqueue.py)."""
 
 from __future__ import annotations
 
@@ -14,11 +18,13 @@ from lawchatd.modelhost.counters import Counters
 from lawchatd.modelhost.engine import Finish, Seq
 from lawchatd.modelhost.errors import (
     InvalidRequest,
+    KeyLimitReached,
     ModelWaitTimeout,
     NoModelLoaded,
     PromptTooLong,
     QueueFull,
 )
+from lawchatd.modelhost.fairshare import NO_LIMITS, FairShare, Limits
 from lawchatd.modelhost.keepalive import KeepAlive
 from lawchatd.modelhost.load_lock import LoadLock
 from lawchatd.modelhost.prompt import Conversation, encode_llama2
@@ -50,17 +56,41 @@ class Admission:
         self.queue_limit = queue_limit
         self.load_wait = load_wait
         self.waiting_for_model = 0
+        self.fair = FairShare()
 
-    async def chat(self, conversation: Conversation, sampling: Sampling) -> Completion:
-        return await gathered(self.chat_stream(conversation, sampling))
+    async def chat(
+        self,
+        conversation: Conversation,
+        sampling: Sampling,
+        caller: str = "",
+        limits: Limits = NO_LIMITS,
+    ) -> Completion:
+        return await gathered(self.chat_stream(conversation, sampling, caller, limits))
 
     async def chat_stream(
-        self, conversation: Conversation, sampling: Sampling
+        self,
+        conversation: Conversation,
+        sampling: Sampling,
+        caller: str = "",
+        limits: Limits = NO_LIMITS,
     ) -> AsyncIterator[Chunk]:
         """Text pieces, the last with finish_reason and usage. Errors before the first
-        token (NoModelLoaded, QueueFull, ModelWaitTimeout, PromptTooLong, InvalidRequest) are
-        raised at the first ``__anext__``; closing the iterator cancels this request only."""
-        model, seq = await self._enqueue(conversation, sampling)
+        token (KeyLimitReached, NoModelLoaded, QueueFull, ModelWaitTimeout, PromptTooLong,
+        InvalidRequest) are raised at the first ``__anext__``; closing the iterator cancels
+        this request only."""
+        try:
+            usage = self.fair.enter(caller, limits)
+        except KeyLimitReached as exc:
+            raise self._refused(exc) from None
+        try:
+            model, seq = await self._enqueue(conversation, sampling, caller)
+        except BaseException as exc:
+            if isinstance(exc, QueueFull | NoModelLoaded | ModelWaitTimeout):
+                usage.refused += 1
+            self.fair.leave(usage)
+            raise
+        usage.requests += 1
+        self.fair.spend(usage, prompt=len(seq.prompt))
         counters = self._counters
         started, finished = time.monotonic(), False
         try:
@@ -71,6 +101,7 @@ class Admission:
                 if isinstance(item, Finish):
                     finished = True
                     counters.completion_tokens += item.usage.completion_tokens
+                    self.fair.spend(usage, completion=item.usage.completion_tokens)
                     yield Chunk(model.variant, item.text, item.reason, item.usage)
                     return
                 yield Chunk(model.variant, item)
@@ -83,10 +114,14 @@ class Admission:
         finally:
             if not finished:
                 model.engine.cancel(seq)
+                self.fair.spend(usage, completion=seq.generated)  # what it cost so far
+            self.fair.leave(usage)
             counters.chat_seconds += time.monotonic() - started
             self._keep_alive.arm()
 
-    async def _enqueue(self, conversation: Conversation, s: Sampling) -> tuple[Resident, Seq]:
+    async def _enqueue(
+        self, conversation: Conversation, s: Sampling, caller: str
+    ) -> tuple[Resident, Seq]:
         while True:
             model = await self._answering_model()
             engine = model.engine
@@ -103,7 +138,7 @@ class Admission:
                     f"the prompt has {len(prompt)} tokens; the context window holds {model.n_ctx}"
                 )
             room = model.n_ctx - len(prompt)
-            seq = Seq(prompt, s, min(room, s.max_tokens) if s.max_tokens else room)
+            seq = Seq(prompt, s, min(room, s.max_tokens) if s.max_tokens else room, caller)
             engine.submit(seq)
             self._counters.chat_requests += 1
             return model, seq

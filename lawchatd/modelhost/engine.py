@@ -3,9 +3,10 @@
 Each request is a sequence with its own KV cells (seq_id), its own sampler chain and its own
 output queue. Every step is one ``llama_decode`` over a batch holding the next token of each
 decoding sequence plus a slice of a new prompt, then one sample per sequence that asked for
-logits. Every active sequence advances by one token per step (fair by construction); new
-requests take free slots in arrival order; a long prompt is fed in slices while others
-decode so their streams do not freeze.
+logits. Every active sequence advances by one token per step (fair by construction); a free
+slot goes to the caller with the fewest requests in slots, round robin among equals
+(fairqueue.py), so one key's many queued requests do not keep others waiting; a long
+prompt is fed in slices while others decode so their streams do not freeze.
 
 Threads: state lives on the event loop; only ``_step`` runs in the engine's own thread and
 touches llama.cpp (KV removals, decode, sampling). The loop plans a step, awaits it and
@@ -24,7 +25,7 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from collections import deque
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,7 @@ import llama_cpp
 
 from lawchatd.modelhost.chat_types import FinishReason, Sampling, Usage
 from lawchatd.modelhost.errors import ModelHostError
+from lawchatd.modelhost.fairqueue import FairQueue
 from lawchatd.modelhost.loader import Loaded, free_model
 from lawchatd.modelhost.sampling import TextOut, build_chain, token_piece
 from lawchatd.modelhost.slots import Slots
@@ -67,6 +69,7 @@ class Seq:
     prompt: list[int]
     sampling: Sampling
     max_new: int  # exact cap on completion tokens
+    owner: str = ""  # who asked (a key's name): slots are shared round robin between owners
     out: asyncio.Queue[str | Finish | Exception] = field(default_factory=asyncio.Queue)
     tokens: list[int] = field(default_factory=list)  # prompt + sampled so far
     pending: list[int] = field(default_factory=list)  # not yet in the KV cache
@@ -105,7 +108,7 @@ class Engine:
     def __init__(self, loaded: Loaded) -> None:
         self.loaded = loaded
         self.n_ctx = loaded.n_ctx
-        self.waiting: deque[Seq] = deque()
+        self.waiting: FairQueue[Seq] = FairQueue()
         self.active: list[Seq] = []
         self._slots = Slots(loaded.n_seq)
         self._chains_to_free: list[Any] = []  # freed on the engine thread
@@ -191,19 +194,19 @@ class Engine:
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self.active if s.cancelled]:
             self._release(seq)
-        if any(s.cancelled for s in self.waiting):
-            self.waiting = deque(s for s in self.waiting if not s.cancelled)
+        self.waiting.remove_if(lambda s: s.cancelled)
 
     def _admit(self) -> None:
         used = sum(s.n_past + len(s.pending) for s in self.active)
-        while self.waiting and self._slots:
-            head = self.waiting[0]
+        running = Counter(s.owner for s in self.active)
+        while self._slots and (head := self.waiting.head(running)) is not None:
             room = self.n_ctx - used - self._slots.cached_cells
             if room < len(head.pending) + 1 and self._slots.evict():
                 continue
             if self.active and room < len(head.pending) + 1:
-                break  # wait for cells: first come, first served
-            self.waiting.popleft()
+                break  # the one whose turn it is waits for cells; nobody jumps ahead
+            self.waiting.pop(head)
+            running[head.owner] += 1
             head.seq_id, reused = self._slots.take(head.tokens)
             head.n_past, head.pending = reused, head.tokens[reused:]
             self.active.append(head)
@@ -281,8 +284,7 @@ class Engine:
     def _fail_all(self, error: Exception) -> None:
         for seq in list(self.active):
             self._fail(seq, error)
-        while self.waiting:
-            seq = self.waiting.popleft()
+        for seq in self.waiting.clear():
             seq.out.put_nowait(error)
             self._drop_chain(seq)  # a preempted request already had one
 

@@ -43,6 +43,14 @@ class QueueFull(TooManyRequests):
     """Too many chat requests are waiting for the model (HTTP 429, retry after 1 s)."""
 
 
+class KeyLimitReached(TooManyRequests):
+    """A key is over its own chat limit: requests in flight or tokens per minute (HTTP 429
+    with ``Retry-After``)."""
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
 class NoModelLoaded(UserError):
     """No model is loaded (HTTP 503; retrying will not help until one is loaded)."""
 

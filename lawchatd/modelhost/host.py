@@ -21,6 +21,7 @@ from lawchatd.modelhost.admission import Admission
 from lawchatd.modelhost.chat_types import Chunk, Completion, Conversation, Sampling
 from lawchatd.modelhost.counters import Counters
 from lawchatd.modelhost.errors import ModelHostError, ModelLoadError, NoModelLoaded
+from lawchatd.modelhost.fairshare import NO_LIMITS, KeyUsage, Limits
 from lawchatd.modelhost.keepalive import KeepAlive
 from lawchatd.modelhost.load_lock import LoadLock
 from lawchatd.modelhost.loader import default_threads
@@ -132,11 +133,30 @@ class ModelHost:
 
     # --- chat (admission.py) ---
 
-    async def chat(self, conversation: Conversation, sampling: Sampling) -> Completion:
-        return await self.admission.chat(conversation, sampling)
+    async def chat(
+        self,
+        conversation: Conversation,
+        sampling: Sampling,
+        caller: str = "",
+        limits: Limits = NO_LIMITS,
+    ) -> Completion:
+        return await self.admission.chat(conversation, sampling, caller, limits)
 
-    def chat_stream(self, conversation: Conversation, sampling: Sampling) -> AsyncIterator[Chunk]:
-        return self.admission.chat_stream(conversation, sampling)
+    def chat_stream(
+        self,
+        conversation: Conversation,
+        sampling: Sampling,
+        caller: str = "",
+        limits: Limits = NO_LIMITS,
+    ) -> AsyncIterator[Chunk]:
+        """``caller`` (a key's name) shares the slots round robin with other callers and is
+        held to ``limits``; its usage is counted under that name (``usage``)."""
+        return self.admission.chat_stream(conversation, sampling, caller, limits)
+
+    @property
+    def usage(self) -> dict[str, KeyUsage]:
+        """Chat usage per caller since the start."""
+        return self.admission.fair.usage
 
     # --- load / unload ---
 

@@ -9,7 +9,7 @@ import signal
 from aiohttp import web
 
 from lawchatd import __version__
-from lawchatd.process.config import Settings
+from lawchatd.config import Settings
 from lawchatd.process.httpserver import harden
 from lawchatd.process.logs import MaskingAccessLogger
 from lawchatd.process.sdnotify import Notifier, keep_watchdog_fed, relay_status, watchdog_interval

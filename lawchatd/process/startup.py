@@ -14,8 +14,8 @@ import socket
 import sqlite3
 from pathlib import Path
 
+from lawchatd.config import Settings
 from lawchatd.downloads.catalog import CatalogError
-from lawchatd.process.config import Settings
 
 # sysexits.h numbers, so `systemctl status` shows a code that means something.
 EX_CONFIG = 78  # settings, catalog or an unsafe bind address

@@ -12,12 +12,12 @@ from aiohttp import WSCloseCode, web
 
 from lawchatd import __version__
 from lawchatd.activation import Activator
+from lawchatd.config import Settings
 from lawchatd.downloads.catalog import Catalog, load_catalog
 from lawchatd.downloads.manager import DownloadManager
 from lawchatd.hub.client import HubClient
 from lawchatd.hub.session import client_session
 from lawchatd.modelhost import ModelHost
-from lawchatd.process.config import Settings
 from lawchatd.state.progress import ProgressHub
 from lawchatd.state.store import Store
 from lawchatd.web import session

@@ -25,8 +25,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
 
+from lawchatd.config import Settings, normal_origin, split_host
 from lawchatd.errors import Forbidden, UserError
-from lawchatd.process.config import Settings, normal_origin, split_host
 from lawchatd.web.body import content_type_problem
 from lawchatd.web.keys import SETTINGS
 

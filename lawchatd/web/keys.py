@@ -5,11 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from lawchatd.activation import Activator
+from lawchatd.config import Settings
 from lawchatd.downloads.bandwidth import Bandwidth
 from lawchatd.downloads.catalog import Catalog
 from lawchatd.downloads.manager import DownloadManager
 from lawchatd.modelhost import ModelHost
-from lawchatd.process.config import Settings
 from lawchatd.state.histograms import ChatTimings
 from lawchatd.state.progress import ProgressHub
 from lawchatd.state.store import Store

@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from lawchatd.downloads.bandwidth import Bandwidth, parse_schedule
+from lawchatd.downloads.bandwidth import Bandwidth
 from lawchatd.fetch.ratelimit import RateLimiter
+from lawchatd.fetch.schedule import parse_schedule
 from lawchatd.web.body import read_json
 from lawchatd.web.keys import BANDWIDTH, PROGRESS, SETTINGS
 

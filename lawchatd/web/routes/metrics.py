@@ -7,7 +7,7 @@ has its own registry, so two apps in one process do not share or collide.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.metrics_core import Metric
 
+from lawchatd.modelhost.fairshare import KeyUsage
 from lawchatd.web.keys import CHAT_TIMINGS, MANAGER, MODEL_HOST, WEBSOCKETS
 
 routes = web.RouteTableDef()
@@ -41,6 +42,22 @@ def _by_outcome(name: str, help_text: str, counts: Iterable[tuple[str, int]]) ->
     for outcome, n in counts:
         family.add_metric([outcome], n)
     return family
+
+
+def _per_key(usage: Mapping[str, KeyUsage]) -> Iterable[Metric]:
+    """Chat usage per key (GET /keys/usage has the same figures)."""
+    requests = CounterMetricFamily(
+        "lawchatd_key_chat_requests_total", "Chat requests per key.", labels=["key", "outcome"]
+    )
+    tokens = CounterMetricFamily(
+        "lawchatd_key_tokens_total", "Chat tokens per key.", labels=["key", "kind"]
+    )
+    for key, u in sorted(usage.items()):
+        requests.add_metric([key, "accepted"], u.requests)
+        requests.add_metric([key, "refused"], u.refused)
+        tokens.add_metric([key, "prompt"], u.prompt_tokens)
+        tokens.add_metric([key, "completion"], u.completion_tokens)
+    return (requests, tokens)
 
 
 class _Live:
@@ -89,6 +106,7 @@ class _Live:
         )  # fmt: skip
         yield from manager.download_seconds.collect()
         yield from app[CHAT_TIMINGS].collect()
+        yield from _per_key(host.usage)
 
 
 @routes.get("/metrics")

@@ -22,9 +22,11 @@ from lawchatd.modelhost.chat_types import Chunk, Completion, Usage, gathered
 from lawchatd.state.histograms import ChatTimings
 from lawchatd.web.auditing import watch_chat
 from lawchatd.web.body import read_json
+from lawchatd.web.caller import caller_of
 from lawchatd.web.chat_request import ChatRequest, include_usage, messages_of, sampling_of
 from lawchatd.web.errors import as_error, openai_body
 from lawchatd.web.keys import CHAT_TIMINGS, MODEL_HOST
+from lawchatd.web.routes import usage
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ def add_chat_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model_id}", get_model)
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.add_routes(usage.routes)  # GET /keys/usage: what each key spent of the model
 
 
 def _model_object(request: web.Request) -> dict[str, Any] | None:
@@ -84,7 +87,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             f"{param}: must be at most {n_ctx} (n_ctx)", param=param, code="invalid_value"
         )
     # The host's errors (no model, a full queue, a prompt too long...) answer for themselves.
-    chunks = request.app[CHAT_TIMINGS].observe(host.chat_stream(conversation, sampling))
+    caller = caller_of(request)  # slots are shared between keys; each is held to its limits
+    limits = usage.limits_for(request.app, caller)
+    stream = host.chat_stream(conversation, sampling, caller.name, limits)
+    chunks = request.app[CHAT_TIMINGS].observe(stream)
     chunks = watch_chat(request, chunks, prompt=messages)  # the audit trail's record
     if body.stream:
         return await _sse(request, chunks, include_usage(body))

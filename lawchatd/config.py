@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lawchatd.downloads.bandwidth import parse_schedule
 from lawchatd.fetch.options import FetchOptions
 from lawchatd.fetch.ratelimit import parse_rate
+from lawchatd.fetch.schedule import parse_schedule
 
 
 def _default_data_dir() -> Path:
@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     max_retries: int = Field(FetchOptions.max_retries, ge=0)
     retry_backoff: float = Field(FetchOptions.retry_backoff, ge=0)
     chat_queue_limit: int = Field(16, ge=1)
+    # A `user` key's chat limits unless the key sets its own (README "Sharing the model").
+    user_max_concurrent: int | None = Field(4, ge=1)
+    user_tokens_per_minute: int | None = Field(None, ge=1)
     log_level: str = "INFO"
     # Security knobs (README "Security"): extra names the Host header may carry (a reverse
     # proxy's), comma-separated; `*` turns the Host check off.
@@ -174,7 +177,15 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
-    @field_validator("n_ctx", "keep_alive", "memory_max", "parallel", mode="before")
+    @field_validator(
+        "n_ctx",
+        "keep_alive",
+        "memory_max",
+        "parallel",
+        "user_max_concurrent",
+        "user_tokens_per_minute",
+        mode="before",
+    )
     @classmethod
     def _unset_words(cls, value: object) -> object:
         return None if value in ("", "max", "none", "never") else value
