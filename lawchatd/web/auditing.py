@@ -148,13 +148,23 @@ def check_writable(request: web.Request) -> None:
         )
 
 
-async def watch_chat(
+def watch_chat(
     request: web.Request, chunks: AsyncIterator[Chunk], prompt: Any = None
 ) -> AsyncIterator[Chunk]:
     """`chunks`, passed through; when the answer ends (done, failed or abandoned) one `chat`
-    event records it. The chat route calls this on its chunk stream."""
+    event records it. The chat route calls this on its chunk stream. An app without an audit
+    trail (a test's bare chat app) gets `chunks` as they are."""
+    if AUDIT not in request.app:
+        return chunks
+    return _watched(request, chunks, prompt)
+
+
+async def _watched(
+    request: web.Request, chunks: AsyncIterator[Chunk], prompt: Any
+) -> AsyncIterator[Chunk]:
     check_writable(request)
-    keep_text = request.app[SETTINGS].audit_content
+    settings = request.app.get(SETTINGS)
+    keep_text = settings is not None and settings.audit_content
     started = time.monotonic()
     model = None
     usage = None
