@@ -92,7 +92,14 @@ def daemon(
 
 
 async def _load(daemon: Daemon) -> None:
-    status, body = await call(daemon, API_KEY, "POST", "/models/load", {"model_variant": VARIANT})
+    # The copied file is checked once at start (in the background): until then it is 404.
+    for _ in range(100):
+        status, body = await call(
+            daemon, API_KEY, "POST", "/models/load", {"model_variant": VARIANT}
+        )
+        if status != 404:
+            break
+        await asyncio.sleep(0.1)
     assert status == 200 and body["loaded"], body
 
 
