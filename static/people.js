@@ -3,7 +3,8 @@
 // GET /session says the person's name and role. The page then marks <body data-role=...>: the
 // style sheet hides what the role may not do (admin actions for `user` and `viewer`, the chat
 // for `viewer`); the daemon refuses those anyway (403), this only keeps the page honest. An
-// admin also gets the "People and keys" panel: list, add (the new key is shown once), revoke.
+// admin also gets the "People and keys" panel: list (with each key's chat usage), add (the
+// new key is shown once), revoke.
 
 import { api } from "./api.js";
 import { $, button, reportFailure, showNotice } from "./messages.js";
@@ -97,6 +98,7 @@ async function refreshKeys() {
     reportFailure(error, "Listing the keys");
     return;
   }
+  const usage = await usageByName();
   const list = $("people-list");
   list.replaceChildren();
   for (const key of answer.keys) {
@@ -106,9 +108,21 @@ async function refreshKeys() {
     const text = document.createElement("span");
     const used = key.last_used ? `last used ${key.last_used}` : "never used";
     const state = key.state === "live" ? "" : ` · ${key.state}`;
-    text.textContent = `${key.name} · ${key.role} · ${used}${state}`;
+    const spent = usage[key.name];
+    const chats = spent ? ` · ${spent.requests} chats, ${spent.total_tokens} tokens` : "";
+    text.textContent = `${key.name} · ${key.role} · ${used}${state}${chats}`;
     item.append(text, button("Revoke", "danger", () => revoke(key.name)));
     list.append(item);
+  }
+}
+
+// Chat usage per key since the daemon started (GET /keys/usage); none when it cannot say.
+async function usageByName() {
+  try {
+    const answer = await api("GET", "/keys/usage");
+    return Object.fromEntries(answer.keys.map((entry) => [entry.name, entry]));
+  } catch {
+    return {};
   }
 }
 
