@@ -3,6 +3,7 @@ recorded and keeps the chain checkable, and the breaks `verify` names."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from pathlib import Path
@@ -52,3 +53,25 @@ async def test_verify_names_the_first_broken_row(tmp_path: Path) -> None:
         assert broken is not None and broken.row_id == 3 and "rows 2..2 are missing" in str(broken)
     finally:
         await trail.close()
+
+
+async def test_retention_prunes_at_start_and_records_it(make_daemon) -> None:
+    daemon = await make_daemon().start()
+    status, _ = await daemon.post("/models/cancel-download")
+    assert status == 200
+    await daemon.close()
+    await asyncio.sleep(1.0)
+    # 0.00001 days is 0.864 s: every event of the first run is older than that by now.
+    again = await make_daemon(LAWCHATD_AUDIT_RETENTION_DAYS="0.00001").start()
+    trail = await AuditTrail.open(daemon.data_dir / "lawchatd.sqlite3")
+    try:
+        for _ in range(50):
+            actions = [row["action"] async for row in trail.rows()]
+            if "audit.prune" in actions:
+                break
+            await asyncio.sleep(0.1)
+        assert "cancel" not in actions and "audit.prune" in actions, actions
+        assert (await trail.verify())[1] is None
+    finally:
+        await trail.close()
+        await again.close()
