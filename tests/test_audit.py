@@ -5,11 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+
+from lawchatd.config import Settings
+from lawchatd.modelhost.chat_types import Chunk, Usage
 from lawchatd.state.audit import AuditTrail
 from lawchatd.state.store import Store
+from lawchatd.web.auditing import AUDIT, watch_chat
+from lawchatd.web.caller import Caller, Role, set_caller
+from lawchatd.web.keys import SETTINGS
 
 
 async def trail_at(tmp_path: Path) -> AuditTrail:
@@ -75,3 +86,37 @@ async def test_retention_prunes_at_start_and_records_it(make_daemon) -> None:
     finally:
         await trail.close()
         await again.close()
+
+
+@pytest.mark.parametrize("keep", [False, True])
+async def test_a_chat_record_has_the_text_only_when_asked(tmp_path: Path, keep: bool) -> None:
+    trail = await trail_at(tmp_path)
+    app = web.Application()
+    app[AUDIT] = trail
+    app[SETTINGS] = Settings(data_dir=tmp_path, audit_content=keep, _env_file=None)
+    request = make_mocked_request("POST", "/v1/chat/completions", app=app)
+    set_caller(request, Caller("anna", Role.USER))
+
+    async def answer() -> AsyncIterator[Chunk]:
+        yield Chunk("law-7b", "A tort is ")
+        yield Chunk("law-7b", "a civil wrong.", "stop", Usage(12, 5))
+
+    prompt = [{"role": "user", "content": "What is a tort?"}]
+    texts = [chunk.text async for chunk in watch_chat(request, answer(), prompt)]
+    assert "".join(texts) == "A tort is a civil wrong."
+    try:
+        for _ in range(50):
+            rows = [row async for row in trail.rows()]
+            if rows:
+                break
+            await asyncio.sleep(0.02)
+        (row,) = rows
+        detail = json.loads(row["detail"])
+        assert row["actor"] == "anna" and row["role"] == "user" and row["action"] == "chat"
+        assert detail["model"] == "law-7b" and detail["status"] == 200
+        assert (detail["prompt_tokens"], detail["completion_tokens"]) == (12, 5)
+        assert ("completion" in detail) is keep and ("What is a tort?" in row["detail"]) is keep
+        if keep:
+            assert detail["completion"] == "A tort is a civil wrong."
+    finally:
+        await trail.close()
