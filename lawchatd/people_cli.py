@@ -13,7 +13,7 @@ from typing import TextIO
 
 from lawchatd.config import Settings
 from lawchatd.errors import LawchatdError
-from lawchatd.state.audit import AuditTrail
+from lawchatd.state.audit import AuditTrail, AuditWriteFailed
 from lawchatd.state.keys import KeyStore, parse_expiry
 from lawchatd.state.store import Store
 
@@ -39,7 +39,13 @@ async def keys_command(settings: Settings, args: argparse.Namespace, out: TextIO
             key, stored = await keys.add(
                 args.name, args.role, expires, args.max_concurrent, args.tokens_per_minute
             )
-            await trail.append(_actor(), "key.add", stored.name, "ok", None, key_role=stored.role)
+            try:
+                await trail.append(
+                    _actor(), "key.add", stored.name, "ok", None, key_role=stored.role
+                )
+            except AuditWriteFailed:
+                await keys.revoke(stored.name)  # a key nobody can account for is not handed out
+                raise
             out.write(key + "\n")  # the key alone on its line: scripts read it from here
         elif args.keys_command == "revoke":
             stored = await keys.revoke(args.name)

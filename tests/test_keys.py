@@ -246,7 +246,7 @@ async def _the_trail_holds_who_did_what(daemon: Daemon) -> None:
     assert find(actor="carla", action="key.revoke", target="anna", outcome="ok")
     assert find(action="key.add", target="victor", outcome="ok")  # by the CLI
     assert find(actor="victor", action="login", outcome="ok")
-    assert find(action="auth.failed", outcome="refused")
+    assert find(actor="rita (revoked key)", action="auth.failed", outcome="refused")
     chats = [e for e in find(actor="anna", action="chat") if e["detail"]["status"] == 200]
     assert chats and chats[-1]["detail"]["model"] == VARIANT
     assert chats[-1]["detail"]["completion_tokens"] > 0 and "prompt" not in chats[-1]["detail"]

@@ -43,7 +43,8 @@ async def _by_key(request: web.Request, presented: str) -> Person:
     client = request.remote or "unknown"
     refused = wrong_key(request.app, client, why, f"{request.method} {request.path}")
     with contextlib.suppress(AuditWriteFailed):
-        await record_as(request, "(unknown key)", "auth.failed", "refused", client=client)
+        holder = request.app[PEOPLE].holder(presented)
+        await record_as(request, holder, "auth.failed", "refused", client=client)
     raise refused
 
 

@@ -77,6 +77,14 @@ class People:
         self._touch(keys, stored)
         return Person(stored.id, caller_of_key(stored)), ""
 
+    def holder(self, presented: str) -> str:
+        """Who a refused key belonged to, for the audit trail: a revoked or expired key's
+        name (someone who left trying their old key), else "(unknown key)"."""
+        stored = self._app[KEYSTORE].find(presented)
+        if stored is None:
+            return "(unknown key)"
+        return f"{stored.name} ({stored.state(time.time())} key)"
+
     async def by_id(self, key_id: int) -> Person | None:
         """The person a session belongs to, while their key is live."""
         if key_id == BOOTSTRAP_ID:

@@ -198,7 +198,8 @@ async def post_session(request: web.Request) -> web.Response:
         # Checked and counted with no await in between, so parallel guesses are counted too.
         refused = wrong_key(request.app, client, why, "POST /session")
         with contextlib.suppress(AuditWriteFailed):
-            await record_as(request, "(unknown key)", "login", "failed", client=client)
+            holder = request.app[PEOPLE].holder(login.api_key)
+            await record_as(request, holder, "login", "failed", client=client)
         raise refused
     set_caller(request, person.caller)
     await record(request, "login", None, "ok", client=client)
