@@ -73,6 +73,15 @@ def _cmd_mirror(args: argparse.Namespace) -> int:
     # Tokens from the environment keep them out of `ps` listings.
     token = args.token or os.environ.get("LAWCHATD_MIRROR_TOKEN") or None
     upstream_token = args.upstream_token or os.environ.get("LAWCHATD_MIRROR_UPSTREAM_TOKEN") or None
+    client_wait = args.client_wait or os.environ.get("LAWCHATD_MIRROR_CLIENT_WAIT") or "20"
+    try:
+        wait_s = float(client_wait)
+        if not 0 < wait_s <= 3600:
+            raise ValueError
+    except ValueError:
+        raise SystemExit(
+            f"lawchatd mirror: --client-wait {client_wait!r} must be seconds, above 0 and at most 3600"
+        ) from None
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(
             run_mirror(
@@ -86,6 +95,7 @@ def _cmd_mirror(args: argparse.Namespace) -> int:
                 upstream_repos=args.upstream_repo,
                 # The daemon's proxy and CA settings (LAWCHATD_PROXY, LAWCHATD_CA_BUNDLE).
                 network=_settings() if upstream else None,
+                client_wait=wait_s,
             )
         )
     return 0
@@ -180,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     mirror.add_argument(
         "--upstream-token",
         help="Bearer token for the upstream (or set LAWCHATD_MIRROR_UPSTREAM_TOKEN)",
+    )
+    mirror.add_argument(
+        "--client-wait",
+        metavar="SECONDS",
+        help="while the upstream is down, a client waiting for a file hears a 503 with "
+        "Retry-After after this long (default 20; or set LAWCHATD_MIRROR_CLIENT_WAIT)",
     )
     mirror.set_defaults(func=_cmd_mirror)
     return parser

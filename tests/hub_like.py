@@ -31,6 +31,7 @@ class HubLike:
         app.router.add_route("*", "/api/resolve-cache/models/{org}/{r}/{commit}/{name}", self.cache)
         app.router.add_get("/cas/{sha}", self.cdn)
         app.router.add_get(f"/api/models/{self.repo}", self.info)
+        app.router.add_get(f"/api/models/{self.repo}/revision/{{rev}}", self.info)
         return app
 
     async def resolve(self, request: web.Request) -> web.Response:
@@ -73,5 +74,23 @@ class HubLike:
         return web.Response(status=404)
 
     async def info(self, request: web.Request) -> web.Response:
-        siblings = [{"rfilename": p.name} for p in sorted(self.root.iterdir())]
+        if request.match_info.get("rev", "main") not in ("main", COMMIT):
+            return web.json_response({}, status=404, headers={"X-Error-Code": "RevisionNotFound"})
+        blobs = request.query.get("blobs") == "true"
+        siblings = [
+            _sibling(p) if blobs else {"rfilename": p.name} for p in sorted(self.root.iterdir())
+        ]
         return web.json_response({"id": self.repo, "sha": COMMIT, "siblings": siblings})
+
+
+def _sibling(path: Path) -> dict:
+    """As huggingface.co lists a file with ?blobs=true: size, blobId, and lfs for LFS files."""
+    data = path.read_bytes()
+    if not path.name.endswith(".gguf"):
+        blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        return {"rfilename": path.name, "size": len(data), "blobId": blob}
+    sha = hashlib.sha256(data).hexdigest()
+    pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {len(data)}\n"
+    blob = hashlib.sha1(b"blob %d\0" % len(pointer) + pointer.encode()).hexdigest()
+    lfs = {"sha256": sha, "size": len(data), "pointerSize": len(pointer)}
+    return {"rfilename": path.name, "size": len(data), "blobId": blob, "lfs": lfs}

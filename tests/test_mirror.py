@@ -143,6 +143,19 @@ async def test_commit_is_stable_accepted_as_revision_and_follows_content(
     assert (await resolve(http, mirror.resolve_url())).headers["X-Repo-Commit"] != commit
 
 
+async def test_a_static_commit_comes_from_the_content_not_the_times(
+    mirror: Mirror, http: aiohttp.ClientSession
+) -> None:
+    # The same files give the same commit, whatever their times (a copy without -a, a touch).
+    commit = (await resolve(http, mirror.resolve_url())).headers["X-Repo-Commit"]
+    os.utime(mirror.path, (1_000_000, 1_000_000))
+    assert (await resolve(http, mirror.resolve_url())).headers["X-Repo-Commit"] == commit
+    mirror.path.write_bytes(mirror.data[:-1] + bytes([mirror.data[-1] ^ 1]))  # one bit
+    assert (await resolve(http, mirror.resolve_url())).headers["X-Repo-Commit"] != commit
+    mirror.path.write_bytes(mirror.data)  # back: the commit it had
+    assert (await resolve(http, mirror.resolve_url())).headers["X-Repo-Commit"] == commit
+
+
 async def test_sidecar_sha256_is_used_without_hashing(
     mirror: Mirror, http: aiohttp.ClientSession
 ) -> None:

@@ -98,7 +98,7 @@ async def test_two_daemons_share_one_upstream_fetch(
 
 
 async def test_a_filled_mirror_serves_without_its_upstream(
-    mirror: Mirror, office: Mirror, models: dict[str, ModelFile]
+    mirror: Mirror, office: Mirror, models: dict[str, ModelFile], hub_root: Path
 ) -> None:
     model = models["tiny-small"]
     url = f"{office.url}/{REPO}/resolve/main/{model.filename}"
@@ -110,10 +110,11 @@ async def test_a_filled_mirror_serves_without_its_upstream(
     status, again, headers = await _get(url)
     assert status == 200 and again == body and mirror.cdn_bytes() == served
     assert headers["X-Linked-Etag"] == f'"{model.sha256}"'
-    status, info, _ = await _get(f"{office.url}/api/models/{REPO}")  # from DIR, now
-    assert status == 200 and [model.filename] == [
-        s["rfilename"] for s in json.loads(info)["siblings"]
-    ]
+    # The upstream's tree as recorded while it answered: the whole repo, not just DIR's part.
+    status, info, _ = await _get(f"{office.url}/api/models/{REPO}")
+    assert status == 200 and headers["X-Repo-Commit"] == json.loads(info)["sha"]
+    listed = sorted(s["rfilename"] for s in json.loads(info)["siblings"])
+    assert listed == sorted(p.name for p in (hub_root / REPO).iterdir() if p.suffix == ".gguf")
 
 
 async def test_the_upstream_dying_mid_fetch_resumes(
@@ -148,10 +149,13 @@ async def test_an_unreachable_upstream_is_a_clear_error(tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     office = await start_mirror(tmp_path / "office", upstream=dead, fetch_options=FAST)
     try:
+        # Never listed while it answered: the mirror cannot say what the repo holds.
         status, body, headers = await _get(f"{office.url}/{REPO}/resolve/main/x.gguf")
-        assert status == 502
+        assert status == 503 and int(headers["Retry-After"]) > 0
         assert f"the upstream {dead} is unreachable" in headers["X-Error-Message"]
-        assert b"unreachable" in body
+        assert b"has no record of" in body
+        status, body, headers = await _get(f"{office.url}/api/models/{REPO}")
+        assert status == 503 and "unreachable" in headers["X-Error-Message"]
     finally:
         await office.runner.cleanup()
 
@@ -211,6 +215,9 @@ def test_the_cli_refuses_an_upstream_that_is_not_http(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "lawchatd", "mirror", str(tmp_path), "--upstream", "ftp://hub"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     assert done.returncode == 1 and "must start with http(s)://" in done.stderr
+    argv = [sys.executable, "-m", "lawchatd", "mirror", str(tmp_path), "--client-wait", "0"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and "--client-wait '0' must be seconds" in done.stderr
 
 
 async def test_bytes_that_fail_the_sha256_never_enter_dir(
@@ -273,9 +280,9 @@ async def test_a_daemon_behind_an_office_with_no_upstream_says_so(
         daemon = await make_daemon(hub=office).start()
         status, reply = await daemon.post("/models/download", {"model_variant": A})
         assert status == 200, reply
-        done = await daemon.wait_done()
-        assert done["status"] == "error"
-        assert f"the upstream {dead} is unreachable" in done["error"], done
+        # A 503 with Retry-After: the daemon waits and says why, in the mirror's words.
+        said = await daemon.wait_progress(lambda p: "is unreachable" in (p.get("message") or ""))
+        assert f"the upstream {dead} is unreachable" in said["message"], said
     finally:
         await office.runner.cleanup()
 
@@ -351,7 +358,7 @@ async def test_an_upstream_commit_gets_its_own_bytes_and_works_offline(tmp_path:
         await _fetches(office, lambda f: not f)
         await upstream.runner.cleanup()  # offline: the commit it handed out still resolves...
         assert (await _get(f"{resolve}/{commit}/moving.gguf"))[1] == path.read_bytes()
-        assert (await _get(f"{resolve}/{'e' * 40}/moving.gguf"))[0] == 502
+        assert (await _get(f"{resolve}/{'e' * 40}/moving.gguf"))[0] == 503  # never recorded
         await office.runner.cleanup()  # ...also after a restart of the office
         office = await start_mirror(tmp_path / "office", upstream=upstream.url)
         resolve = f"{office.url}/{REPO}/resolve"

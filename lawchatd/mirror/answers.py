@@ -52,11 +52,4 @@ class Refusal:
     code: str | None
     message: str
     reason: str | None = None  # the status line's phrase, where a client shows only that
-
-
-@dataclass(frozen=True)
-class Forwarded:
-    """The upstream's 200 to an /api/ call, to send on as it is."""
-
-    body: bytes
-    headers: dict[str, str]
+    retry_after: int | None = None  # seconds, for a 503: the upstream may answer later

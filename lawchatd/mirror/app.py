@@ -16,8 +16,9 @@ from lawchatd.mirror.core import Core
 from lawchatd.mirror.digests import Digests
 from lawchatd.mirror.files import Files
 from lawchatd.mirror.index import RepoIndex
-from lawchatd.mirror.pull import PullThrough
+from lawchatd.mirror.pull import CLIENT_WAIT, PullThrough
 from lawchatd.mirror.repo import Repo
+from lawchatd.mirror.report import repos_report
 from lawchatd.mirror.signing import Signer
 from lawchatd.web.errors import hub_errors
 
@@ -40,12 +41,15 @@ def create_mirror_app(
     fetch_options: FetchOptions | None = None,
     upstream_repos: Sequence[str] = (),
     network: NetworkSettings | None = None,
+    client_wait: float | None = None,
 ) -> web.Application:
     """An aiohttp app serving ``root/<org>/<repo>/<file>`` like the Hub (see files.py, api.py).
 
     With `upstream`, files DIR lacks are fetched from there on first request (pull.py), for
     the repos matching `upstream_repos` (fnmatch patterns; none given: every repo), through
     the proxy and CA files of `network` (`lawchatd mirror` passes the daemon's Settings).
+    `client_wait`: seconds a client waits for bytes from a stalled upstream before it hears
+    a 503 with Retry-After (default 20).
     """
     real_root = Path(os.path.realpath(root))
     core = Core(
@@ -61,7 +65,7 @@ def create_mirror_app(
     if upstream:
         core.pull = PullThrough(
             core.index, core.digests, upstream.rstrip("/"), upstream_token, fetch_options,
-            upstream_repos, network,
+            upstream_repos, network, CLIENT_WAIT if client_wait is None else client_wait,
         )  # fmt: skip
         app.cleanup_ctx.append(core.pull.lifetime)
     app.router.add_get("/_mirror/status", _status)
@@ -79,9 +83,16 @@ async def _status(request: web.Request) -> web.Response:
             "root": str(core.root),
             "upstream": core.pull.endpoint if core.pull else None,
             "files": repos,
-            "fetches": core.pull.status() if core.pull else [],
+            "fetches": core.pull.fetches() if core.pull else [],
+            "repos": await _repos(core),
         }
     )
+
+
+async def _repos(core: Core) -> list[dict]:
+    if core.pull is None:
+        return []
+    return await repos_report(core.pull)
 
 
 def _list_repos(root: Path) -> list[dict]:
@@ -114,6 +125,7 @@ async def run_mirror(
     upstream_token: str | None = None,
     upstream_repos: Sequence[str] = (),
     network: NetworkSettings | None = None,
+    client_wait: float | None = None,
 ) -> None:
     """Serve ``root`` until cancelled."""
     root = Path(root)
@@ -127,6 +139,7 @@ async def run_mirror(
         upstream_token=upstream_token,
         upstream_repos=upstream_repos,
         network=network,
+        client_wait=client_wait,
     )
     # A short shutdown: a multi-GB response in flight must not hold up Ctrl-C for a minute.
     runner = web.AppRunner(app, shutdown_timeout=2.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -55,8 +56,13 @@ def error(
     return hub_response(Refused(status, code, message, headers, reason=reason))
 
 
+def refused(answer: Refusal) -> Refused:
+    headers = {} if answer.retry_after is None else {"Retry-After": str(answer.retry_after)}
+    return Refused(answer.status, answer.code, answer.message, headers, reason=answer.reason)
+
+
 def refusal(answer: Refusal) -> web.Response:
-    return error(answer.status, answer.code, answer.message, reason=answer.reason)
+    return hub_response(refused(answer))
 
 
 @dataclass
@@ -86,11 +92,20 @@ class Core:
             raise Refused(404, "RepoNotFound", "Repository not found")
         return repo
 
-    def check_revision(self, repo: Repo, revision: str, org: str, name: str) -> None:
-        if revision in (MAIN, repo.commit):
-            return
-        if self.pull is not None and self.pull.knows_commit(f"{org}/{name}", revision):
-            return
+    async def commit_of(self, repo: Repo) -> str:
+        """A folder's commit, from its content: a hash of the sorted paths and sha256s, so
+        the same files always give the same commit (a static mirror has no other history)."""
+        digest = hashlib.sha1()
+        for relpath in sorted(repo.entries):
+            sha = await self.digests.sha256(repo.entries[relpath])  # kept beside, or hashed once
+            digest.update(f"{relpath}\0{sha}\n".encode())
+        return digest.hexdigest()
+
+    async def check_revision(self, repo: Repo, revision: str) -> str:
+        """The commit of `revision` (main or the folder's commit itself), else RevisionNotFound."""
+        commit = await self.commit_of(repo)
+        if revision in (MAIN, commit):
+            return commit
         raise Refused(404, "RevisionNotFound", f"Invalid rev id: {revision}")
 
     def authorized(self, request: web.Request) -> bool:

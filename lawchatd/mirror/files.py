@@ -17,7 +17,7 @@ from aiohttp import web
 
 from lawchatd.mirror.answers import FileMeta, Filling, InDir, Refusal, ToCdn
 from lawchatd.mirror.body import FileSource, Source, send_body
-from lawchatd.mirror.core import MAIN, Core, Refused, error, refusal
+from lawchatd.mirror.core import Core, Refused, error, refusal
 from lawchatd.mirror.inflight import FillingSource
 from lawchatd.mirror.paths import BadPath, open_inside, segments
 from lawchatd.mirror.ranges import Unsatisfiable, cdn_etag, parse_range
@@ -51,36 +51,33 @@ class Files:
         org, name = core.repo_id(request)
         relpath, revision = self.relpath(request), request.match_info["revision"]
         repo = await core.index.get(org, name, relpath)
-        entry = repo.entries.get(relpath) if repo else None
-        if repo is not None and entry is not None and revision in (MAIN, repo.commit):
-            return await self.answer_local(request, repo, entry)
         if core.pull is not None and core.pull.allows(org, name):
             answer = await core.pull.resolve(org, name, revision, relpath)
-            if isinstance(answer, Refusal):
-                return refusal(answer)
-            if isinstance(answer, ToCdn):
-                return self.redirect(request, answer.meta, answer.relpath)
-            if answer.meta is not None:
+            if not _only_in_dir(answer, repo):
+                if isinstance(answer, Refusal):
+                    return refusal(answer)
+                if isinstance(answer, ToCdn):
+                    return self.redirect(request, answer.meta, answer.relpath)
+                assert answer.meta is not None
                 return await self.serve_entry(request, answer.meta, answer.entry)
-            # DIR's copy, offline, as DIR describes it.
-            repo = await core.index.get(org, name, relpath)
-            if repo is None:
-                return error(404, "RepoNotFound", "Repository not found")
-            return await self.answer_local(request, repo, answer.entry)
         if repo is None:
             return error(404, "RepoNotFound", "Repository not found")
-        core.check_revision(repo, revision, org, name)
-        return error(404, "EntryNotFound", "Entry not found")
+        await core.check_revision(repo, revision)
+        entry = repo.entries.get(relpath)
+        if entry is None:
+            return error(404, "EntryNotFound", "Entry not found")
+        return await self.answer_local(request, repo, entry)
 
     async def answer_local(
         self, request: web.Request, repo: Repo, entry: Entry
     ) -> web.StreamResponse:
+        commit = await self.core.commit_of(repo)
         if entry.lfs:
             sha = await self.core.digests.sha256(entry)
-            meta = FileMeta(repo.commit, sha, entry.size, f'"{sha}"')
+            meta = FileMeta(commit, sha, entry.size, f'"{sha}"')
             return self.redirect(request, meta, entry.relpath)
         oid = await self.core.digests.blob_oid(entry)
-        meta = FileMeta(repo.commit, None, entry.size, f'"{oid}"')
+        meta = FileMeta(commit, None, entry.size, f'"{oid}"')
         return await self.serve_entry(request, meta, entry)
 
     def redirect(self, request: web.Request, meta: FileMeta, relpath: str) -> web.Response:
@@ -110,21 +107,48 @@ class Files:
             return error(403, None, "Request has expired or is not signed; resolve the file again")
         repo = await core.index.get(org, name, relpath)
         entry = repo.entries.get(relpath) if repo else None
-        commit = request.query.get("commit", "")
+        given = request.query.get("commit", "")
         if entry is not None and await core.digests.sha256(entry) == sha:
             assert repo is not None
-            meta = FileMeta(_commit(commit, repo.commit), sha, entry.size, f'"{sha}"')
+            commit = given if _COMMIT_RE.fullmatch(given) else await core.commit_of(repo)
+            meta = FileMeta(commit, sha, entry.size, f'"{sha}"')
             return await self.serve_entry(request, meta, entry, cdn=True)
         if core.pull is not None and core.pull.allows(org, name):
             found = await core.pull.source(org, name, relpath, sha)
+            commit = given if _COMMIT_RE.fullmatch(given) else "0" * 40
+            if isinstance(found, Refusal):
+                return refusal(found)
             if isinstance(found, InDir):
-                meta = FileMeta(_commit(commit, "0" * 40), sha, found.entry.size, f'"{sha}"')
+                meta = FileMeta(commit, sha, found.entry.size, f'"{sha}"')
                 return await self.serve_entry(request, meta, found.entry, cdn=True)
             if isinstance(found, Filling):
-                size = found.fetch.file.size
-                meta = FileMeta(_commit(commit, "0" * 40), sha, size, f'"{sha}"')
-                return await self.serve(request, meta, FillingSource(found.fetch), size, cdn=True)
+                return await self.serve_filling(
+                    request, FileMeta(commit, sha, 0, f'"{sha}"'), found
+                )
         return error(404, None, "This file changed since it was resolved")
+
+    async def serve_filling(
+        self, request: web.Request, meta: FileMeta, found: Filling
+    ) -> web.StreamResponse:
+        """Bytes on their way; a client that would wait longer than the mirror's client wait
+        for the first of them hears a 503 that says why, not silence until its timeout."""
+        pull, fetch = self.core.pull, found.fetch
+        assert pull is not None
+        size = fetch.file.size
+        meta = FileMeta(meta.commit, meta.sha256, size, meta.etag)
+        try:
+            span = parse_range(request.headers.get("Range"), size)
+        except Unsatisfiable:
+            span = None
+        start = span[0] if span else 0
+        if request.method == "GET" and size and not await fetch.ready(start, pull.client_wait):
+            why = fetch.waiting or f"the upstream sent nothing for {pull.client_wait:g} s"
+            return refusal(pull.unavailable(fetch.file.relpath, why))
+        if fetch.failed is not None and fetch.available(start) <= start:
+            message = f"fetching {fetch.file.relpath} from the upstream failed: {fetch.failed}"
+            return error(502, None, message, reason=f"Bad Gateway: {message}"[:200])
+        source = FillingSource(fetch, pull.client_wait)
+        return await self.serve(request, meta, source, size, cdn=True)
 
     async def serve_entry(
         self, request: web.Request, meta: FileMeta, entry: Entry, *, cdn: bool = False
@@ -190,6 +214,6 @@ async def _serve(
     return resp
 
 
-def _commit(given: str, otherwise: str) -> str:
-    """The commit a /cdn/ URL names (the one resolve handed out), if it is one."""
-    return given if _COMMIT_RE.fullmatch(given) else otherwise
+def _only_in_dir(answer: InDir | ToCdn | Refusal, repo: Repo | None) -> bool:
+    """A repo the upstream does not have, copied into DIR by hand: DIR answers for it."""
+    return isinstance(answer, Refusal) and answer.code == "RepoNotFound" and repo is not None

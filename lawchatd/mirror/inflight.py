@@ -25,6 +25,7 @@ class Fetch:
     transfer: EngineFetch = field(init=False)  # set right after construction: it reports to notify
     task: asyncio.Task[Path | None] | None = None
     failed: str | None = None
+    waiting: str | None = None  # why the fetch waits (the upstream is down), in words
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def notify(self) -> None:
@@ -34,6 +35,17 @@ class Fetch:
     async def wait(self) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), WAKE_SECONDS)
+
+    async def ready(self, offset: int, seconds: float) -> bool:
+        """Whether a byte at `offset` is there (or the fetch ended) within `seconds`."""
+        deadline = time.monotonic() + seconds
+        while self.available(offset) <= offset and self.failed is None:
+            if self.task is not None and self.task.done():
+                break
+            if time.monotonic() >= deadline:
+                return False
+            await self.wait()
+        return True
 
     def available(self, offset: int) -> int:
         """The end of the bytes that can be read without a gap from `offset`."""
@@ -50,21 +62,23 @@ class Fetch:
 class FillingSource:
     """Bytes of a fetch in progress (a body.Source), handed out as they reach the disk."""
 
-    def __init__(self, fetch: Fetch) -> None:
+    def __init__(self, fetch: Fetch, patience: float) -> None:
         self._fetch = fetch
+        self._patience = patience  # seconds without a new byte before the client is cut
         self._fd: int | None = None
 
     async def read(self, offset: int, n: int) -> bytes:
-        while True:
-            end = self._fetch.available(offset)
-            if end > offset:
-                if self._fd is None and not await asyncio.to_thread(self._open):
-                    return b""
-                assert self._fd is not None
-                return await asyncio.to_thread(os.pread, self._fd, min(n, end - offset), offset)
-            if self._fetch.failed is not None:
-                return b""  # the client sees a short body and asks again
-            await self._fetch.wait()
+        # Cut short, the client asks again from where it got to and hears a 503 if the
+        # upstream is still away: better than silence until its read timeout.
+        if not await self._fetch.ready(offset, self._patience):
+            return b""
+        end = self._fetch.available(offset)
+        if end <= offset:
+            return b""  # the fetch failed: the client sees a short body and asks again
+        if self._fd is None and not await asyncio.to_thread(self._open):
+            return b""
+        assert self._fd is not None
+        return await asyncio.to_thread(os.pread, self._fd, min(n, end - offset), offset)
 
     def _open(self) -> bool:
         # The partial, renamed while open, stays the same file: open whichever name it has now.

@@ -1,28 +1,13 @@
-"""What pull-through writes into DIR: verified files with their sidecar, and commits it handed out."""
+"""What pull-through writes into DIR: verified files, with their sidecar."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from lawchatd.fetch.partial import fsync_dir
 from lawchatd.mirror.paths import SIDECAR, inside, may_create
 from lawchatd.mirror.upstream import UpstreamFile
-
-
-def load_commits(path: Path) -> dict[str, set[str]]:
-    try:
-        data = json.loads(path.read_text())
-        return {str(repo): {str(c) for c in commits} for repo, commits in data.items()}
-    except (OSError, ValueError, AttributeError, TypeError):
-        return {}  # none yet, or unreadable: they are learnt again from the upstream
-
-
-def save_json(path: Path, data: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
 
 
 def publish(verified: Path, target: Path, file: UpstreamFile, root: Path) -> None:

@@ -1,38 +1,40 @@
 """Pull-through: a file DIR lacks is fetched from the upstream once, shared, then kept in DIR.
 
-Clients are served as the bytes arrive (from the partial file, as far as it runs without a gap
-from the offset they asked for), not once verified: a 4 GB fetch outlasts every client's read
-timeout. The file enters DIR only after its sha256 (or git blob id) matched the upstream's, so
-DIR never holds bad bytes; a client that streamed a fetch that then failed verification sees its
-connection cut short, and lawchatd (which checks the sha256 itself) starts that part again.
+Which file a revision holds is the upstream's word, recorded (revisions.py): every route
+answers a revision with the upstream's commit and tree, offline too. Clients are served as the
+bytes arrive (from the partial file, as far as it runs without a gap from the offset they asked
+for), not once verified: a 4 GB fetch outlasts every client's read timeout. The file enters DIR
+only after its sha256 (or git blob id) matched the upstream's, so DIR never holds bad bytes.
+When the upstream goes away mid-fetch the fetch waits for it, asking every PROBE_SECONDS, and
+goes on (from the bytes it has) as soon as it answers; clients waiting meanwhile get a 503.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import fnmatch
-import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
-import aiohttp
 from aiohttp import web
 
 from lawchatd.fetch import FetchOptions
 from lawchatd.fetch.errors import describe
 from lawchatd.hub.session import NetworkSettings
-from lawchatd.mirror.answers import FileMeta, Filling, Forwarded, InDir, Refusal, ToCdn
+from lawchatd.mirror.answers import FileMeta, Filling, InDir, Refusal, ToCdn
 from lawchatd.mirror.digests import Digests
 from lawchatd.mirror.engine_fetch import EngineFetch, FetchFailed
 from lawchatd.mirror.index import RepoIndex
 from lawchatd.mirror.inflight import Fetch
-from lawchatd.mirror.landing import load_commits, publish, save_json
+from lawchatd.mirror.landing import publish
 from lawchatd.mirror.paths import may_create
 from lawchatd.mirror.repo import Entry
+from lawchatd.mirror.revisions import RETRY_AFTER, Revisions, Unlisted
+from lawchatd.mirror.trees import Tree, TreeFile
 from lawchatd.mirror.upstream import (
-    METADATA_TIMEOUT,
     Upstream,
     UpstreamError,
     UpstreamFile,
@@ -43,7 +45,13 @@ from lawchatd.mirror.upstream import (
 log = logging.getLogger("lawchatd.mirror")
 
 STAGING = ".lawchatd-mirror"  # inside DIR (same file system, so the last move is a rename); hidden
-COMMITS = "upstream-commits.json"
+TREES = "trees"
+PROBE_SECONDS = 1.0  # while the upstream is down, a fetch asks again this often
+OUTAGE_LIMIT = 6 * 3600.0  # a fetch waits this long for a dead upstream, then gives up
+# The engine's own retries in a row before the mirror looks at the upstream itself: its backoff
+# doubles up to 30 s, far longer than an office's clients should wait after the upstream is back.
+ENGINE_RETRIES = 3
+CLIENT_WAIT = 20.0  # seconds a client waits for bytes before it hears a 503 (a setting)
 
 
 class PullThrough:
@@ -56,23 +64,28 @@ class PullThrough:
         options: FetchOptions | None = None,
         repos: Sequence[str] = (),
         network: NetworkSettings | None = None,
+        client_wait: float = CLIENT_WAIT,
     ) -> None:
         self.index, self.digests = index, digests
         self.root = index.root
         self.endpoint, self._token = endpoint, token
         self.options = options or FetchOptions()
+        self.client_wait = client_wait
+        self.retry_after = RETRY_AFTER
+        self._engine_options = dataclasses.replace(
+            self.options, max_retries=min(self.options.max_retries, ENGINE_RETRIES)
+        )
         self._network = UpstreamNetwork.of(endpoint, self.options.stall_timeout, network)
         self._repos = tuple(repos)  # fnmatch patterns of repos that may be fetched; () = all
-        self._commits: dict[str, set[str]] = {}  # upstream commits handed out, per repo
-        self._saving = asyncio.Lock()
+        self.revisions = Revisions(self.root / STAGING / TREES)
         self._fetches: dict[str, Fetch] = {}  # in flight, by "<repo>/<path>"
         self._upstream: Upstream | None = None
 
     async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
-        """aiohttp cleanup_ctx: the upstream session, and the commits handed out before."""
+        """aiohttp cleanup_ctx: the upstream session, for the revisions and the fetches."""
         session = upstream_session(self._network)
         self._upstream = Upstream(session, self.endpoint, self._token)
-        self._commits = await asyncio.to_thread(load_commits, self.root / STAGING / COMMITS)
+        self.revisions.upstream = self._upstream
         try:
             yield
         finally:
@@ -89,22 +102,107 @@ class PullThrough:
         repo_id = f"{org}/{name}"
         return not self._repos or any(fnmatch.fnmatchcase(repo_id, p) for p in self._repos)
 
-    def knows_commit(self, repo_id: str, revision: str) -> bool:
-        return revision in self._commits.get(repo_id, ())
-
-    async def _remember(self, repo_id: str, commit: str) -> None:
-        """Keep an upstream commit handed to clients, across restarts: offline, it still resolves."""
-        if self.knows_commit(repo_id, commit):
-            return
-        self._commits.setdefault(repo_id, set()).add(commit)
-        snapshot = {repo: sorted(commits) for repo, commits in self._commits.items()}
+    async def tree(self, org: str, name: str, revision: str) -> Tree | Refusal:
+        """The upstream's tree of `revision` (recorded; offline, the one recorded last)."""
         try:
-            async with self._saving:  # one writer of the file at a time
-                await asyncio.to_thread(save_json, self.root / STAGING / COMMITS, snapshot)
-        except OSError as exc:
-            log.warning("could not record upstream commits: %s", exc)
+            return await self.revisions.tree(f"{org}/{name}", revision)
+        except Unlisted as exc:
+            retry = self.retry_after if exc.status == 503 else None
+            return Refusal(
+                exc.status, exc.code, exc.message, _reason(exc.status, exc.message), retry
+            )
 
-    def status(self) -> list[dict]:
+    async def resolve(
+        self, org: str, name: str, revision: str, relpath: str
+    ) -> InDir | ToCdn | Refusal:
+        """What to answer for a file at a revision: the upstream's tree says which bytes that
+        is (DIR may hold others). LFS files go to /cdn/ while their fetch starts; small files
+        are fetched whole first (they are small), then served from DIR."""
+        tree = await self.tree(org, name, revision)
+        if isinstance(tree, Refusal):
+            return tree
+        listed = tree.files.get(relpath)
+        if listed is None:
+            return Refusal(404, "EntryNotFound", f"{relpath} does not exist at {tree.commit}")
+        file = _upstream_file(f"{org}/{name}", relpath, tree.commit, listed)
+        if not await asyncio.to_thread(may_create, self.root, self._target(file)):
+            return Refusal(404, "RepoNotFound", "Repository not found")  # a link out of DIR
+        meta = _meta(file)
+        entry = await self._local(file)
+        if entry is None:
+            if (refused := await self._cannot_fetch(file)) is not None:
+                return refused
+            fetch = self._start(file)
+            if file.sha256 is None:
+                assert fetch.task is not None
+                try:
+                    await asyncio.wait_for(asyncio.shield(fetch.task), self.client_wait)
+                except TimeoutError:
+                    return self.unavailable(relpath, fetch.waiting or "the upstream is slow")
+                if fetch.failed:
+                    message = f"fetching {relpath} from the upstream failed: {fetch.failed}"
+                    return Refusal(502, None, message, _reason(502, message))
+                entry = await self._entry(org, name, relpath)
+                if entry is None:  # removed from DIR in the meantime
+                    return Refusal(404, "EntryNotFound", "Entry not found")
+        if file.sha256 is not None:
+            return ToCdn(meta, relpath)
+        assert entry is not None
+        return InDir(entry, meta)
+
+    async def _cannot_fetch(self, file: UpstreamFile) -> Refusal | None:
+        """Why `file` cannot be fetched now (the upstream refuses it, or is down), or None."""
+        fetch = self._fetches.get(_key(file))
+        if fetch is not None and fetch.file.sha256 == file.sha256:
+            return None if fetch.waiting is None else self.unavailable(file.relpath, fetch.waiting)
+        assert self._upstream is not None
+        try:  # the upstream's word on this file: gated, gone, or no answer at all
+            await self._upstream.head(file.repo_id, file.commit, file.relpath)
+        except UpstreamError as exc:
+            if exc.status != 502:
+                return Refusal(exc.status, exc.code, exc.message)
+            self.revisions.note_down(file.repo_id, exc.message)
+            return self.unavailable(file.relpath, exc.message)
+        self.revisions.note_up(file.repo_id)
+        return None
+
+    def unavailable(self, relpath: str, why: str) -> Refusal:
+        message = f"{relpath} is not in this mirror yet, and {why}"
+        return Refusal(503, None, message, _reason(503, message), self.retry_after)
+
+    async def source(
+        self, org: str, name: str, relpath: str, sha256: str
+    ) -> InDir | Filling | Refusal | None:
+        """The bytes of `sha256` while they are being fetched (starting the fetch if need be);
+        None when no recorded tree has that file."""
+        repo_id = f"{org}/{name}"
+        fetch = self._fetches.get(f"{repo_id}/{relpath}")
+        if fetch is not None and fetch.file.sha256 == sha256:
+            return Filling(fetch)
+        record = await self.revisions.record(repo_id)
+        found = [
+            (commit, tree.files[relpath])
+            for commit, tree in record.trees.items()
+            if relpath in tree.files and tree.files[relpath].sha256 == sha256
+        ]
+        if not found:
+            return None
+        file = _upstream_file(repo_id, relpath, *found[0])
+        if not await asyncio.to_thread(may_create, self.root, self._target(file)):
+            return None
+        if (entry := await self._local(file)) is not None:  # the fetch ended meanwhile
+            return InDir(entry)
+        if (refused := await self._cannot_fetch(file)) is not None:
+            return refused
+        return Filling(self._start(file))
+
+    async def held(self, repo_id: str, relpath: str, listed: TreeFile) -> bool:
+        return await self._local(_upstream_file(repo_id, relpath, "", listed)) is not None
+
+    def fetching(self, repo_id: str) -> list[str]:
+        return [f.file.relpath for f in self._fetches.values() if f.file.repo_id == repo_id]
+
+    def fetches(self) -> list[dict]:
         return [
             {
                 "repo": f.file.repo_id,
@@ -113,103 +211,10 @@ class PullThrough:
                 "downloaded": f.transfer.downloaded(),
                 "sha256": f.file.sha256,
                 "started_at": f.started,
+                "waiting": f.waiting,
             }
             for f in self._fetches.values()
         ]
-
-    async def forward_api(self, request: web.Request) -> Forwarded | None:
-        """The upstream's answer to an /api/ call; None (answer from DIR) unless it is a 200.
-
-        The upstream knows the whole repo, DIR only what was fetched so far: snapshot_download
-        must see every file. Commits it names are remembered, so `revision=<commit>` resolves.
-        A repo only DIR has (copied in by hand) is still answered from DIR.
-        """
-        assert self._upstream is not None
-        url = self._upstream.endpoint_url(request.rel_url)
-        try:
-            async with self._upstream.session.get(
-                url, headers=self._upstream.headers(url), timeout=METADATA_TIMEOUT
-            ) as r:
-                if r.status != 200:
-                    return None
-                body = await r.read()
-                headers = {k: r.headers[k] for k in ("Content-Type", "Link") if k in r.headers}
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning(
-                "the upstream %s is unreachable (%s): answering from DIR", self.endpoint, exc
-            )
-            return None
-        if "Link" in headers:  # the next page, through this mirror too
-            headers["Link"] = headers["Link"].replace(self.endpoint, str(request.url.origin()))
-        with contextlib.suppress(ValueError, AttributeError, TypeError):
-            sha = json.loads(body).get("sha")  # model_info names the commit (a tree is a list)
-            if isinstance(sha, str) and len(sha) == 40:
-                await self._remember(_repo_of(request), sha)
-        return Forwarded(body, headers)
-
-    async def resolve(
-        self, org: str, name: str, revision: str, relpath: str
-    ) -> InDir | ToCdn | Refusal:
-        """What to answer for a file at an upstream revision: the upstream says which bytes
-        that is (DIR may hold others). LFS files go to /cdn/ while their fetch starts; small
-        files are fetched whole first (they are small), then served from DIR."""
-        assert self._upstream is not None
-        repo_id = f"{org}/{name}"
-        try:
-            file = await self._upstream.head(repo_id, revision, relpath)
-        except UpstreamError as exc:
-            return await self._unanswered(exc, org, name, revision, relpath)
-        await self._remember(file.repo_id, file.commit)
-        if not await asyncio.to_thread(may_create, self.root, self._target(file)):
-            return Refusal(404, "RepoNotFound", "Repository not found")  # a link out of DIR
-        if file.sha256 is not None:
-            if await self._local(file) is None:
-                self._start(file)
-            return ToCdn(FileMeta(file.commit, file.sha256, file.size, f'"{file.sha256}"'), relpath)
-        entry = await self._local(file)
-        if entry is None:
-            fetch = self._start(file)
-            assert fetch.task is not None
-            await asyncio.shield(fetch.task)  # returns None on failure, with fetch.failed set
-            if fetch.failed:
-                message = f"fetching {relpath} from the upstream failed: {fetch.failed}"
-                return Refusal(502, None, message)
-            entry = await self._entry(org, name, relpath)
-        if entry is None:  # removed from DIR in the meantime
-            return Refusal(404, "EntryNotFound", "Entry not found")
-        return InDir(entry, FileMeta(file.commit, None, file.size, f'"{file.blob_oid}"'))
-
-    async def _unanswered(
-        self, exc: UpstreamError, org: str, name: str, revision: str, relpath: str
-    ) -> InDir | Refusal:
-        if exc.status != 502:
-            return Refusal(exc.status, exc.code, exc.message)
-        entry = await self._entry(org, name, relpath)
-        if entry is not None and self.knows_commit(f"{org}/{name}", revision):
-            return InDir(entry)  # offline: DIR's copy of a commit handed out before
-        log.warning("pull-through of %s/%s/%s: %s", org, name, relpath, exc.message)
-        # lawchatd's daemon shows the status line: say there what went wrong.
-        return Refusal(502, None, exc.message, reason=f"Bad Gateway: {exc.message}"[:200])
-
-    async def source(
-        self, org: str, name: str, relpath: str, sha256: str
-    ) -> InDir | Filling | None:
-        """The bytes of `sha256` while they are being fetched (starting the fetch if need be)."""
-        fetch = self._fetches.get(f"{org}/{name}/{relpath}")
-        if fetch is None or fetch.file.sha256 != sha256:
-            assert self._upstream is not None
-            try:
-                file = await self._upstream.head(f"{org}/{name}", "main", relpath)
-            except UpstreamError:
-                return None
-            if file.sha256 != sha256:
-                return None
-            if not await asyncio.to_thread(may_create, self.root, self._target(file)):
-                return None
-            if (entry := await self._local(file)) is not None:  # the fetch ended meanwhile
-                return InDir(entry)
-            fetch = self._start(file)
-        return Filling(fetch)
 
     # ---- fetching ---------------------------------------------------------------------------
 
@@ -233,7 +238,7 @@ class PullThrough:
         return self.root / file.repo_id / file.relpath
 
     def _start(self, file: UpstreamFile) -> Fetch:
-        key = f"{file.repo_id}/{file.relpath}"
+        key = _key(file)
         fetch = self._fetches.get(key)
         if fetch is not None and fetch.file.sha256 == file.sha256:
             return fetch  # one fetch per file, however many clients ask
@@ -253,7 +258,7 @@ class PullThrough:
         assert self._upstream is not None
         return EngineFetch(
             hub=self._upstream.hub, file=file, staging=self.root / STAGING,
-            options=self.options, on_change=on_change,
+            options=self._engine_options, on_change=on_change,
         )  # fmt: skip
 
     async def _run(
@@ -264,7 +269,15 @@ class PullThrough:
         try:
             if after is not None:
                 await asyncio.gather(after, return_exceptions=True)
-            verified = await fetch.transfer.run()
+            while True:
+                try:
+                    verified = await fetch.transfer.run()
+                    break
+                except FetchFailed:
+                    if not await self._wait_for_upstream(fetch):
+                        raise
+                # Again from the journal: the bytes fetched before the outage are kept.
+                fetch.transfer = self._transfer(fetch.file, fetch.notify)
             await asyncio.to_thread(publish, verified, fetch.target, fetch.file, self.root)
             log.info("fetched %s: verified, now served from %s", key, fetch.target)
             return fetch.target
@@ -280,8 +293,56 @@ class PullThrough:
         finally:
             if self._fetches.get(key) is fetch:
                 del self._fetches[key]
+            fetch.waiting = None
             fetch.notify()
 
+    async def _wait_for_upstream(self, fetch: Fetch) -> bool:
+        """After a failed fetch: False if the upstream answers (the failure was its answer);
+        else wait until it answers again, asking every PROBE_SECONDS, and True."""
+        file, since, waited = fetch.file, time.monotonic(), False
+        while (why := await self._unreachable(file)) is not None:
+            waited = True
+            if time.monotonic() - since > OUTAGE_LIMIT:
+                return False
+            if fetch.waiting is None:
+                log.warning("fetching %s/%s waits for the upstream: %s", file.repo_id,
+                            file.relpath, why)  # fmt: skip
+            fetch.waiting = why
+            self.revisions.note_down(file.repo_id, why)
+            fetch.notify()
+            await asyncio.sleep(PROBE_SECONDS)
+        if fetch.waiting is not None:
+            log.info("the upstream answers again: fetching %s/%s goes on", file.repo_id,
+                     file.relpath)  # fmt: skip
+        fetch.waiting = None
+        self.revisions.note_up(file.repo_id)
+        return waited
 
-def _repo_of(request: web.Request) -> str:
-    return f"{request.match_info['org']}/{request.match_info['repo']}"
+    async def _unreachable(self, file: UpstreamFile) -> str | None:
+        """Why the upstream does not answer for `file` now; None when it answers."""
+        assert self._upstream is not None
+        try:
+            await self._upstream.head(file.repo_id, file.commit, file.relpath)
+        except UpstreamError as exc:
+            return exc.message if exc.status == 502 else None
+        return None
+
+
+def _key(file: UpstreamFile) -> str:
+    return f"{file.repo_id}/{file.relpath}"
+
+
+def _upstream_file(repo_id: str, relpath: str, commit: str, listed: TreeFile) -> UpstreamFile:
+    blob = None if listed.sha256 else listed.blob_oid  # an LFS file's blob id is its pointer's
+    return UpstreamFile(repo_id, relpath, commit, listed.size, listed.sha256, blob)
+
+
+def _meta(file: UpstreamFile) -> FileMeta:
+    etag = f'"{file.sha256 or file.blob_oid or ""}"'
+    return FileMeta(file.commit, file.sha256, file.size, etag)
+
+
+def _reason(status: int, message: str) -> str:
+    """The status line: lawchatd's daemon (and some clients) show only that."""
+    phrase = {502: "Bad Gateway", 503: "Service Unavailable"}.get(status, "Error")
+    return f"{phrase}: {message}"[:200]

@@ -1,4 +1,5 @@
-"""A repo is a folder DIR/<org>/<name>: its files, which of them are LFS, and its commit id."""
+"""A repo is a folder DIR/<org>/<name>: its files and which of them are LFS (its commit comes
+from their content: Core.commit_of)."""
 
 from __future__ import annotations
 
@@ -74,7 +75,6 @@ class Entry:
 
 @dataclass(frozen=True)
 class Repo:
-    commit: str
     entries: dict[str, Entry]  # visible files only, by relpath
     # Every folder walked and .gitattributes, as the scan saw them: a file added, removed or
     # renamed (a publish) changes its folder's mtime, so the scan holds while these do (index.py).
@@ -98,10 +98,6 @@ class Repo:
         watched: dict[Path, Stamp | None] = {}
         found = sorted(_walk(root, repo_dir, watched))
         watched[repo_dir / ".gitattributes"] = stamp(repo_dir / ".gitattributes")
-        # Sidecars count towards the commit: a new checksum is a new version of the repo.
-        digest = hashlib.sha1()
-        for rel, _, size, mtime_ns in found:
-            digest.update(f"{rel}\0{size}\0{mtime_ns}\n".encode())
         seen = {rel: (size, mtime_ns) for rel, _, size, mtime_ns in found}
         patterns = _lfs_patterns(repo_dir)
         entries = {
@@ -111,7 +107,7 @@ class Repo:
             for rel, path, size, mtime_ns in found
             if not is_hidden(rel)
         }
-        return Repo(digest.hexdigest(), entries, watched, scanned_ns)
+        return Repo(entries, watched, scanned_ns)
 
 
 def stamp(path: Path) -> Stamp | None:
