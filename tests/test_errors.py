@@ -143,10 +143,8 @@ def test_every_lawchatd_error_is_on_the_tree() -> None:
         found += [
             obj
             for name, obj in vars(loaded).items()
-            if inspect.isclass(obj)
-            and issubclass(obj, BaseException)
-            and obj.__module__ == module.name
-            and name not in outside
+            if inspect.isclass(obj) and issubclass(obj, BaseException)
+            and obj.__module__ == module.name and name not in outside
         ]
     assert len(found) > 30
     stray = [f"{c.__module__}.{c.__name__}" for c in found if not issubclass(c, LawchatdError)]

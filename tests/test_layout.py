@@ -110,8 +110,7 @@ def test_fetch_engine_knows_nothing_of_the_daemon() -> None:
     engine = [m for m in graph if m.startswith("lawchatd.fetch")]
     for module in engine:
         outside = {
-            m
-            for m in _reaches(graph, module)
+            m for m in _reaches(graph, module)
             if not m.startswith(("lawchatd.fetch", "lawchatd.hub"))
             and m not in ("lawchatd", "lawchatd.errors")
         }
