@@ -44,6 +44,7 @@ ACTIONS = {
     ("POST", "/models/switch"): "switch",
     ("PUT", "/downloads/bandwidth"): "bandwidth",
     ("DELETE", "/downloads/{variant}"): "queue.remove",
+    ("DELETE", "/models/{variant}"): "delete",
     ("POST", "/keys"): "key.add",
     ("DELETE", "/keys/{name}"): "key.revoke",
 }
