@@ -1,4 +1,4 @@
-"""The command line: serve | mirror (and pull, status)."""
+"""The command line: serve | mirror (and pull, status, keys, audit)."""
 
 from __future__ import annotations
 
@@ -114,6 +114,18 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return asyncio.run(status(_settings(), sys.stdout))
 
 
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from lawchatd.people_cli import keys_command
+
+    return asyncio.run(keys_command(_settings(), args, sys.stdout))
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from lawchatd.people_cli import audit_command
+
+    return asyncio.run(audit_command(_settings(), args, sys.stdout))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lawchatd", description="Download, verify, hot-swap and serve the law-chat models."
@@ -133,6 +145,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="variants, download state and the loaded model")
     status.set_defaults(func=_cmd_status)
+
+    keys = commands.add_parser("keys", help="the firm's keys: add, list, revoke")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    add = key_commands.add_parser("add", help="a new key for NAME; prints the key once")
+    add.add_argument("name", help="who the key is for, e.g. anna.berg")
+    add.add_argument("--role", choices=("admin", "user", "viewer"), default="user")
+    add.add_argument("--expires", help="an ISO date or time after which the key stops working")
+    add.add_argument("--max-concurrent", type=int, help="chat requests at once (default: role's)")
+    add.add_argument("--tokens-per-minute", type=int, help="chat tokens a minute (default: role's)")
+    key_commands.add_parser("list", help="names, roles, created, last used (never a key)")
+    revoke = key_commands.add_parser("revoke", help="stop NAME's key at once")
+    revoke.add_argument("name")
+    keys.set_defaults(func=_cmd_keys)
+
+    audit = commands.add_parser("audit", help="the audit trail as JSON Lines, or --verify it")
+    audit.add_argument("--since", help="only events from this ISO date or time (UTC)")
+    audit.add_argument(
+        "--verify", action="store_true", help="check the hash chain; exit 1 naming the first break"
+    )
+    audit.set_defaults(func=_cmd_audit)
 
     mirror = commands.add_parser("mirror", help="serve a folder as a Hub-compatible endpoint")
     mirror.add_argument("dir", type=Path, help="folder laid out as DIR/<org>/<repo>/<file>")

@@ -7,6 +7,7 @@ import os
 import ssl
 from functools import cached_property
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -58,6 +59,20 @@ def split_host(value: str) -> tuple[str, str]:
     return name.rstrip("."), port
 
 
+def normal_origin(value: str) -> str | None:
+    """`scheme://host:port` in lower case with the scheme's default port written out; None
+    for anything that is not an http(s) origin."""
+    parts = urlsplit(value.strip().lower())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host.rstrip('.')}:{port}"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LAWCHATD_",
@@ -106,6 +121,12 @@ class Settings(BaseSettings):
     body_timeout: float = Field(30.0, gt=0)  # to send a JSON body
     max_connections: int = Field(256, ge=8)  # open client connections; idle ones make room
     session_idle: float = Field(12 * 3600.0, gt=0)  # a browser session ends after this idle
+    # Extra browser origins, exact `scheme://host:port`, comma-separated (a reverse proxy's page).
+    allowed_origins: str = ""
+    # The audit trail (README "For the firm's administrator"): chat text only when asked for,
+    # and events older than this many days pruned (unset: kept for ever).
+    audit_content: bool = False
+    audit_retention_days: float | None = Field(None, gt=0)
     # Where `lawchatd pull` and `lawchatd status` find the daemon.
     url: str | None = None
 
@@ -186,7 +207,7 @@ class Settings(BaseSettings):
     def _unset_words(cls, value: object) -> object:
         return None if value in ("", "max", "none", "never") else value
 
-    @field_validator("api_key", "hf_token", mode="before")
+    @field_validator("api_key", "hf_token", "audit_retention_days", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -197,6 +218,13 @@ class Settings(BaseSettings):
         (read on every request: parsed once)."""
         names = (split_host(entry)[0] for entry in self.allowed_hosts.split(","))
         return frozenset(name for name in names if name)
+
+    @cached_property
+    def extra_origins(self) -> frozenset[str]:
+        """LAWCHATD_ALLOWED_ORIGINS as normalised `scheme://host:port` (default ports filled)."""
+        return frozenset(
+            o for o in (normal_origin(entry) for entry in self.allowed_origins.split(",")) if o
+        )
 
     @property
     def sessions_path(self) -> Path:

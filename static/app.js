@@ -13,6 +13,7 @@ import { applyProgress, renderProgress } from "./downloads.js";
 import { $, showNotice } from "./messages.js";
 import { onModelEvent, refreshModels, renderLoaded, setupModels } from "./models.js";
 import { onNetworkMessage, renderCap, renderQueue, setupNetwork } from "./network.js";
+import { setupPeople } from "./people.js";
 import { setupSession } from "./session.js";
 import {
   connect,
@@ -55,6 +56,7 @@ function onConnectionChange(kind) {
 function startDashboard() {
   $("dashboard").hidden = false;
   $("change-key").hidden = false;
+  setupPeople(); // who is logged in: hides what their role may not do; the admin's key panel
   setConnection("connecting", "Connecting…");
   connect({
     // The snapshot follows at once; re-read the list too, as the daemon may have restarted

@@ -136,6 +136,28 @@ async def test_allowed_hosts_admits_a_reverse_proxys_name(make_daemon: Callable[
     assert status == 421
 
 
+async def test_allowed_origins_are_exact_scheme_host_and_port(make_daemon: Callable[..., Daemon]):
+    """Issue 21 item 4: naming a host no longer admits pages from every port of it."""
+    daemon = await make_daemon(
+        LAWCHATD_API_KEY="",
+        LAWCHATD_ALLOWED_HOSTS="127.0.0.1",
+        LAWCHATD_ALLOWED_ORIGINS="http://127.0.0.1:9998, https://law.firm.example",
+    ).start()
+
+    async def cancel_from(origin: str) -> int:
+        status, _ = await raw_request(
+            daemon, head("POST", "/models/cancel-download", f"Origin: {origin}")
+        )
+        return status
+
+    assert await cancel_from("http://127.0.0.1:9999") == 403
+    assert await cancel_from("https://127.0.0.1:9998") == 403  # another scheme
+    assert await cancel_from("http://127.0.0.1:9998") == 200
+    assert await cancel_from("https://law.firm.example") == 200  # port 443 written or not
+    assert await cancel_from("https://law.firm.example:443") == 200
+    assert await cancel_from("https://law.firm.example:8443") == 403
+
+
 @pytest.mark.parametrize(
     "content_type",
     ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None],

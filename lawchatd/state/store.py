@@ -61,6 +61,37 @@ _MIGRATIONS: tuple[str, ...] = (
         force     INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # People (lawchatd/state/keys.py): one row per key ever issued, only its sha256; a revoked
+    # key keeps its row (the audit trail names it) and frees its name for a new key.
+    # The audit trail (lawchatd/state/audit.py): append-only, each row hash-chained.
+    """
+    CREATE TABLE api_keys (
+        id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+        name               TEXT NOT NULL,
+        role               TEXT NOT NULL,
+        digest             TEXT NOT NULL UNIQUE,
+        created            REAL NOT NULL,
+        last_used          REAL,
+        expires            REAL,
+        revoked            REAL,
+        max_concurrent     INTEGER,
+        tokens_per_minute  INTEGER
+    );
+    CREATE UNIQUE INDEX api_keys_live_name ON api_keys(name) WHERE revoked IS NULL;
+    CREATE TABLE audit (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        time    TEXT NOT NULL,
+        actor   TEXT NOT NULL,
+        role    TEXT,
+        action  TEXT NOT NULL,
+        target  TEXT,
+        outcome TEXT NOT NULL,
+        detail  TEXT NOT NULL,
+        prev    TEXT NOT NULL,
+        hash    TEXT NOT NULL
+    );
+    CREATE INDEX audit_time ON audit(time);
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

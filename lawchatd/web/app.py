@@ -21,6 +21,7 @@ from lawchatd.modelhost import ModelHost
 from lawchatd.state.progress import ProgressHub
 from lawchatd.state.store import Store
 from lawchatd.web import session
+from lawchatd.web.auditing import audit_actions, audit_ctx
 from lawchatd.web.auth import require_api_key
 from lawchatd.web.body import BODY_TIMEOUT
 from lawchatd.web.errors import json_errors
@@ -42,7 +43,8 @@ from lawchatd.web.keys import (
     STORE,
     WEBSOCKETS,
 )
-from lawchatd.web.routes import bandwidth, downloads, legacy, metrics, models, ws
+from lawchatd.web.people import people_ctx
+from lawchatd.web.routes import bandwidth, downloads, keys, legacy, metrics, models, ws
 from lawchatd.web.routes.completions import add_completion_routes, add_not_served
 from lawchatd.web.routes.downloads import progress_message
 from lawchatd.web.routes.openai import add_chat_routes
@@ -59,7 +61,8 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> web.Applic
     # Errors become JSON first (OpenAI's shape on /v1); hostile Host/Origin/Content-Type are
     # refused before the key.
     app = web.Application(
-        middlewares=[json_errors, guard, require_api_key], client_max_size=MAX_BODY
+        middlewares=[json_errors, guard, require_api_key, audit_actions],
+        client_max_size=MAX_BODY,
     )
     app[SETTINGS] = settings
     app[HOSTS] = own_host_names(settings)
@@ -70,6 +73,8 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> web.Applic
     bandwidth.setup(app)  # the download cap (app[BANDWIDTH].limiter) and its routes
     # Registered in this order, cleaned up in reverse: the download stops before the store closes.
     app.cleanup_ctx.append(_store)
+    app.cleanup_ctx.append(audit_ctx)  # after the store: its migration made the tables
+    app.cleanup_ctx.append(people_ctx)
     app.cleanup_ctx.append(session.sessions_ctx)
     app.cleanup_ctx.append(_model_host)
     app.cleanup_ctx.append(_downloads)
@@ -85,6 +90,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> web.Applic
     app.add_routes(ws.routes)
     metrics.setup(app)  # /metrics and the registry it renders
     app.add_routes(session.routes)
+    app.add_routes(keys.routes)
     add_chat_routes(app)
     add_completion_routes(app)
     add_responses_routes(app)

@@ -1,18 +1,26 @@
-"""The old app's Bearer auth (and X-API-Key), a browser session's cookie, and `?token=` on the
-WebSocket (browsers cannot set headers there)."""
+"""Who is calling, and may they: the key in `Authorization: Bearer` (or X-API-Key), a browser
+session's cookie, or `?token=` on the WebSocket (browsers cannot set headers there); then the
+role table (lawchatd/web/roles.py) says whether the caller's role may use the route.
+
+Without LAWCHATD_API_KEY the daemon is open (loopback only) and everyone acts as the admin;
+a stored key sent anyway still names its holder, with its role.
+"""
 
 from __future__ import annotations
 
+import contextlib
+
 from aiohttp import web
 
-from lawchatd.errors import Unauthorized
+from lawchatd.errors import Forbidden, Unauthorized
+from lawchatd.state.audit import AuditWriteFailed
+from lawchatd.web.auditing import action_name, record, record_as, target_of
+from lawchatd.web.caller import caller_of, set_caller
 from lawchatd.web.keys import SETTINGS
-from lawchatd.web.session import COOKIE, SESSIONS, keys_match
+from lawchatd.web.people import PEOPLE, Person, wrong_key
+from lawchatd.web.roles import Permission, allows, needed, refusal
+from lawchatd.web.session import COOKIE, SESSIONS
 
-# The health check, the dashboard page itself (it holds no data and asks for the key), and
-# the session route (POST is the login, DELETE only ends the session it is sent with).
-OPEN_PATHS = ("/healthz", "/", "/favicon.ico", "/session")
-OPEN_PREFIXES = ("/static/",)
 TOKEN_QUERY_PATHS = ("/ws/progress",)
 
 
@@ -28,18 +36,50 @@ def _presented_key(request: web.Request) -> str | None:
     return None
 
 
+async def _by_key(request: web.Request, presented: str) -> Person:
+    person, why = await request.app[PEOPLE].by_key(presented)
+    if person is not None:
+        return person
+    client = request.remote or "unknown"
+    refused = wrong_key(request.app, client, why, f"{request.method} {request.path}")
+    with contextlib.suppress(AuditWriteFailed):
+        holder = request.app[PEOPLE].holder(presented)
+        await record_as(request, holder, "auth.failed", "refused", client=client)
+    raise refused
+
+
+async def _by_cookie(request: web.Request) -> tuple[Person, str]:
+    """The session's person and digest; 401 without a live session of a live key."""
+    sessions = request.app[SESSIONS]
+    digest = sessions.live(request.cookies.get(COOKIE))
+    person = await request.app[PEOPLE].by_id(sessions.who(digest)) if digest else None
+    if person is None or digest is None:
+        raise Unauthorized("Invalid or missing API key", headers={"WWW-Authenticate": "Bearer"})
+    return person, digest
+
+
 @web.middleware
 async def require_api_key(request: web.Request, handler):
-    api_key = request.app[SETTINGS].api_key
-    if api_key is None or request.path in OPEN_PATHS or request.path.startswith(OPEN_PREFIXES):
+    permission = needed(request)
+    if permission is Permission.OPEN:
         return await handler(request)
     presented = _presented_key(request)
-    if presented is not None:  # a key sent on purpose must be the right one
-        if keys_match(presented, api_key):
-            return await handler(request)
+    session = None
+    if request.app[SETTINGS].api_key is None:  # open: a stored key still names its holder
+        person, _ = await request.app[PEOPLE].by_key(presented) if presented else (None, "")
+        if person is not None:
+            set_caller(request, person.caller)
+    elif presented is not None:  # a key sent on purpose must be the right one
+        set_caller(request, (await _by_key(request, presented)).caller)
     else:
-        sessions = request.app[SESSIONS]
-        if digest := sessions.live(request.cookies.get(COOKIE)):
-            with sessions.holding(digest, request.transport):
-                return await handler(request)
-    raise Unauthorized("Invalid or missing API key", headers={"WWW-Authenticate": "Bearer"})
+        person, session = await _by_cookie(request)
+        set_caller(request, person.caller)
+    role = caller_of(request).role
+    if not allows(role, permission):
+        with contextlib.suppress(AuditWriteFailed):  # refused either way
+            await record(request, action_name(request), target_of(request), "refused")
+        raise Forbidden(refusal(role, request))
+    if session is None:
+        return await handler(request)
+    with request.app[SESSIONS].holding(session, request.transport):
+        return await handler(request)

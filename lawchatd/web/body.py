@@ -24,6 +24,7 @@ from lawchatd.errors import Unprocessable, UserError
 
 Body = TypeVar("Body", bound=BaseModel)
 BODY_TIMEOUT = web.AppKey("body_timeout", float)
+JSON_BODY = web.RequestKey("json_body", dict)
 DEFAULT_BODY_TIMEOUT = 30.0
 THREAD_PARSE_BYTES = 64 * 1024
 
@@ -52,6 +53,7 @@ async def read_json(request: web.Request, model: type[Body]) -> Body:
     data = await asyncio.to_thread(parse, raw) if len(raw) > THREAD_PARSE_BYTES else parse(raw)
     if not isinstance(data, dict):
         raise Unprocessable("The request body must be a JSON object")
+    request[JSON_BODY] = data  # the audit trail records what an admin asked for
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -3,7 +3,8 @@
 - `Host` that is not one of the daemon's own names or addresses: 421 (DNS rebinding: a page
   on evil.example whose name now points at 127.0.0.1 would read and drive the daemon).
 - A foreign `Origin` on a state-changing request or on the WebSocket: 403 (CSRF; also a page on
-  another port of this host, which is "same-site" and so gets SameSite=Strict cookies).
+  another port of this host, which is "same-site" and so gets SameSite=Strict cookies). Other
+  origins are admitted exactly, scheme://host:port, from LAWCHATD_ALLOWED_ORIGINS.
 - A body on a state-changing request whose Content-Type is not JSON: 415 (the types an HTML
   form or a no-cors fetch can send without a preflight are text/plain, form-urlencoded and
   multipart; a request without any body is fine).
@@ -24,7 +25,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
 
-from lawchatd.config import Settings, split_host
+from lawchatd.config import Settings, normal_origin, split_host
 from lawchatd.errors import Forbidden, UserError
 from lawchatd.web.body import content_type_problem
 from lawchatd.web.keys import SETTINGS
@@ -103,7 +104,9 @@ def origin_allowed(request: web.Request) -> bool:
     if not parts.hostname:  # "null": a sandboxed frame, a file:// page
         return False
     host = request.headers.get(hdrs.HOST, "").strip().lower()
-    return parts.netloc == host or parts.hostname in request.app[SETTINGS].extra_hosts
+    # The page's own origin, or one named exactly (scheme, host and port) in
+    # LAWCHATD_ALLOWED_ORIGINS: a name alone would admit every port of that host.
+    return parts.netloc == host or normal_origin(origin) in request.app[SETTINGS].extra_origins
 
 
 def _is_websocket(request: web.Request) -> bool:

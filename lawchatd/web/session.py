@@ -1,5 +1,6 @@
 """Browser sessions: `POST /session {"api_key"}` sets an HttpOnly, SameSite=Strict cookie that
-counts as the key; `DELETE /session` ends it.
+counts as the key (the bootstrap key or a person's own); `DELETE /session` ends it; `GET
+/session` says who is logged in and their role, so the page shows what that role may do.
 
 Only an HMAC of each token (keyed with the API key) is stored, in `DATA_DIR/sessions.sqlite3`
 (mode 0600): a copy of the file opens no session, and changing the API key ends them all.
@@ -21,25 +22,24 @@ from pathlib import Path
 
 import aiosqlite
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, SecretStr, StrictStr
+from pydantic import BaseModel, ConfigDict, StrictStr
 
-from lawchatd.errors import TooManyRequests, Unauthorized
+from lawchatd.state.audit import AuditWriteFailed
+from lawchatd.web.auditing import record, record_as
 from lawchatd.web.body import read_json
+from lawchatd.web.caller import caller_of, set_caller
 from lawchatd.web.keys import SETTINGS
-from lawchatd.web.loginlimit import FailureLimiter
+from lawchatd.web.people import PEOPLE, wrong_key
+from lawchatd.web.roles import GRANTS, Permission
 
 log = logging.getLogger(__name__)
 COOKIE = "lawchatd_session"
 LIFETIME = 7 * 24 * 3600.0
 TOUCH_EVERY = 300.0  # write last use to disk at most this often per session
 SCHEMA = "CREATE TABLE IF NOT EXISTS sessions (digest TEXT PRIMARY KEY, created REAL, used REAL)"
+# Whose key opened the session (lawchatd/web/people.py: 0 is LAWCHATD_API_KEY).
+ADD_WHO = "ALTER TABLE sessions ADD COLUMN who INTEGER NOT NULL DEFAULT 0"
 routes = web.RouteTableDef()
-
-
-def keys_match(presented: str, expected: SecretStr) -> bool:
-    # Header bytes that are not UTF-8 arrive as surrogate escapes: compare them as bytes.
-    given = presented.encode("utf-8", "surrogateescape")
-    return hmac.compare_digest(given, expected.get_secret_value().encode())
 
 
 class SessionStore:
@@ -47,7 +47,7 @@ class SessionStore:
         self._db = db
         self._key = key
         self._idle = idle
-        self._live: dict[str, list[float]] = {}  # digest -> [created, used, written]
+        self._live: dict[str, list[float]] = {}  # digest -> [created, used, written, who]
         self._writes: set[asyncio.Task] = set()
         self._held: dict[str, set[asyncio.BaseTransport]] = {}  # WebSockets a session opened
 
@@ -57,16 +57,19 @@ class SessionStore:
         db = await aiosqlite.connect(path)
         try:
             await db.execute(SCHEMA)
-            async with db.execute("SELECT digest, created, used FROM sessions") as cur:
+            async with db.execute("PRAGMA table_info(sessions)") as cur:
+                if "who" not in [row[1] for row in await cur.fetchall()]:
+                    await db.execute(ADD_WHO)
+            async with db.execute("SELECT digest, created, used, who FROM sessions") as cur:
                 rows = await cur.fetchall()
         except BaseException:
             await db.close()
             raise
         store = cls(db, key, idle)
         now = time.time()
-        for digest, created, used in rows:
+        for digest, created, used, who in rows:
             if not store._expired(created, used, now):
-                store._live[digest] = [created, used, used]
+                store._live[digest] = [created, used, used, who]
         await store._db.execute(
             "DELETE FROM sessions WHERE used < ? OR created < ?", (now - idle, now - LIFETIME)
         )
@@ -86,12 +89,16 @@ class SessionStore:
     def _expired(self, created: float, used: float, now: float) -> bool:
         return now - used > self._idle or now - created > LIFETIME
 
-    async def create(self) -> str:
+    async def create(self, who: int) -> str:
+        """A new session for the key `who` (its id); the token for the cookie."""
         token = secrets.token_urlsafe(32)
         now = time.time()
         digest = self._digest(token)
-        self._live[digest] = [now, now, now]
-        await self._db.execute("INSERT INTO sessions VALUES (?, ?, ?)", (digest, now, now))
+        self._live[digest] = [now, now, now, who]
+        await self._db.execute(
+            "INSERT INTO sessions (digest, created, used, who) VALUES (?, ?, ?, ?)",
+            (digest, now, now, who),
+        )
         await self._db.commit()
         return token
 
@@ -115,6 +122,10 @@ class SessionStore:
             self._writes.add(task)
             task.add_done_callback(self._writes.discard)
         return digest
+
+    def who(self, digest: str) -> int:
+        """The id of the key that opened the live session `digest`."""
+        return int(self._live[digest][3])
 
     async def _write_use(self, digest: str, now: float) -> None:
         await self._db.execute("UPDATE sessions SET used = ? WHERE digest = ?", (now, digest))
@@ -152,14 +163,12 @@ def _private_file(path: Path) -> None:
 
 
 SESSIONS = web.AppKey("sessions", SessionStore)
-LOGIN_LIMITER = web.AppKey("login_limiter", FailureLimiter)
 
 
 async def sessions_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     key = settings.api_key.get_secret_value().encode() if settings.api_key else b""
     app[SESSIONS] = await SessionStore.open(settings.sessions_path, key, settings.session_idle)
-    app[LOGIN_LIMITER] = FailureLimiter()
     try:
         yield
     finally:
@@ -183,17 +192,18 @@ async def post_session(request: web.Request) -> web.Response:
     expected = request.app[SETTINGS].api_key
     if expected is None:  # every route is open: no session to keep (and no rows to grow)
         return web.Response(status=204, headers={"Cache-Control": "no-store"})
-    # Checked and counted with no await in between, so parallel guesses are counted too.
-    limiter = request.app[LOGIN_LIMITER]
     client = request.remote or "unknown"
-    if wait := limiter.retry_after(client):
-        raise TooManyRequests(f"Too many wrong API keys; try again in {wait} s", retry_after=wait)
-    if not keys_match(login.api_key, expected):
-        limiter.failed(client)
-        log.warning("wrong API key on POST /session from %s", client)
-        raise Unauthorized("Invalid or missing API key")
-    limiter.succeeded(client)
-    token = await request.app[SESSIONS].create()
+    person, why = await request.app[PEOPLE].by_key(login.api_key)
+    if person is None:
+        # Checked and counted with no await in between, so parallel guesses are counted too.
+        refused = wrong_key(request.app, client, why, "POST /session")
+        with contextlib.suppress(AuditWriteFailed):
+            holder = request.app[PEOPLE].holder(login.api_key)
+            await record_as(request, holder, "login", "failed", client=client)
+        raise refused
+    set_caller(request, person.caller)
+    await record(request, "login", None, "ok", client=client)
+    token = await request.app[SESSIONS].create(person.key_id)
     response = web.Response(status=204, headers={"Cache-Control": "no-store"})
     response.set_cookie(
         COOKIE,
@@ -214,3 +224,17 @@ async def delete_session(request: web.Request) -> web.Response:
     response = web.Response(status=204, headers={"Cache-Control": "no-store"})
     response.del_cookie(COOKIE, path="/", httponly=True, samesite="Strict")
     return response
+
+
+@routes.get("/session")
+async def get_session(request: web.Request) -> web.Response:
+    """Who the page is logged in as (or the key sent), their role and what it may do."""
+    caller = caller_of(request)
+    return web.json_response(
+        {
+            "name": caller.name,
+            "role": str(caller.role),
+            "may": sorted(str(p) for p in GRANTS[caller.role] if p is not Permission.OPEN),
+        },
+        headers={"Cache-Control": "no-store"},
+    )

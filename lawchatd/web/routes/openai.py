@@ -91,7 +91,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             f"{param}: must be at most {n_ctx} (n_ctx)", param=param, code="invalid_value"
         )
     # The host's errors (no model, a full queue, a prompt too long...) answer for themselves.
-    chunks = usage.answer_for(request, conversation, sampling)
+    chunks = usage.answer_for(request, conversation, sampling, prompt=messages)
     if structure.tools:  # a tool call is known when the answer is whole
         chunks = _whole(chunks)
     if body.stream:

@@ -8,12 +8,14 @@ have none unless the key sets them)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
 from lawchatd.modelhost import Conversation, Limits
 from lawchatd.modelhost.chat_types import Chunk, Sampling
 from lawchatd.modelhost.fairshare import NO_LIMITS
+from lawchatd.web.auditing import watch_chat
 from lawchatd.web.caller import Caller, Role, caller_of
 from lawchatd.web.keys import CHAT_TIMINGS, MODEL_HOST, SETTINGS
 
@@ -21,15 +23,16 @@ routes = web.RouteTableDef()
 
 
 def answer_for(
-    request: web.Request, conversation: Conversation, sampling: Sampling
+    request: web.Request, conversation: Conversation, sampling: Sampling, prompt: Any = None
 ) -> AsyncIterator[Chunk]:
     """The model's answer for whoever sent `request`: a fair share of the slots, held to the
-    caller's limits, timed for /metrics. Every /v1 route that generates goes through here."""
+    caller's limits, timed for /metrics and recorded in the audit trail (`prompt` is the text
+    it keeps when LAWCHATD_AUDIT_CONTENT is on). Every /v1 route that generates goes here."""
     caller = caller_of(request)
     stream = request.app[MODEL_HOST].chat_stream(
         conversation, sampling, caller.name, limits_for(request.app, caller)
     )
-    return request.app[CHAT_TIMINGS].observe(stream)
+    return watch_chat(request, request.app[CHAT_TIMINGS].observe(stream), prompt=prompt)
 
 
 def limits_for(app: web.Application, caller: Caller) -> Limits:
