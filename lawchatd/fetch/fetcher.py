@@ -210,10 +210,16 @@ class Fetcher:
     async def _read(self, content: aiohttp.StreamReader) -> bytes:
         """The next bytes (b"" at the end). Under a cap, at most QUANTUM: paid for as they
         come, not in the multi-MB lumps a full socket buffer hands over (checked per read, so
-        a cap set mid-response applies at once); uncapped, all there is (measured faster)."""
-        if self._limiter is not None and self._limiter.rate:
-            return await content.read(QUANTUM)
-        return await content.readany()
+        a cap set mid-response applies at once); uncapped, all there is (measured faster).
+        At a drop, what the reader still holds comes first; the error follows at the next read."""
+        try:
+            if self._limiter is not None and self._limiter.rate:
+                return await content.read(QUANTUM)
+            return await content.readany()
+        except aiohttp.ClientPayloadError:
+            if held := leftover(content):
+                return held
+            raise
 
     async def _take(self, chunk: bytes) -> None:
         self._counters.fetched += len(chunk)
@@ -264,6 +270,20 @@ def backoff_delay(failures: int, exc: BaseException, base: float) -> float:
     if wait is not None:
         return min(wait, MAX_WAIT)
     return min(30.0, base * 2 ** (failures - 1))
+
+
+def leftover(content: aiohttp.StreamReader) -> bytes:
+    """The bytes the reader holds after a drop. aiohttp raises the payload error before it
+    hands them over (its reads check the error first), and with the daemon's 2 MiB read
+    buffer that was up to MBs per drop, fetched again. `_read_nowait` is what `read_nowait`
+    does after that check: below the public API, so any change in it only costs the bytes."""
+    read = getattr(content, "_read_nowait", None)
+    if read is None:
+        return b""
+    try:
+        return read(-1)
+    except Exception:
+        return b""
 
 
 def clip(chunks: list, limit: int) -> list:
