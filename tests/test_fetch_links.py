@@ -36,7 +36,9 @@ def link_server(data: bytes, **faults: object) -> Iterator[LinkServer]:
         server.close()
 
 
-async def fetch(server: LinkServer, dest: Path, options: FetchOptions = OPTIONS) -> None:
+async def fetch(server: LinkServer, dest: Path, options: FetchOptions = OPTIONS) -> float:
+    """Fetch the server's file into `dest`; the seconds it took."""
+    began = time.monotonic()
     # The daemon's session reads 2 MiB at a time (hub/session.py): a drop finds MBs buffered.
     async with aiohttp.ClientSession(auto_decompress=False, read_bufsize=2 << 20) as session:
         client = HubClient(session, "http://127.0.0.1:9", None)
@@ -44,6 +46,7 @@ async def fetch(server: LinkServer, dest: Path, options: FetchOptions = OPTIONS)
         ref = FileRef(len(server.data), sha, url=server.url)
         fetched = await FileFetch(ref, dest, hub=client, options=options).run()
     assert fetched.sha256 == sha
+    return time.monotonic() - began
 
 
 def slow_disk(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
@@ -68,3 +71,29 @@ async def test_a_clean_drop_refetches_at_most_64_kib(
     assert server.drops >= 8  # two per 4 MiB part at least
     refetched = server.sent - len(data)
     assert refetched <= server.drops * MAX_LOSS, f"{refetched / server.drops:.0f} bytes a drop"
+
+
+# ---- a server that takes one connection at a time ------------------------------------------
+
+RATE = 16_000_000  # bytes/s per connection: 16 MiB takes ~1.05 s on one connection
+ONE_AT_A_TIME_RATIO = 1.6  # the issue's target is 1.3x; a loaded machine gets slack
+
+
+@pytest.mark.parametrize("refuse", ["403", "429", "reset"])
+async def test_a_server_taking_one_connection_costs_about_one_connections_time(
+    tmp_path: Path, refuse: str
+) -> None:
+    data = os.urandom(16 << 20)
+    with link_server(data, rate=RATE) as server:
+        one = await fetch(server, tmp_path / "one.bin", FetchOptions(connections=1))
+    with link_server(data, rate=RATE, max_concurrent=1, refuse=refuse) as server:
+        adapted = await fetch(server, tmp_path / "four.bin")
+    assert server.refused >= 1 and server.peak == 1
+    assert adapted <= ONE_AT_A_TIME_RATIO * one, f"{adapted:.2f} s against {one:.2f} s"
+
+
+async def test_a_server_taking_every_connection_gets_them_all(tmp_path: Path) -> None:
+    data = os.urandom(16 << 20)
+    with link_server(data, rate=RATE) as server:
+        await fetch(server, tmp_path / "four.bin")
+    assert server.peak == 4 and server.refused == 0  # the normal case is left as it was

@@ -28,6 +28,7 @@ from lawchatd.fetch.errors import (
 from lawchatd.fetch.partial import PartialFile
 from lawchatd.fetch.plan import Part, PartPlan
 from lawchatd.fetch.ratelimit import QUANTUM
+from lawchatd.fetch.slots import Crowded, Slots
 from lawchatd.hub.client import HubClient, TransientHubError, is_transient, transient
 
 WRITE_SIZE = 2 << 20  # bytes gathered before one write: few thread hops, little memory
@@ -37,6 +38,9 @@ T = TypeVar("T")
 RETRYABLE = (aiohttp.ClientError, TimeoutError, ConnectionError, TransientHubError)  # Transient too
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 RANGE_TRIES = 3  # 200s to a range request before one stream is read instead
+# What a server that takes fewer connections answers the extra ones (slots.py).
+REFUSALS = (403, 429, 503)
+REFUSED_CONNECTIONS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError)
 
 
 class Limiter(Protocol):
@@ -85,8 +89,10 @@ class Fetcher:
         on_written: Callable[[], None] = lambda: None,
         limiter: Limiter | None = None,
         timeout: aiohttp.ClientTimeout | None = None,
+        slots: Slots | None = None,
     ) -> None:
         self._link, self._partial, self._plan = link, partial, plan
+        self._slots = slots or Slots(1)
         self._timeout = timeout  # None: the session's
         self._counters = counters
         self._max_retries, self._backoff_base = max_retries, backoff_base
@@ -121,15 +127,26 @@ class Fetcher:
         assert link.url is not None
         end = None if part.end == self._plan.size else part.end
         request = link.hub.get_range(link.url, part.offset, end, link.etag, timeout=self._timeout)
-        async with request as resp:
-            skip = self._check(resp, part)
-            await self._stream(resp, part, skip)
+        answered = False
+        with self._slots.request():
+            try:
+                async with request as resp:
+                    answered = True
+                    skip = self._check(resp, part)
+                    with self._slots.stream():
+                        await self._stream(resp, part, skip)
+            except REFUSED_CONNECTIONS as exc:
+                if not answered and self._slots.refused():
+                    raise Crowded(f"the file server closed an extra connection: {exc!r}") from exc
+                raise
         if part.remaining > 0:
             raise ConnectionLost(f"the server closed the connection {part.remaining} bytes early")
 
     def _check(self, resp: aiohttp.ClientResponse, part: Part) -> int:
         """Raise unless the answer continues the part; return the bytes to skip first."""
         status, headers = resp.status, resp.headers
+        if status in REFUSALS and self._slots.refused():
+            raise Crowded(f"the file server answered {status} to an extra connection")
         if is_transient(status):
             raise transient("the server", resp)
         if status in (401, 403, 404, 410):

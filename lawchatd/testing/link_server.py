@@ -45,6 +45,7 @@ class LinkServer:
     refuse: str = "403"  # what a GET beyond max_concurrent gets: 403, 429, 503 or reset
     requests: list[Sent] = field(default_factory=list)
     url: str = ""
+    peak: int = 0  # the most responses sent at once
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -108,6 +109,7 @@ class LinkServer:
             full = self.max_concurrent is not None and self._active >= self.max_concurrent
             if not full:
                 self._active += 1
+                self.peak = max(self.peak, self._active)
         if full:
             return self._refuse(conn, start)
         record = Sent(206 if match else 200, start)
