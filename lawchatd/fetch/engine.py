@@ -20,7 +20,7 @@ from lawchatd.fetch.hasher import FollowingHasher
 from lawchatd.fetch.journal import Entry, Journal, MemoryJournal, trusted
 from lawchatd.fetch.options import FetchOptions
 from lawchatd.fetch.partial import PartialFile, part_path
-from lawchatd.fetch.plan import PartPlan
+from lawchatd.fetch.plan import PARTS_PER_CONNECTION, PartPlan
 from lawchatd.fetch.recorder import Recorder, Upstream
 from lawchatd.fetch.ref import FileRef
 from lawchatd.fetch.resolve import resolve_into
@@ -190,7 +190,7 @@ class FileFetch:
         if plan is None:
             if parts and not same_file:
                 log.info("upstream sha256 of %s changed: starting over", self._name)
-            plan = PartPlan.split(self.ref.size, self.options.connections)
+            plan = PartPlan.split(self.ref.size, self.options.connections, PARTS_PER_CONNECTION)
         else:
             log.info("resuming %s from %d bytes", self._name, plan.done)
         self.upstream.commit, self.upstream.sha256 = resolved.commit, resolved.sha256
@@ -205,7 +205,7 @@ class FileFetch:
     async def _start_over(self, connections: int) -> None:
         self.link.etag, self.link.refusals, self.link.single_stream = None, 0, False
         await self.partial.truncate()
-        self._use(PartPlan.split(self.ref.size, connections))
+        self._use(PartPlan.split(self.ref.size, connections, PARTS_PER_CONNECTION))
         await self._recorder.record()
 
     # ---- fetching ------------------------------------------------------------------------

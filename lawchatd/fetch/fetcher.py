@@ -6,6 +6,7 @@ re-fetches at most what was in flight. A bandwidth limiter plugs in at one place
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -199,8 +200,12 @@ class Fetcher:
 
     async def _stream(self, resp: aiohttp.ClientResponse, part: Part, skip: int) -> None:
         # Chunks are kept as they arrive and written with one pwritev: no copy into a buffer.
+        # One batch is written (in a thread) while the next arrives: at LAN speed a connection
+        # that waited for each write spent half its time not reading.
         chunks: list = []
         buffered = 0
+        writing: asyncio.Task[None] | None = None  # the batch before, `in_flight` bytes
+        in_flight = 0
         flush_at = time.monotonic() + FLUSH_SECONDS
         try:
             while chunk := await self._read(resp.content):
@@ -212,15 +217,20 @@ class Fetcher:
                     chunk, skip = memoryview(chunk)[skip:], 0
                 chunks.append(chunk)
                 buffered += len(chunk)
-                if buffered >= part.remaining:  # another connection may own the rest now
-                    chunks = clip(chunks, part.remaining)
+                room = part.remaining - (in_flight if writing and not writing.done() else 0)
+                if buffered >= room:  # another connection may own the rest now
+                    chunks = clip(chunks, max(0, room))
                     break
                 if buffered >= WRITE_SIZE or time.monotonic() >= flush_at:
-                    pending, chunks, buffered = chunks, [], 0
-                    await self._write(part, pending)
+                    if writing is not None:
+                        await writing  # in order: the next batch goes where this one ended
+                    writing = asyncio.create_task(self._write(part, chunks))
+                    chunks, in_flight, buffered = [], buffered, 0
                     flush_at = time.monotonic() + FLUSH_SECONDS
         finally:
             # Whatever ends the loop (a drop, a stall, a cancel), what arrived is kept.
+            if writing is not None:
+                await writing
             if chunks:
                 await self._write(part, chunks)
 

@@ -112,6 +112,4 @@ class Slots:
             return
         self.limit += 1
         self._probing = True
-        self._probe_at = (
-            None if self.limit >= self.most else time.monotonic() + self._probe_wait
-        )
+        self._probe_at = None if self.limit >= self.most else time.monotonic() + self._probe_wait

@@ -1,0 +1,158 @@
+"""LAN speed (issue 18): the engine against curl on one big file over loopback, alternated.
+
+A file server in its own process (`lawchatd.testing.link_server`, threads, no pacing) serves a
+file of random bytes; each round runs `curl -o` (unverified bytes) and then the engine as a
+library in a child process (`FileFetch`, 4 connections, sha256 verified, fsync + rename), and
+the engine's child writes where its wall time went: per connection, the time spent waiting for
+bytes, waiting for its writes and the rest, and after the last byte, the hash's tail, the
+verify and the publish.
+
+    .venv/bin/python bench/lan.py [--size-mb 1024] [--rounds 5] [--connections 4]
+
+Figures on a shared machine are noisy: compare the medians of alternated rounds, and read the
+load average printed beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PYTHON = sys.executable
+SERVER = """
+import sys, time
+from lawchatd.testing.link_server import LinkServer
+server = LinkServer(open(sys.argv[1], 'rb').read())
+print(server.url, flush=True)
+time.sleep(1e9)
+"""
+
+
+async def engine(url: str, dest: Path, size: int, sha: str, connections: int) -> dict:
+    """The child's side: one verified fetch with a timeline of its connections."""
+    import aiohttp
+
+    from lawchatd.fetch import FetchOptions, FileFetch, FileRef
+    from lawchatd.fetch import fetcher as fetcher_module
+    from lawchatd.hub.client import HubClient
+
+    spent: dict[int, dict[str, float]] = {}
+    marks: dict[str, float] = {}
+    original_read, original_write = fetcher_module.Fetcher._read, fetcher_module.Fetcher._write
+
+    async def timed(kind: str, self: object, call) -> object:
+        began = time.monotonic()
+        try:
+            return await call
+        finally:
+            row = spent.setdefault(id(self), {"read": 0.0, "write": 0.0})
+            row[kind] += time.monotonic() - began
+            marks["last_byte"] = time.monotonic()
+
+    async def read(self, content):  # type: ignore[no-untyped-def]
+        return await timed("read", self, original_read(self, content))
+
+    async def write(self, part, chunks):  # type: ignore[no-untyped-def]
+        return await timed("write", self, original_write(self, part, chunks))
+
+    fetcher_module.Fetcher._read, fetcher_module.Fetcher._write = read, write
+    phases: list[tuple[float, str | None]] = []
+    began = time.monotonic()
+    async with aiohttp.ClientSession(auto_decompress=False, read_bufsize=2 << 20) as session:
+        hub = HubClient(session, "http://127.0.0.1:9", None)
+        fetch = FileFetch(
+            FileRef(size, sha, url=url), dest, hub=hub,
+            options=FetchOptions(connections=connections),
+            on_progress=lambda p: phases.append((time.monotonic(), p.phase))
+            if not phases or phases[-1][1] != p.phase else None,
+        )  # fmt: skip
+        await fetch.run()
+    end = time.monotonic()
+    verifying = next((t for t, phase in phases if phase == "verifying"), end)
+    return {
+        "wall": end - began,
+        "connections": [{k: round(v, 3) for k, v in row.items()} for row in spent.values()],
+        "to_last_byte": round(marks.get("last_byte", end) - began, 3),
+        "last_byte_to_verifying": round(verifying - marks.get("last_byte", end), 3),
+        "verifying_to_end": round(end - verifying, 3),
+    }
+
+
+def run_curl(url: str, dest: Path) -> float:
+    began = time.monotonic()
+    subprocess.run(["curl", "-sSf", "-o", str(dest), url], check=True)
+    return time.monotonic() - began
+
+
+def run_engine(url: str, dest: Path, size: int, sha: str, connections: int) -> dict:
+    out = subprocess.run(
+        [PYTHON, __file__, "--child", url, str(dest), str(size), sha, str(connections)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--child"]:
+        url, dest, size, sha, connections = sys.argv[2:7]
+        report = asyncio.run(engine(url, Path(dest), int(size), sha, int(connections)))
+        print(json.dumps(report))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--tmp-dir", default=None)
+    args = parser.parse_args()
+    import hashlib
+
+    tmp = Path(tempfile.mkdtemp(prefix="lan-bench-", dir=args.tmp_dir))
+    server = None
+    try:
+        source = tmp / "source.bin"
+        sha = hashlib.sha256()
+        with open(source, "wb") as out:
+            for _ in range(args.size_mb):
+                block = os.urandom(1 << 20)
+                sha.update(block)
+                out.write(block)
+        size = args.size_mb << 20
+        server = subprocess.Popen(
+            [PYTHON, "-c", SERVER, str(source)], stdout=subprocess.PIPE, text=True
+        )
+        assert server.stdout is not None
+        url = server.stdout.readline().strip()
+        run_curl(url, tmp / "warm.bin")  # warm-up
+        curls, engines = [], []
+        for index in range(args.rounds):
+            for dest in tmp.glob("out-*"):
+                dest.unlink()
+            load = os.getloadavg()[0]
+            curls.append(run_curl(url, tmp / f"out-curl-{index}"))
+            os.sync()
+            engines.append(run_engine(url, tmp / f"out-engine-{index}", size, sha.hexdigest(),
+                                      args.connections))  # fmt: skip
+            os.sync()
+            print(f"round {index + 1}: curl {curls[-1]:.2f} s  engine {engines[-1]['wall']:.2f} s"
+                  f"  load {load:.2f}  {json.dumps(engines[-1])}", flush=True)  # fmt: skip
+        curl, wall = statistics.median(curls), statistics.median(e["wall"] for e in engines)
+        print(f"medians: curl {curl:.2f} s, engine {wall:.2f} s, ratio {wall / curl:.2f} "
+              f"(target <= 1.0); load average now {os.getloadavg()[0]:.2f}")  # fmt: skip
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
