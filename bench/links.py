@@ -78,7 +78,9 @@ async def limited(data: bytes, folder: Path, rate: int, refuse: str | None) -> d
         one = await fetch(one_server, folder / "one.bin", 1)
     finally:
         one_server.close()
-    server = LinkServer(data, rate=rate, max_concurrent=1 if refuse else None, refuse=refuse or "403")
+    server = LinkServer(
+        data, rate=rate, max_concurrent=1 if refuse else None, refuse=refuse or "403"
+    )
     try:
         four = await fetch(server, folder / "four.bin", 4)
     finally:
