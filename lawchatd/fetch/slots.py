@@ -19,6 +19,8 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 
+from lawchatd.errors import LawchatdError
+
 log = logging.getLogger(__name__)
 PROBE_FIRST = 1.0  # s at a lowered limit before one more connection is tried
 PROBE_MOST = 30.0  # s between probes at most, after refused probes
@@ -28,8 +30,9 @@ QUICK_WAIT = 0.05
 QUICK_TRIES = 3
 
 
-class Crowded(Exception):
-    """The server refused this connection while another one is served: wait for a slot."""
+class Crowded(LawchatdError):
+    """The server refused this connection while another one is served: wait for a slot
+    (caught by the engine's worker; never reaches the user)."""
 
 
 class Slots:
