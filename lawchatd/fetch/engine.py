@@ -20,10 +20,11 @@ from lawchatd.fetch.hasher import FollowingHasher
 from lawchatd.fetch.journal import Entry, Journal, MemoryJournal, trusted
 from lawchatd.fetch.options import FetchOptions
 from lawchatd.fetch.partial import PartialFile, part_path
-from lawchatd.fetch.plan import PartPlan
+from lawchatd.fetch.plan import PARTS_PER_CONNECTION, PartPlan
 from lawchatd.fetch.recorder import Recorder, Upstream
 from lawchatd.fetch.ref import FileRef
 from lawchatd.fetch.resolve import resolve_into
+from lawchatd.fetch.slots import Crowded, Slots
 from lawchatd.fetch.status import Phase, SpeedMeter
 from lawchatd.fetch.takeover import Paces
 from lawchatd.fetch.verify import check_bytes, stat_key
@@ -93,6 +94,7 @@ class FileFetch:
         self._hasher: FollowingHasher | None = None
         self._paces: Paces | None = None
         self._meter = SpeedMeter()
+        self._slots = Slots(self.options.connections)  # how many the server takes, learnt
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self.options.connect_timeout,
             sock_read=self.options.stall_timeout,
@@ -188,7 +190,7 @@ class FileFetch:
         if plan is None:
             if parts and not same_file:
                 log.info("upstream sha256 of %s changed: starting over", self._name)
-            plan = PartPlan.split(self.ref.size, self.options.connections)
+            plan = PartPlan.split(self.ref.size, self.options.connections, PARTS_PER_CONNECTION)
         else:
             log.info("resuming %s from %d bytes", self._name, plan.done)
         self.upstream.commit, self.upstream.sha256 = resolved.commit, resolved.sha256
@@ -203,7 +205,7 @@ class FileFetch:
     async def _start_over(self, connections: int) -> None:
         self.link.etag, self.link.refusals, self.link.single_stream = None, 0, False
         await self.partial.truncate()
-        self._use(PartPlan.split(self.ref.size, connections))
+        self._use(PartPlan.split(self.ref.size, connections, PARTS_PER_CONNECTION))
         await self._recorder.record()
 
     # ---- fetching ------------------------------------------------------------------------
@@ -256,22 +258,26 @@ class FileFetch:
             counters=self.counters, max_retries=self.options.max_retries,
             backoff_base=self.options.retry_backoff, backoff=self.waits.wait,
             resolve=self._resolve_again, on_written=hasher.poke, limiter=self._limiter,
-            timeout=self._timeout,
+            timeout=self._timeout, slots=self._slots,
         )  # fmt: skip
-        paces, own_pace = self._paces, 0.0
+        paces, own_pace, slots = self._paces, 0.0, self._slots
         while True:
-            part = plan.claim() or paces.take_over(own_pace)
-            if part is None:
-                if not plan.busy:
-                    return
-                await paces.idle()  # others still work: one may crawl, or all end
-                continue
-            filling = paces.start(part)
-            try:
-                await fetcher.fill(part)
-            finally:
-                plan.release(part)
-                own_pace = paces.end(filling)
+            async with slots.turn():  # the server may take fewer connections than we have
+                while not slots.over:
+                    part = plan.claim() or paces.take_over(own_pace)
+                    if part is None:
+                        if not plan.busy:
+                            return
+                        await paces.idle()  # others still work: one may crawl, or all end
+                        continue
+                    filling = paces.start(part)
+                    try:
+                        await fetcher.fill(part)
+                    except Crowded:
+                        break  # the part goes back to the plan; wait for a slot
+                    finally:
+                        plan.release(part)
+                        own_pace = paces.end(filling)
 
     async def _report_loop(self) -> None:
         while True:

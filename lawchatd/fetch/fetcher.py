@@ -6,6 +6,7 @@ re-fetches at most what was in flight. A bandwidth limiter plugs in at one place
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,7 @@ from lawchatd.fetch.errors import (
 from lawchatd.fetch.partial import PartialFile
 from lawchatd.fetch.plan import Part, PartPlan
 from lawchatd.fetch.ratelimit import QUANTUM
+from lawchatd.fetch.slots import Crowded, Slots
 from lawchatd.hub.client import HubClient, TransientHubError, is_transient, transient
 
 WRITE_SIZE = 2 << 20  # bytes gathered before one write: few thread hops, little memory
@@ -37,6 +39,9 @@ T = TypeVar("T")
 RETRYABLE = (aiohttp.ClientError, TimeoutError, ConnectionError, TransientHubError)  # Transient too
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 RANGE_TRIES = 3  # 200s to a range request before one stream is read instead
+# What a server that takes fewer connections answers the extra ones (slots.py).
+REFUSALS = (403, 429, 503)
+REFUSED_CONNECTIONS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError)
 
 
 class Limiter(Protocol):
@@ -85,8 +90,10 @@ class Fetcher:
         on_written: Callable[[], None] = lambda: None,
         limiter: Limiter | None = None,
         timeout: aiohttp.ClientTimeout | None = None,
+        slots: Slots | None = None,
     ) -> None:
         self._link, self._partial, self._plan = link, partial, plan
+        self._slots = slots or Slots(1)
         self._timeout = timeout  # None: the session's
         self._counters = counters
         self._max_retries, self._backoff_base = max_retries, backoff_base
@@ -121,15 +128,26 @@ class Fetcher:
         assert link.url is not None
         end = None if part.end == self._plan.size else part.end
         request = link.hub.get_range(link.url, part.offset, end, link.etag, timeout=self._timeout)
-        async with request as resp:
-            skip = self._check(resp, part)
-            await self._stream(resp, part, skip)
+        answered = False
+        with self._slots.request():
+            try:
+                async with request as resp:
+                    answered = True
+                    skip = self._check(resp, part)
+                    with self._slots.stream():
+                        await self._stream(resp, part, skip)
+            except REFUSED_CONNECTIONS as exc:
+                if not answered and self._slots.refused():
+                    raise Crowded(f"the file server closed an extra connection: {exc!r}") from exc
+                raise
         if part.remaining > 0:
             raise ConnectionLost(f"the server closed the connection {part.remaining} bytes early")
 
     def _check(self, resp: aiohttp.ClientResponse, part: Part) -> int:
         """Raise unless the answer continues the part; return the bytes to skip first."""
         status, headers = resp.status, resp.headers
+        if status in REFUSALS and self._slots.refused():
+            raise Crowded(f"the file server answered {status} to an extra connection")
         if is_transient(status):
             raise transient("the server", resp)
         if status in (401, 403, 404, 410):
@@ -182,8 +200,12 @@ class Fetcher:
 
     async def _stream(self, resp: aiohttp.ClientResponse, part: Part, skip: int) -> None:
         # Chunks are kept as they arrive and written with one pwritev: no copy into a buffer.
+        # One batch is written (in a thread) while the next arrives: at LAN speed a connection
+        # that waited for each write spent half its time not reading.
         chunks: list = []
         buffered = 0
+        writing: asyncio.Task[None] | None = None  # the batch before, `in_flight` bytes
+        in_flight = 0
         flush_at = time.monotonic() + FLUSH_SECONDS
         try:
             while chunk := await self._read(resp.content):
@@ -195,25 +217,36 @@ class Fetcher:
                     chunk, skip = memoryview(chunk)[skip:], 0
                 chunks.append(chunk)
                 buffered += len(chunk)
-                if buffered >= part.remaining:  # another connection may own the rest now
-                    chunks = clip(chunks, part.remaining)
+                room = part.remaining - (in_flight if writing and not writing.done() else 0)
+                if buffered >= room:  # another connection may own the rest now
+                    chunks = clip(chunks, max(0, room))
                     break
                 if buffered >= WRITE_SIZE or time.monotonic() >= flush_at:
-                    pending, chunks, buffered = chunks, [], 0
-                    await self._write(part, pending)
+                    if writing is not None:
+                        await writing  # in order: the next batch goes where this one ended
+                    writing = asyncio.create_task(self._write(part, chunks))
+                    chunks, in_flight, buffered = [], buffered, 0
                     flush_at = time.monotonic() + FLUSH_SECONDS
         finally:
             # Whatever ends the loop (a drop, a stall, a cancel), what arrived is kept.
+            if writing is not None:
+                await writing
             if chunks:
                 await self._write(part, chunks)
 
     async def _read(self, content: aiohttp.StreamReader) -> bytes:
         """The next bytes (b"" at the end). Under a cap, at most QUANTUM: paid for as they
         come, not in the multi-MB lumps a full socket buffer hands over (checked per read, so
-        a cap set mid-response applies at once); uncapped, all there is (measured faster)."""
-        if self._limiter is not None and self._limiter.rate:
-            return await content.read(QUANTUM)
-        return await content.readany()
+        a cap set mid-response applies at once); uncapped, all there is (measured faster).
+        At a drop, what the reader still holds comes first; the error follows at the next read."""
+        try:
+            if self._limiter is not None and self._limiter.rate:
+                return await content.read(QUANTUM)
+            return await content.readany()
+        except aiohttp.ClientPayloadError:
+            if held := leftover(content):
+                return held
+            raise
 
     async def _take(self, chunk: bytes) -> None:
         self._counters.fetched += len(chunk)
@@ -264,6 +297,20 @@ def backoff_delay(failures: int, exc: BaseException, base: float) -> float:
     if wait is not None:
         return min(wait, MAX_WAIT)
     return min(30.0, base * 2 ** (failures - 1))
+
+
+def leftover(content: aiohttp.StreamReader) -> bytes:
+    """The bytes the reader holds after a drop. aiohttp raises the payload error before it
+    hands them over (its reads check the error first), and with the daemon's 2 MiB read
+    buffer that was up to MBs per drop, fetched again. `_read_nowait` is what `read_nowait`
+    does after that check: below the public API, so any change in it only costs the bytes."""
+    read = getattr(content, "_read_nowait", None)
+    if read is None:
+        return b""
+    try:
+        return read(-1)
+    except Exception:
+        return b""
 
 
 def clip(chunks: list, limit: int) -> list:
