@@ -194,7 +194,7 @@ def test_the_token_goes_to_the_hub_host_only():
 
 
 def test_error_texts_drop_presigned_url_signatures():
-    from lawchatd.fetch import describe
+    from lawchatd.errors import in_words
 
-    text = describe(Exception("url='https://cdn.example/b?X-Amz-Signature=s3cret&Expires=9'"))
+    text = in_words(Exception("url='https://cdn.example/b?X-Amz-Signature=s3cret&Expires=9'"))
     assert "s3cret" not in text and "https://cdn.example/b?..." in text

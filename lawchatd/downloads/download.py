@@ -14,6 +14,7 @@ from pathlib import Path
 from lawchatd.config import Settings
 from lawchatd.downloads.catalog import ModelSpec
 from lawchatd.downloads.journal import RowJournal, transition
+from lawchatd.errors import in_words
 from lawchatd.fetch import (
     DownloadFailed,
     FetchOptions,
@@ -25,7 +26,6 @@ from lawchatd.fetch import (
     Snapshot,
     Status,
 )
-from lawchatd.fetch.errors import unexpected
 from lawchatd.fetch.partial import part_path as part_beside
 from lawchatd.fetch.plan import PartPlan
 from lawchatd.fetch.verify import Verified, record_of
@@ -159,7 +159,7 @@ class Download:
             transition(self.row, Status.ERROR, error=str(exc))
         else:  # a bug must still leave an honest row, and a log line
             log.exception("download of %s failed unexpectedly", self.spec.variant)
-            transition(self.row, Status.ERROR, error=unexpected(exc))
+            transition(self.row, Status.ERROR, error=in_words(exc, unexpected=True))
         self._on_change(self)
 
     async def _end(self, exc: BaseException) -> None:

@@ -17,7 +17,7 @@ README "Layout" says which module owns what.
 """
 
 from lawchatd.fetch.engine import Fetched, FileFetch, Progress
-from lawchatd.fetch.errors import DownloadFailed, describe
+from lawchatd.fetch.errors import DownloadFailed
 from lawchatd.fetch.fetcher import Limiter
 from lawchatd.fetch.journal import Entry, FileJournal, Journal, MemoryJournal
 from lawchatd.fetch.options import FetchOptions
@@ -30,5 +30,5 @@ from lawchatd.fetch.verify import Verified
 __all__ = [
     "DownloadFailed", "Entry", "FetchOptions", "Fetched", "FileFetch", "FileJournal", "FileRef",
     "Journal", "Limiter", "MemoryJournal", "Part", "Phase", "Progress", "Snapshot", "Status",
-    "Verified", "describe", "part_path",
+    "Verified", "part_path",
 ]  # fmt: skip

@@ -4,15 +4,10 @@ retry may cure."""
 from __future__ import annotations
 
 import errno
-from functools import partial
 
 from lawchatd import errors
-from lawchatd.errors import LawchatdError, in_words
+from lawchatd.errors import LawchatdError
 from lawchatd.hub.client import TransientHubError
-
-# The engine's modules say an exception in words under these names.
-describe = in_words
-unexpected = partial(in_words, unexpected=True)
 
 
 class DownloadFailed(LawchatdError):

@@ -16,6 +16,7 @@ from typing import Protocol, TypeVar
 import aiohttp
 from yarl import URL
 
+from lawchatd.errors import in_words
 from lawchatd.fetch.errors import (
     ConnectionLost,
     DownloadFailed,
@@ -23,7 +24,6 @@ from lawchatd.fetch.errors import (
     RangeRefused,
     RestartFromZero,
     Transient,
-    describe,
     disk_error,
 )
 from lawchatd.fetch.partial import PartialFile
@@ -285,7 +285,7 @@ async def with_retries(
         except RETRYABLE as exc:
             failures = 1 if progress() > before else failures + 1
             if failures > max_retries:
-                raise DownloadFailed(failed(describe(exc))) from exc
+                raise DownloadFailed(failed(in_words(exc))) from exc
             counters.retries += 1
             await backoff(backoff_delay(failures, exc, base), exc, getattr(exc, "note", None))
 

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from lawchatd.fetch.errors import describe
+from lawchatd.errors import in_words
 from lawchatd.fetch.fetcher import Counters, with_retries
 from lawchatd.fetch.status import Phase
 
@@ -32,11 +32,11 @@ class Waits:
         self.note: str | None = None  # why the download waits, in words
 
     async def wait(self, delay: float, exc: BaseException, note: str | None) -> None:
-        log.warning("%s: %s; retry in %.1fs", self._name, describe(exc), delay)
+        log.warning("%s: %s; retry in %.1fs", self._name, in_words(exc), delay)
         if not self._sleepers:
             self._phase_before = self._phase()
         self._sleepers += 1
-        self.note = note or f"{describe(exc)}; retrying in {delay:.3g} s"
+        self.note = note or f"{in_words(exc)}; retrying in {delay:.3g} s"
         self._set_phase(Phase.RETRYING)
         try:
             await asyncio.sleep(delay)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from lawchatd.errors import in_words
 from lawchatd.fetch import FetchOptions
-from lawchatd.fetch.errors import describe
 from lawchatd.hub.session import NetworkSettings
 from lawchatd.mirror.answers import FileMeta, Filling, InDir, Refusal, ToCdn
 from lawchatd.mirror.digests import Digests
@@ -285,7 +285,7 @@ class PullThrough:
             fetch.failed = "the mirror is shutting down"
             raise
         except (FetchFailed, OSError) as exc:
-            fetch.failed = describe(exc)
+            fetch.failed = in_words(exc)
             log.warning(
                 "fetching %s failed: %s (the partial is kept for the next try)", key, fetch.failed
             )

@@ -20,7 +20,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from lawchatd.fetch.errors import describe
+from lawchatd.errors import in_words
 from lawchatd.mirror.trees import RepoRecord, Tree, TreeFile, load_record, save_record
 from lawchatd.mirror.upstream import METADATA_TIMEOUT, Upstream, UpstreamError
 
@@ -147,7 +147,7 @@ class Revisions:
                 body = await r.content.read(_MAX_INFO + 1)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamError(
-                502, None, f"the upstream {upstream.endpoint} is unreachable: {describe(exc)}"
+                502, None, f"the upstream {upstream.endpoint} is unreachable: {in_words(exc)}"
             ) from exc
         if len(body) > _MAX_INFO:
             raise UpstreamError(502, None, "the upstream's file list is too large")

@@ -13,8 +13,7 @@ from pydantic import SecretStr
 from yarl import URL
 
 from lawchatd import __version__
-from lawchatd.errors import LawchatdError
-from lawchatd.fetch.errors import describe
+from lawchatd.errors import LawchatdError, in_words
 from lawchatd.hub.client import HubClient, HubError, Resolved, TransientHubError
 from lawchatd.hub.session import NetworkSettings, client_session
 
@@ -99,7 +98,7 @@ class Upstream:
             status = 429 if exc.status == 429 else 502
             raise UpstreamError(status, None, f"the upstream {self.endpoint}: {exc}") from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
-            reason = describe(exc)  # proxy/TLS/DNS in words; no presigned signature
+            reason = in_words(exc)  # proxy/TLS/DNS in words; no presigned signature
             raise UpstreamError(
                 502, None, f"the upstream {self.endpoint} is unreachable: {reason}"
             ) from exc
