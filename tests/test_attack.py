@@ -1,0 +1,175 @@
+"""Issue 23: what an attack campaign still got through, each driven with raw sockets against the
+real daemon on loopback. The attacker and the probing client use different source addresses
+(127.0.0.x), as two machines would. Counts are modest (the suite runs on 2 cores); the
+full-size figures come from bench/security.py."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import zlib
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+
+from lawchatd.testing.daemon import Daemon
+
+LIMIT = 64  # LAWCHATD_MAX_CONNECTIONS: the WebSocket cap is a quarter of it (16, 4 per address)
+PROBE = "127.0.0.200"  # the client that is not the attacker
+
+
+@pytest.fixture
+async def capped(make_daemon: Callable[..., Daemon]) -> Daemon:
+    # Keyless on loopback: the attacker needs no key, as in the campaign.
+    return await make_daemon(
+        LAWCHATD_API_KEY="",
+        LAWCHATD_BODY_TIMEOUT="30",
+        LAWCHATD_MAX_CONNECTIONS=str(LIMIT),
+    ).start()
+
+
+async def connect(daemon: Daemon, source: str = "127.0.0.1"):
+    parts = urlsplit(daemon.url)
+    return await asyncio.open_connection(parts.hostname, parts.port, local_addr=(source, 0))
+
+
+async def probe(daemon: Daemon, method: str = "GET", path: str = "/healthz", **kw) -> int:
+    connector = aiohttp.TCPConnector(local_addr=(PROBE, 0), force_close=True)
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with (
+        aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+        session.request(method, daemon.url + path, **kw) as resp,
+    ):
+        return resp.status
+
+
+def close_all(writers: list[asyncio.StreamWriter]) -> None:
+    for writer in writers:
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
+# ---- 1: slow request bodies -----------------------------------------------------------------
+
+
+async def test_slow_bodies_at_the_cap_do_not_lock_out_healthz(capped: Daemon) -> None:
+    """Past the cap a trickling body is evicted (oldest first): it used to count as busy and
+    hold its slot for the whole body timeout, and /healthz answered 503."""
+    head = (
+        b"POST /session HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 1000\r\n\r\n{"key": "'
+    )
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(LIMIT + 36):
+            _, writer = await connect(capped)
+            writer.write(head)
+            writers.append(writer)
+        await asyncio.sleep(0.5)
+        for writer in writers:  # still trickling
+            with contextlib.suppress(ConnectionError):
+                writer.write(b"a")
+        await asyncio.sleep(0.2)
+        statuses = [await probe(capped) for _ in range(10)]
+        assert statuses == [200] * 10, statuses
+        assert await probe(capped, "GET", "/models/available") == 200
+    finally:
+        close_all(writers)
+
+
+# ---- 2: WebSocket floods --------------------------------------------------------------------
+
+
+def upgrade_request() -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        "GET /ws/progress HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+async def open_websocket(daemon: Daemon, source: str):
+    """(status of the upgrade, writer): 101 and an open socket, or the refusal."""
+    reader, writer = await connect(daemon, source)
+    writer.write(upgrade_request())
+    try:
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+    except (ConnectionError, TimeoutError):
+        return 0, writer
+    return int(status_line.split()[1]) if status_line else 0, writer
+
+
+async def test_a_websocket_flood_leaves_rest_answering(capped: Daemon) -> None:
+    writers: list[asyncio.StreamWriter] = []
+    statuses: list[int] = []
+    try:
+        for attacker in range(10):  # ten machines, eight sockets each
+            for _ in range(8):
+                status, writer = await open_websocket(capped, f"127.0.0.{attacker + 1}")
+                statuses.append(status)
+                writers.append(writer)
+        opened = statuses.count(101)
+        assert opened == LIMIT // 4, statuses  # 16 in total, at most 4 per address
+        assert set(statuses) == {101, 503}, statuses
+        for _ in range(5):
+            assert await probe(capped) == 200
+        assert await probe(capped, "GET", "/models/available") == 200
+        body = {"model_variant": "no-such-variant"}
+        assert await probe(capped, "POST", "/models/download", json=body) == 400
+        # One address cannot take the others' sockets: a fresh one still gets in when room
+        # is made.
+        close_all(writers[:8])
+        await asyncio.sleep(0.3)
+        status, writer = await open_websocket(capped, PROBE)
+        writers.append(writer)
+        assert status == 101
+    finally:
+        close_all(writers)
+
+
+# ---- 3: gzip bombs --------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def gzip_of_zeros(size: int) -> bytes:
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # 31: a gzip wrapper; 1: quick to build
+    chunk = bytes(1 << 20)
+    return b"".join(packer.compress(chunk) for _ in range(size >> 20)) + packer.flush()
+
+
+async def test_a_gzip_bomb_costs_no_cpu(capped: Daemon) -> None:
+    bomb = gzip_of_zeros(256 << 20)  # 1.1 MB on the wire, 256 MiB (0.5 s of CPU) inflated
+    head = (
+        "POST /models/download HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Encoding: gzip\r\nContent-Length: {len(bomb)}\r\n\r\n"
+    ).encode()
+    await probe(capped)  # warm
+    before = cpu_seconds(capped.pid)
+    for _ in range(2):
+        reader, writer = await connect(capped)
+        try:
+            # The refusal comes on the head alone; the rest of the bomb follows it, as from a
+            # client that does not wait for an answer.
+            writer.write(head + bomb[:1024])
+            answer = await asyncio.wait_for(reader.read(1000), 10)
+            with contextlib.suppress(ConnectionError):
+                writer.write(bomb[1024:])
+                await writer.drain()
+                await asyncio.wait_for(reader.read(), 10)
+        finally:
+            close_all([writer])
+        assert answer.split(b" ", 2)[1] == b"415", answer[:200]
+    await asyncio.sleep(0.3)
+    spent = cpu_seconds(capped.pid) - before
+    assert spent < 0.1, f"{spent:.2f} s of CPU for two refused bombs"
+    assert await probe(capped) == 200
+    assert (await capped.get("/models/download-progress"))["status"] == "idle"
