@@ -8,15 +8,28 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import os
+import sqlite3
+import subprocess
+import sys
 import zlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
+from aiohttp import web
 
+from lawchatd.fetch import DownloadFailed, FileFetch, FileRef, MemoryJournal
+from lawchatd.process.startup import EX_DATAERR
 from lawchatd.testing.daemon import Daemon
+from lawchatd.testing.mirror_server import Mirror
+from lawchatd.testing.models import sha256_of
+from tests.harness import final_file, part_file, start_download
+from tests.test_fetch_library import DATA, OPTIONS, SHA, SIZE, hub_of
+from tests.test_fetch_library import Server as BlobServer
 
 LIMIT = 64  # LAWCHATD_MAX_CONNECTIONS: the WebSocket cap is a quarter of it (16, 4 per address)
 PROBE = "127.0.0.200"  # the client that is not the attacker
@@ -173,3 +186,127 @@ async def test_a_gzip_bomb_costs_no_cpu(capped: Daemon) -> None:
     assert spent < 0.1, f"{spent:.2f} s of CPU for two refused bombs"
     assert await probe(capped) == 200
     assert (await capped.get("/models/download-progress"))["status"] == "idle"
+
+
+# ---- 4: a .part changed by another program between two runs ----------------------------------
+
+
+def swap_for_a_foreign_file(part: Path) -> None:
+    """Another program puts its own file of the same size in place (a new inode)."""
+    foreign = part.with_name("foreign")
+    foreign.write_bytes(os.urandom(part.stat().st_size))
+    os.replace(foreign, part)
+
+
+def rewrite_in_place(part: Path) -> None:
+    """Another program cuts the file to nothing and writes zeros back to its old size: the
+    same inode and size, a new mtime."""
+    size = part.stat().st_size
+    with open(part, "r+b") as f:
+        f.truncate(0)
+        f.write(bytes(size))
+
+
+@pytest.mark.parametrize("tamper", [swap_for_a_foreign_file, rewrite_in_place])
+async def test_a_part_changed_between_runs_starts_over(
+    make_daemon, mirror: Mirror, models, tamper
+) -> None:
+    variant = "big"
+    daemon = await make_daemon().start()
+    mirror.faults.rate = 2_000_000
+    await start_download(daemon, variant)
+    await daemon.wait_progress(lambda p: p["downloaded_size"] >= 1_500_000)
+    await daemon.post("/models/cancel-download")
+    assert (await daemon.get("/models/download-progress"))["status"] == "cancelled"
+    tamper(part_file(daemon, models[variant]))
+
+    mirror.faults.rate = None
+    await mirror.fresh_count()
+    await start_download(daemon, variant)
+    done = await daemon.wait_done()
+    assert done["status"] == "completed", done  # the first try: no sha256 mismatch on the way
+    assert mirror.cdn_bytes() == models[variant].size  # the whole file again, once
+    assert sha256_of(final_file(daemon, models[variant])) == models[variant].sha256
+    assert "starting over" in daemon.log()
+
+
+# ---- 7: after a failed fdatasync the range it covered is not trusted --------------------------
+
+
+@pytest.fixture
+async def blob_server() -> AsyncIterator[BlobServer]:
+    server = BlobServer()
+    await server.runner.setup()
+    await web.TCPSite(server.runner, "127.0.0.1", 0).start()
+    server.url = f"http://127.0.0.1:{server.runner.addresses[0][1]}"
+    yield server
+    await server.runner.cleanup()
+
+
+async def test_an_eio_on_fdatasync_never_publishes_unsynced_bytes(
+    blob_server: BlobServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fault at the syscall's wrapper: the first fdatasync fails with EIO and, as a disk
+    that lost the pages would, the file reads back as zeros. The retry must fetch those bytes
+    again, not hash the zeros (or the page cache's copy) and publish them."""
+    real_fdatasync = os.fdatasync
+    failures: list[int] = []
+
+    def failing_fdatasync(fd: int) -> None:
+        if failures:
+            return real_fdatasync(fd)
+        size = os.fstat(fd).st_size
+        os.pwrite(fd, bytes(size), 0)  # what the disk holds: not the bytes written
+        failures.append(size)
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
+    dest = tmp_path / "model.gguf"
+    journal = MemoryJournal()
+    ref = FileRef(SIZE, SHA, url=f"{blob_server.url}/blob")
+    blob_server.delay = 0.01  # the first fdatasync (after 0.1 s) lands mid-way
+    async with hub_of(blob_server) as hub:
+        with pytest.raises((OSError, DownloadFailed)):
+            await FileFetch(ref, dest, hub=hub, journal=journal, options=OPTIONS).run()
+        assert failures and failures[0] > 0
+        assert journal.entry is not None and journal.entry.done == 0  # nothing was synced
+
+        blob_server.delay, blob_server.served = 0.0, 0
+        fetched = await FileFetch(ref, dest, hub=hub, journal=journal, options=OPTIONS).run()
+    assert fetched.sha256 == SHA and dest.read_bytes() == DATA
+    assert blob_server.served == SIZE  # every unsynced byte fetched again
+
+
+# ---- 6: a damaged schema is noticed at start; hostile row values are read safely --------------
+
+
+async def test_a_dropped_table_exits_65_in_words(make_daemon, tmp_path: Path) -> None:
+    daemon = await make_daemon().start()  # builds a whole database
+    await daemon.close()
+    with contextlib.closing(sqlite3.connect(daemon.data_dir / "lawchatd.sqlite3")) as db:
+        db.execute("DROP TABLE parts")
+        db.commit()
+    env = {**daemon.env, "PYTHONPATH": os.getcwd()}
+    result = subprocess.run(
+        [sys.executable, "-m", "lawchatd", "serve"],
+        env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == EX_DATAERR, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("lawchatd: cannot start: ") and "the table 'parts' is missing" in last
+    assert "Traceback" not in result.stderr
+
+
+async def test_hostile_values_in_a_row_do_not_break_the_model_list(make_daemon) -> None:
+    daemon = await make_daemon().start()
+    await daemon.close()
+    with contextlib.closing(sqlite3.connect(daemon.data_dir / "lawchatd.sqlite3")) as db:
+        db.execute(
+            "INSERT INTO downloads (variant, filename, status, total_size, downloaded_size, "
+            "started_at, error) VALUES ('tiny-a', x'00ff', 'pwned', 'lots', x'0102', 'soon', 7)"
+        )
+        db.commit()
+    await daemon.start()
+    available = await daemon.get("/models/available")
+    assert available["available_models"]["tiny-a"]["downloaded"] is False
+    assert (await daemon.get("/models/download-progress"))["status"] in ("idle", "error")
