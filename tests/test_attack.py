@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import sqlite3
+import ssl
 import subprocess
 import sys
 import zlib
@@ -20,13 +21,17 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
+import trustme
 from aiohttp import web
 
-from lawchatd.fetch import DownloadFailed, FileFetch, FileRef, MemoryJournal
+from lawchatd.fetch import DownloadFailed, FetchOptions, FileFetch, FileRef, MemoryJournal
+from lawchatd.hub.client import HubClient
 from lawchatd.process.startup import EX_DATAERR
 from lawchatd.testing.daemon import Daemon
 from lawchatd.testing.mirror_server import Mirror
 from lawchatd.testing.models import sha256_of
+from lawchatd.testing.ports import free_port
+from lawchatd.testing.servers import serve, served
 from tests.harness import final_file, part_file, start_download
 from tests.test_fetch_library import DATA, OPTIONS, SHA, SIZE, hub_of
 from tests.test_fetch_library import Server as BlobServer
@@ -310,3 +315,102 @@ async def test_hostile_values_in_a_row_do_not_break_the_model_list(make_daemon) 
     available = await daemon.get("/models/available")
     assert available["available_models"]["tiny-a"]["downloaded"] is False
     assert (await daemon.get("/models/download-progress"))["status"] in ("idle", "error")
+
+
+# ---- 5: an upstream's huge /api/ answer ------------------------------------------------------
+
+
+def peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        line = next(x for x in f if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+async def test_a_300_mb_api_answer_leaves_the_mirror_small(tmp_path: Path) -> None:
+    sent = 0
+
+    async def huge(request: web.Request) -> web.StreamResponse:
+        nonlocal sent
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()  # no length to refuse it by: it must be read to know
+        await resp.prepare(request)
+        chunk = b" " * (1 << 20)
+        with contextlib.suppress(ConnectionError):
+            await resp.write(b"[")
+            for _ in range(300):
+                await resp.write(chunk)
+                sent += len(chunk)
+            await resp.write(b"]")
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/api/models/{org}/{repo}", huge)
+    upstream_url, runner = await serve(app)
+    port = free_port()
+    (tmp_path / "office").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LAWCHATD_", "HF_"))}
+    argv = [sys.executable, "-m", "lawchatd", "mirror", str(tmp_path / "office")]
+    argv += ["--port", str(port), "--upstream", upstream_url]
+    proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}/api/models/org/repo"
+        for _ in range(100):
+            with contextlib.suppress(aiohttp.ClientConnectionError):
+                async with aiohttp.ClientSession() as http, http.get(url) as resp:
+                    body = await resp.read()
+                break
+            await asyncio.sleep(0.1)
+        assert len(body) < 1 << 20, len(body)  # DIR's answer (no such repo), not the relay
+        peak = peak_rss_mb(proc.pid)
+        assert peak < 100, f"the mirror grew to {peak:.0f} MB"
+        assert sent < 300 << 20  # the upstream was not read to the end
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+        await runner.cleanup()
+    assert b"larger than 8 MiB" in err
+
+
+# ---- 7: the resolve step's deadline; an unverifiable certificate is not transient -------------
+
+
+async def test_a_hub_that_trickles_its_head_is_retried_within_the_stall_timeout(
+    tmp_path: Path,
+) -> None:
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            await reader.readuntil(b"\r\n\r\n")
+            for byte in b"HTTP/1.1 302 Found\r\nX-Padding: " + b"a" * 1000:
+                writer.write(bytes([byte]))
+                await asyncio.sleep(0.1)  # a byte at a time: every read resets sock_read
+
+    hub = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{hub.sockets[0].getsockname()[1]}"
+    options = FetchOptions(max_retries=1, retry_backoff=0.01, stall_timeout=1.0)
+    ref = FileRef(SIZE, repo="org/repo", path="model.gguf")
+    began = asyncio.get_running_loop().time()
+    try:
+        async with aiohttp.ClientSession() as session:
+            fetch = FileFetch(ref, tmp_path / "m.gguf", hub=HubClient(session, url, None),
+                              options=options)  # fmt: skip
+            with pytest.raises(DownloadFailed, match="did not answer within 1 s"):
+                await fetch.run()
+    finally:
+        hub.close()
+    assert asyncio.get_running_loop().time() - began < 5  # two tries of 1 s, not minutes
+    assert fetch.counters.retries == 1
+
+
+async def test_an_unverifiable_certificate_ends_the_download_at_once(tmp_path: Path) -> None:
+    ca = trustme.CA()  # a firm's inspecting CA that this machine does not trust
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    async with served(web.Application(), ssl_context=context) as url:
+        options = FetchOptions(max_retries=8, retry_backoff=0.5)
+        ref = FileRef(SIZE, repo="org/repo", path="model.gguf")
+        async with aiohttp.ClientSession() as session:
+            fetch = FileFetch(ref, tmp_path / "m.gguf", hub=HubClient(session, url, None),
+                              options=options)  # fmt: skip
+            with pytest.raises(DownloadFailed, match="unknown authority: set LAWCHATD_CA_BUNDLE"):
+                await fetch.run()
+    assert fetch.counters.retries == 0

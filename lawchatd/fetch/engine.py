@@ -24,7 +24,7 @@ from lawchatd.fetch.partial import PartialFile, part_path
 from lawchatd.fetch.plan import PartPlan
 from lawchatd.fetch.recorder import Recorder, Upstream
 from lawchatd.fetch.ref import FileRef
-from lawchatd.fetch.resolve import resolve_into
+from lawchatd.fetch.resolve import resolve_within
 from lawchatd.fetch.status import Phase, SpeedMeter
 from lawchatd.fetch.takeover import Paces
 from lawchatd.fetch.verify import check_bytes, stat_key
@@ -168,7 +168,7 @@ class FileFetch:
     # ---- resolve and plan ----------------------------------------------------------------
 
     async def _resolve(self) -> Resolved:
-        return await resolve_into(self.link, self.ref)
+        return await resolve_within(self.link, self.ref, self.options.stall_timeout)
 
     async def _resolve_again(self) -> None:
         started_with = self.upstream.sha256

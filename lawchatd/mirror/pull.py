@@ -24,6 +24,7 @@ from lawchatd.fetch import FetchOptions
 from lawchatd.fetch.errors import describe
 from lawchatd.hub.session import NetworkSettings
 from lawchatd.mirror.answers import FileMeta, Filling, Forwarded, InDir, Refusal, ToCdn
+from lawchatd.mirror.capped import API_ANSWER_LIMIT, read_capped
 from lawchatd.mirror.digests import Digests
 from lawchatd.mirror.engine_fetch import EngineFetch, FetchFailed
 from lawchatd.mirror.index import RepoIndex
@@ -132,7 +133,12 @@ class PullThrough:
             ) as r:
                 if r.status != 200:
                     return None
-                body = await r.read()
+                if (body := await read_capped(r)) is None:
+                    log.warning(
+                        "the upstream's answer to %s is larger than %d MiB: answering from DIR",
+                        request.rel_url.path, API_ANSWER_LIMIT >> 20,
+                    )  # fmt: skip
+                    return None
                 headers = {k: r.headers[k] for k in ("Content-Type", "Link") if k in r.headers}
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning(
