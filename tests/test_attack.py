@@ -24,6 +24,7 @@ import pytest
 import trustme
 from aiohttp import web
 
+from lawchatd.errors import in_words
 from lawchatd.fetch import DownloadFailed, FetchOptions, FileFetch, FileRef, MemoryJournal
 from lawchatd.hub.client import HubClient
 from lawchatd.process.startup import EX_DATAERR
@@ -414,3 +415,63 @@ async def test_an_unverifiable_certificate_ends_the_download_at_once(tmp_path: P
             with pytest.raises(DownloadFailed, match="unknown authority: set LAWCHATD_CA_BUNDLE"):
                 await fetch.run()
     assert fetch.counters.retries == 0
+
+
+# ---- 7: the mirror's log masks presigned URLs; a bad request is one INFO line --------------
+
+
+async def test_the_mirror_log_masks_signatures_and_bad_requests_are_one_line(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    (tmp_path / "org" / "repo").mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LAWCHATD_", "HF_"))}
+    argv = [sys.executable, "-m", "lawchatd", "mirror", str(tmp_path), "--port", str(port)]
+    proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
+    signed = f"http://127.0.0.1:{port}/cdn/org/repo/a.gguf?Expires=99999999999&Signature=s3cr3t"
+    try:
+        for _ in range(100):
+            with contextlib.suppress(aiohttp.ClientConnectionError):
+                async with aiohttp.ClientSession() as http, http.get(signed) as resp:
+                    await resp.read()
+                break
+            await asyncio.sleep(0.1)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.0 400")
+        writer.close()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert b"s3cr3t" not in err and b"Signature=***" in err
+    assert b"Traceback" not in err and b"ERROR" not in err
+    assert b"bad request from 127.0.0.1" in err
+
+
+# ---- 7: misleading texts say what happened -----------------------------------------------------
+
+
+async def test_redirects_and_huge_headers_are_told_as_they_are(tmp_path: Path) -> None:
+    async def to_file(request: web.Request) -> web.Response:
+        return web.Response(status=302, headers={"Location": "file:///etc/passwd"})
+
+    async def loop(request: web.Request) -> web.Response:
+        raise web.HTTPFound(request.path)
+
+    async def huge(request: web.Request) -> web.Response:
+        return web.Response(headers={"X-Huge": "a" * 9000})
+
+    app = web.Application()
+    app.router.add_route("HEAD", "/org/repo/resolve/main/{name}", to_file)
+    app.router.add_get("/loop", loop)
+    app.router.add_get("/huge", huge)
+    async with served(app) as url, aiohttp.ClientSession() as session:
+        ref = FileRef(SIZE, repo="org/repo", path="model.gguf")
+        fetch = FileFetch(ref, tmp_path / "m.gguf", hub=HubClient(session, url, None))
+        with pytest.raises(DownloadFailed, match="redirected model.gguf to file: address"):
+            await fetch.run()
+        for path, words in (("/loop", "redirected in a loop"), ("/huge", "longer than 8190")):
+            with pytest.raises(aiohttp.ClientError) as caught:
+                async with session.get(url + path) as resp:
+                    await resp.read()
+            assert words in in_words(caught.value), in_words(caught.value)

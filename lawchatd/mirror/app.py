@@ -17,6 +17,8 @@ from lawchatd.mirror.digests import Digests
 from lawchatd.mirror.files import Files
 from lawchatd.mirror.index import RepoIndex
 from lawchatd.mirror.signing import Signer
+from lawchatd.process.httpserver import HardenedServer, harden
+from lawchatd.process.logs import MaskingAccessLogger
 from lawchatd.web.errors import hub_errors
 
 if TYPE_CHECKING:
@@ -131,8 +133,12 @@ async def run_mirror(
         network=network,
     )
     # A short shutdown: a multi-GB response in flight must not hold up Ctrl-C for a minute.
-    runner = web.AppRunner(app, shutdown_timeout=2.0)
+    # Presigned URLs' signatures masked in the access log; what the HTTP parser refuses is one
+    # INFO line, not an ERROR traceback (process/httpserver.py, without its connection cap).
+    runner = web.AppRunner(app, shutdown_timeout=2.0, access_log_class=MaskingAccessLogger)
     await runner.setup()
+    assert runner.server is not None
+    harden(runner.server, HardenedServer.connection_limit)
     try:
         site = web.TCPSite(runner, host, port)
         await site.start()

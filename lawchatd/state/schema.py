@@ -13,11 +13,13 @@ import sqlite3
 from dataclasses import fields
 from typing import Any
 
+from lawchatd.errors import LawchatdError
 from lawchatd.fetch.status import Status
 
 
-class SchemaDamaged(sqlite3.DatabaseError):
-    """Tables or columns are missing: start-up turns it into exit 65 (a damaged database)."""
+class SchemaDamaged(LawchatdError, sqlite3.DatabaseError):
+    """Tables or columns are missing: start-up turns it into exit 65 (a damaged database),
+    as it does any sqlite3.DatabaseError."""
 
 
 def expected_tables(migrations: tuple[str, ...]) -> dict[str, set[str]]:
