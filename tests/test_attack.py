@@ -272,7 +272,7 @@ async def test_an_eio_on_fdatasync_never_publishes_unsynced_bytes(
     ref = FileRef(SIZE, SHA, url=f"{blob_server.url}/blob")
     blob_server.delay = 0.01  # the first fdatasync (after 0.1 s) lands mid-way
     async with hub_of(blob_server) as hub:
-        with pytest.raises((OSError, DownloadFailed)):
+        with pytest.raises(DownloadFailed, match="disk reported an error"):
             await FileFetch(ref, dest, hub=hub, journal=journal, options=OPTIONS).run()
         assert failures and failures[0] > 0
         assert journal.entry is not None and journal.entry.done == 0  # nothing was synced

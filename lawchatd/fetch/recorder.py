@@ -90,9 +90,13 @@ class Recorder:
         before = {p.start: p.done for p in plan.parts}
         try:
             await self._partial.sync()
-        except OSError:
-            self._sync_failed = True  # the download ends on this error, keeping only the synced
-            raise
+        except OSError as exc:
+            self._sync_failed = True  # the download ends here, keeping only the synced bytes
+            raise DownloadFailed(
+                f"the disk reported an error while saving {self._partial.path} "
+                f"({exc.strerror or exc}); the bytes since the last good save will be "
+                "downloaded again: check the disk, then download again"
+            ) from exc
         if plan is not self._plan():
             return
         for part in plan.parts:
