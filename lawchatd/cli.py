@@ -103,6 +103,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return asyncio.run(status(_settings(), sys.stdout))
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from lawchatd.client import verify
+
+    return asyncio.run(verify(_settings(), args.variant, sys.stdout))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lawchatd", description="Download, verify, hot-swap and serve the law-chat models."
@@ -122,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="variants, download state and the loaded model")
     status.set_defaults(func=_cmd_status)
+
+    verify = commands.add_parser(
+        "verify", help="hash downloaded model files again now (exit 1 if one changed)"
+    )
+    verify.add_argument("variant", nargs="?", help="one variant (default: every downloaded one)")
+    verify.set_defaults(func=_cmd_verify)
 
     mirror = commands.add_parser("mirror", help="serve a folder as a Hub-compatible endpoint")
     mirror.add_argument("dir", type=Path, help="folder laid out as DIR/<org>/<repo>/<file>")

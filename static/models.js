@@ -42,10 +42,12 @@ function makeCard(variant) {
     download: button("Download", "primary", () => startDownload(variant)),
     cancel: button("Cancel", "danger", cancelDownload),
     load: button("Load", "secondary", () => loadModel(variant)),
+    verify: button("Verify", "secondary", () => verifyModel(variant)),
   };
   card.cancel.setAttribute("aria-label", `Cancel the download of ${variant}`);
   card.load.setAttribute("aria-label", `Load ${variant}`);
-  actions.append(card.download, card.cancel, card.load);
+  card.verify.setAttribute("aria-label", `Hash ${variant} again to check it is intact`);
+  actions.append(card.download, card.cancel, card.load, card.verify);
   item.append(title, label, meta, status, actions);
   return card;
 }
@@ -85,6 +87,7 @@ export function renderModels() {
     card.cancel.hidden = !running || p.phase === "loading";
     card.load.hidden = !model.downloaded || variant === loadedVariant;
     card.load.disabled = Boolean(loading);
+    card.verify.hidden = !model.downloaded || running;
     keepFocus(card);
   }
   for (const [variant, card] of cards) {
@@ -113,6 +116,21 @@ async function startDownload(variant) {
     showNotice(sentence(body.message));
   } catch (error) {
     reportFailure(error, `Could not download ${variant}`);
+  }
+}
+
+// Hashes the file again now (POST /models/verify): a file changed behind a restored mtime
+// stops counting as downloaded.
+async function verifyModel(variant) {
+  showError("");
+  showNotice(`Checking ${variant}…`);
+  try {
+    const body = await api("POST", "/models/verify", { model_variant: variant });
+    if (body.result === "verified") showNotice(sentence(body.message));
+    else showError(sentence(body.message));
+    await refreshModels();
+  } catch (error) {
+    reportFailure(error, `Could not verify ${variant}`);
   }
 }
 

@@ -475,3 +475,33 @@ async def test_redirects_and_huge_headers_are_told_as_they_are(tmp_path: Path) -
                 async with session.get(url + path) as resp:
                     await resp.read()
             assert words in in_words(caught.value), in_words(caught.value)
+
+
+# ---- 7: `lawchatd verify`: a flipped byte with its mtime put back is found on demand ------------
+
+
+async def test_lawchatd_verify_finds_a_flipped_byte_behind_a_restored_mtime(
+    daemon: Daemon, models
+) -> None:
+    from tests.test_ops import finished, run_cli
+
+    await start_download(daemon, "tiny-a")
+    assert (await daemon.wait_done())["status"] == "completed"
+    code, out, _ = await finished(await run_cli(daemon, "verify"))
+    assert code == 0 and "tiny-a is intact" in out, out
+    path = final_file(daemon, models["tiny-a"])
+    st = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(st.st_size // 2)
+        byte = f.read(1)
+        f.seek(st.st_size // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # as a careful tool would leave it
+    available = await daemon.get("/models/available")
+    assert available["available_models"]["tiny-a"]["downloaded"] is True  # the record passes
+    code, out, _ = await finished(await run_cli(daemon, "verify", "tiny-a"))
+    assert code == 1 and "tiny-a changed on disk" in out, out
+    available = await daemon.get("/models/available")
+    assert available["available_models"]["tiny-a"]["downloaded"] is False
+    status, reply = await daemon.post("/models/verify", {"model_variant": "nope"})
+    assert status == 400, reply

@@ -43,7 +43,7 @@ from lawchatd.web.keys import (
     WEBSOCKET_CAP,
     WEBSOCKETS,
 )
-from lawchatd.web.routes import bandwidth, downloads, legacy, metrics, models, ws
+from lawchatd.web.routes import bandwidth, downloads, legacy, metrics, models, verify, ws
 from lawchatd.web.routes.downloads import progress_message
 from lawchatd.web.routes.openai import add_chat_routes
 from lawchatd.web.routes.queue import queue_message, queue_routes
@@ -83,6 +83,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> web.Applic
     app.add_routes(queue_routes)
     app.add_routes(models.routes)
     app.add_routes(legacy.routes)
+    app.add_routes(verify.routes)
     app.add_routes(ws.routes)
     metrics.setup(app)  # /metrics and the registry it renders
     app.add_routes(session.routes)
