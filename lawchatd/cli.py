@@ -126,6 +126,12 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return asyncio.run(audit_command(_settings(), args, sys.stdout))
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from lawchatd.client import verify
+
+    return asyncio.run(verify(_settings(), args.variant, sys.stdout))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lawchatd", description="Download, verify, hot-swap and serve the law-chat models."
@@ -165,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--verify", action="store_true", help="check the hash chain; exit 1 naming the first break"
     )
     audit.set_defaults(func=_cmd_audit)
+
+    verify = commands.add_parser(
+        "verify", help="hash downloaded model files again now (exit 1 if one changed)"
+    )
+    verify.add_argument("variant", nargs="?", help="one variant (default: every downloaded one)")
+    verify.set_defaults(func=_cmd_verify)
 
     mirror = commands.add_parser("mirror", help="serve a folder as a Hub-compatible endpoint")
     mirror.add_argument("dir", type=Path, help="folder laid out as DIR/<org>/<repo>/<file>")

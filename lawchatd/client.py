@@ -218,6 +218,31 @@ async def status(settings: Settings, out: TextIO) -> int:
     return OK
 
 
+async def verify(settings: Settings, variant: str | None, out: TextIO) -> int:
+    """Hash VARIANT's file again (or every downloaded one): 0 when all are intact."""
+    client = DaemonClient(settings)
+    try:
+        if variant:
+            variants = [variant]
+        else:
+            available = (await client.call("GET", "/models/available"))["available_models"]
+            variants = [name for name, entry in available.items() if entry.get("downloaded")]
+            if not variants:
+                print("no model is downloaded: nothing to verify", file=out)
+        worst = OK
+        for name in variants:
+            answer = await client.call("POST", "/models/verify", {"model_variant": name})
+            print(answer["message"], file=out)
+            if answer["result"] != "verified" and (variant or answer["result"] != "missing"):
+                worst = FAILED
+        return worst
+    except ClientError as exc:
+        print(f"lawchatd verify: {exc}", file=sys.stderr)
+        return exc.code
+    finally:
+        await client.close()
+
+
 def format_status(available: dict, loaded: dict, queued: dict[str, int] | None = None) -> str:
     queued = queued or {}
     progress = available["download_status"]

@@ -231,7 +231,14 @@ def _network_words(exc: aiohttp.ClientError) -> str:
         return f"cannot connect to {exc.host}:{exc.port}: {exc.strerror or exc.os_error}"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "the server closed the connection"
+    if isinstance(exc, aiohttp.TooManyRedirects):  # its status is 0: say what happened
+        return f"the server redirected in a loop ({len(exc.history)} redirects, never an answer)"
+    if isinstance(exc, aiohttp.RedirectClientError | aiohttp.InvalidURL):
+        where = exc.args[0] if exc.args else "an address"
+        return f"the server redirected to {where}, an address lawchatd cannot follow"
     if isinstance(exc, aiohttp.ClientResponseError):
+        if exc.status == 400 and "Got more than" in str(exc.message):  # aiohttp's parser
+            return "the server sent a header longer than 8190 bytes: not an answer lawchatd reads"
         return f"the server answered {exc.status} {exc.message}"
     return _USERINFO.sub("***@", str(exc)) or type(exc).__name__
 

@@ -52,11 +52,13 @@ function makeCard(variant) {
     cancel: button("Cancel", "danger", cancelDownload),
     load: button("Load", "secondary", () => loadModel(variant)),
     remove: button("Delete", "danger", () => deleteModel(variant)),
+    verify: button("Verify", "secondary", () => verifyModel(variant)),
   };
   card.cancel.setAttribute("aria-label", `Cancel the download of ${variant}`);
   card.load.setAttribute("aria-label", `Load ${variant}`);
   card.remove.setAttribute("aria-label", `Delete ${variant}`);
-  actions.append(card.download, card.cancel, card.load, card.remove);
+  card.verify.setAttribute("aria-label", `Hash ${variant} again to check it is intact`);
+  actions.append(card.download, card.cancel, card.load, card.verify, card.remove);
   item.append(title, label, meta, status, hint, actions);
   return card;
 }
@@ -127,6 +129,7 @@ export function renderModels() {
     card.load.hidden = !model.downloaded || variant === loadedVariant || failedLoad;
     card.load.disabled = Boolean(loading);
     card.remove.hidden = !model.downloaded;
+    card.verify.hidden = !model.downloaded || running;
     keepFocus(card);
   }
   $("disk").textContent = diskWords();
@@ -178,6 +181,21 @@ async function deleteModel(variant) {
     refreshModels();
   } catch (error) {
     reportFailure(error, `Could not delete ${variant}`);
+  }
+}
+
+// Hashes the file again now (POST /models/verify): a file changed behind a restored mtime
+// stops counting as downloaded.
+async function verifyModel(variant) {
+  showError("");
+  showNotice(`Checking ${variant}…`);
+  try {
+    const body = await api("POST", "/models/verify", { model_variant: variant });
+    if (body.result === "verified") showNotice(sentence(body.message));
+    else showError(sentence(body.message));
+    await refreshModels();
+  } catch (error) {
+    reportFailure(error, `Could not verify ${variant}`);
   }
 }
 

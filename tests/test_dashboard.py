@@ -6,6 +6,7 @@ Assertions are about what a user sees: roles, labels and text. Debian's Chromium
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -338,3 +339,28 @@ async def test_server_text_is_shown_as_text_not_html(
     await expect(card(browser_page, "tiny-a")).to_contain_text(label)
     assert await browser_page.locator("#models img").count() == 0
     assert await browser_page.evaluate("window.pwned") is None
+
+
+async def test_verify_finds_a_flipped_byte_behind_a_restored_mtime(
+    browser_page: Page, daemon: Daemon, models: dict[str, ModelFile]
+) -> None:
+    """Issue 23: the Verify button hashes the file again (POST /models/verify)."""
+    page = browser_page
+    await daemon.post("/models/download", {"model_variant": "tiny-a"})
+    assert (await daemon.wait_done())["status"] == "completed"
+    await open_dashboard(page, daemon)
+    tiny_a = card(page, "tiny-a")
+    verify = tiny_a.get_by_role("button", name="Hash tiny-a again to check it is intact")
+    await verify.click()
+    await expect(page.get_by_role("status").filter(has_text="tiny-a is intact")).to_be_visible()
+    path = daemon.data_dir / "models" / models["tiny-a"].filename
+    st = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    await verify.click()
+    await expect(page.get_by_role("alert").filter(has_text="changed on disk")).to_be_visible()
+    await expect(tiny_a).to_contain_text("Not downloaded")

@@ -55,32 +55,53 @@ class FinalFiles:
         self._checks[name] = task
         task.add_done_callback(lambda _t: self._checks.pop(name, None))
 
-    async def _check(self, spec: ModelSpec) -> None:
+    async def verify(self, spec: ModelSpec) -> str:
+        """Hash the final file now, whatever its record says (a flipped byte with its mtime
+        put back passes the record): "verified", "changed" (no longer counted as
+        downloaded), "missing", or "unreadable"."""
+        path = self._dir / spec.filename
+        if stat_key(path) is None:
+            return "missing"
+        if running := self._checks.get(spec.filename):
+            await asyncio.gather(running, return_exceptions=True)
+        return await self._check(spec)
+
+    async def _check(self, spec: ModelSpec) -> str:
         path = self._dir / spec.filename
         before = stat_key(path)
         row = await self._store.get(spec.variant)
         want = spec.sha256 or (row.upstream_sha256 if row else None)
+        if before is not None and before[0] != spec.size:
+            return await self._changed(spec, before, f"{before[0]} bytes, expected {spec.size}")
         try:
             digest = await asyncio.to_thread(hash_file, path, self._stop)
         except Stopped:
-            return
+            return "unreadable"
         except OSError as exc:
             log.warning("cannot check %s: %s", path, exc)
-            return
+            return "unreadable"
         if stat_key(path) != before:
-            return  # replaced while hashing: the next look checks the new one
+            return "unreadable"  # replaced while hashing: the next look checks the new one
         if want and digest != want:
             log.warning(
                 "%s changed on disk (sha256 %s, expected %s): it is no longer counted as "
                 "downloaded; download it again", path, digest, want,
             )  # fmt: skip
-            self._records.pop(spec.filename, None)
-            self._failed[spec.filename] = before
-            await self._store.set_verified(spec.filename, None)
-            return
+            return await self._changed(spec, before, None)
         record = await asyncio.to_thread(record_of, spec.filename, path, digest)
         self.remember(record)
         await self._store.set_verified(spec.filename, record)
+        return "verified"
+
+    async def _changed(self, spec: ModelSpec, before: tuple[int, int, int] | None, why) -> str:
+        if why:
+            log.warning(
+                "%s changed on disk (%s): no longer counted as downloaded", spec.filename, why
+            )
+        self._records.pop(spec.filename, None)
+        self._failed[spec.filename] = before
+        await self._store.set_verified(spec.filename, None)
+        return "changed"
 
     async def aclose(self) -> None:
         """Stop the checks still hashing (a stop must not wait for a 7 GB file)."""

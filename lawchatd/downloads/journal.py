@@ -48,12 +48,16 @@ class RowJournal:
     async def load(self) -> Entry | None:
         parts = await self._store.parts(self.row.variant)
         row = self.row
-        return Entry(parts, row.boot_id, row.upstream_sha256, row.commit_sha, row.cdn_etag)
+        return Entry(
+            parts, row.boot_id, row.upstream_sha256, row.commit_sha, row.cdn_etag,
+            row.part_identity,
+        )  # fmt: skip
 
     async def save(self, entry: Entry) -> None:
         row = self.row
         row.downloaded_size, row.boot_id = entry.done, entry.boot_id
         row.upstream_sha256, row.commit_sha, row.cdn_etag = entry.sha256, entry.commit, entry.etag
+        row.part_identity = entry.identity
         await self._store.save(row, entry.parts)
 
     async def write(self, *, forget_parts: bool = False) -> None:

@@ -17,13 +17,14 @@ import aiohttp
 from lawchatd.fetch.errors import DownloadFailed, OneStream, RestartFromZero, first_leaf
 from lawchatd.fetch.fetcher import Counters, Fetcher, Limiter, Link
 from lawchatd.fetch.hasher import FollowingHasher
-from lawchatd.fetch.journal import Entry, Journal, MemoryJournal, trusted
+from lawchatd.fetch.identity import change
+from lawchatd.fetch.journal import Entry, Journal, MemoryJournal, boot_id, trusted
 from lawchatd.fetch.options import FetchOptions
 from lawchatd.fetch.partial import PartialFile, part_path
 from lawchatd.fetch.plan import PARTS_PER_CONNECTION, PartPlan
 from lawchatd.fetch.recorder import Recorder, Upstream
 from lawchatd.fetch.ref import FileRef
-from lawchatd.fetch.resolve import resolve_into
+from lawchatd.fetch.resolve import resolve_within
 from lawchatd.fetch.slots import Crowded, Slots
 from lawchatd.fetch.status import Phase, SpeedMeter
 from lawchatd.fetch.takeover import Paces
@@ -161,7 +162,7 @@ class FileFetch:
             await self.partial.settle()
             # Always: the caller's record of the end goes with it. Not `record()`: a deleted
             # .part must not fail the end once more.
-            await self._recorder.save(self._recorder.entry(), always=True)
+            await self._recorder.save(self._recorder.entry(settled=True), always=True)
             self.kept = True
         except Exception:
             log.exception("could not record the progress of %s", self._name)
@@ -169,7 +170,7 @@ class FileFetch:
     # ---- resolve and plan ----------------------------------------------------------------
 
     async def _resolve(self) -> Resolved:
-        return await resolve_into(self.link, self.ref)
+        return await resolve_within(self.link, self.ref, self.options.stall_timeout)
 
     async def _resolve_again(self) -> None:
         started_with = self.upstream.sha256
@@ -180,6 +181,12 @@ class FileFetch:
 
     async def _prepare(self, resolved: Resolved, stored: Entry | None) -> None:
         parts = trusted(stored.parts, stored.boot_id) if stored else []
+        if parts and stored:
+            same_boot = stored.boot_id is not None and stored.boot_id == boot_id()
+            path = self.partial.path
+            if why := await asyncio.to_thread(change, stored.identity, path, same_boot=same_boot):
+                log.warning("the partial file of %s %s: starting over", self._name, why)
+                parts = []
         started_with = stored.sha256 if stored else None
         key = await asyncio.to_thread(stat_key, self.partial.path)
         on_disk = None if key is None else key[0]

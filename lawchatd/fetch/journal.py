@@ -33,6 +33,7 @@ class Entry:
     sha256: str | None = None  # the upstream's sha256 of the file the bytes belong to
     commit: str | None = None  # the Hub commit they were resolved at
     etag: str | None = None  # the server's own strong ETag of those bytes (If-Range)
+    identity: str | None = None  # the `.part` they are in (fetch/identity.py): inode, size, mtime
 
     @property
     def done(self) -> int:
@@ -124,4 +125,4 @@ class FileJournal:
 
 def _copy(entry: Entry) -> Entry:
     parts = [Part(p.start, p.end, p.done, p.synced) for p in entry.parts]
-    return Entry(parts, entry.boot_id, entry.sha256, entry.commit, entry.etag)
+    return Entry(parts, entry.boot_id, entry.sha256, entry.commit, entry.etag, entry.identity)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from lawchatd.fetch.errors import DownloadFailed
+from lawchatd.fetch.errors import DownloadFailed, RestartFromZero
 from lawchatd.fetch.fetcher import Link
+from lawchatd.fetch.identity import PartIdentity
 from lawchatd.fetch.journal import Entry, Journal, boot_id
 from lawchatd.fetch.options import FetchOptions
 from lawchatd.fetch.partial import PartialFile
@@ -35,15 +36,28 @@ class Recorder:
         self._upstream, self._options = upstream, options
         self._boot = boot_id()
         self._saved: Entry | None = None  # what the journal holds
+        # An fdatasync failed (EIO): the kernel may have dropped the dirty pages' errors and
+        # kept them readable in the page cache, so only what an earlier one synced is trusted.
+        self._sync_failed = False
 
-    def entry(self) -> Entry:
+    def entry(self, *, settled: bool = False) -> Entry:
+        """`settled`: every write has returned (the run ended), so the file's size and mtime
+        are final."""
         plan = self._plan()  # the run's plan: a restart or a switch to one stream makes a new one
+        parts = plan.snapshot() if plan else []
+        st = self._partial.stat() if plan else None  # after the snapshot: it covers its writes
+        if st and _shortened(parts, st.st_size):
+            parts = []  # another program cut the file: none of it is trusted
+        if self._sync_failed:
+            for part in parts:
+                part.done = part.synced
         return Entry(
-            parts=plan.snapshot() if plan else [],
+            parts=parts,
             boot_id=self._boot,
             sha256=self._upstream.sha256,
             commit=self._upstream.commit,
             etag=self._link.etag,  # the If-Range validator of the bytes on disk
+            identity=PartIdentity.of(st, settled=settled).text() if st else None,
         )
 
     async def record(self, *, always: bool = False) -> None:
@@ -54,7 +68,12 @@ class Recorder:
                 f"the partial file {self._partial.path} was deleted by another program while "
                 "downloading; download again to start over"
             )
-        await self.save(self.entry(), always=always)
+        plan, entry = self._plan(), self.entry()
+        await self.save(entry, always=always)
+        if plan is not None and plan.done and not entry.parts:
+            raise RestartFromZero(
+                "the partial file was shortened by another program while downloading"
+            )
 
     async def save(self, entry: Entry, *, always: bool = False) -> None:
         # A stall or a long Retry-After changes nothing: no transaction 20 times a second.
@@ -69,7 +88,15 @@ class Recorder:
         if plan is None:
             return
         before = {p.start: p.done for p in plan.parts}
-        await self._partial.sync()
+        try:
+            await self._partial.sync()
+        except OSError as exc:
+            self._sync_failed = True  # the download ends here, keeping only the synced bytes
+            raise DownloadFailed(
+                f"the disk reported an error while saving {self._partial.path} "
+                f"({exc.strerror or exc}); the bytes since the last good save will be "
+                "downloaded again: check the disk, then download again"
+            ) from exc
         if plan is not self._plan():
             return
         for part in plan.parts:
@@ -91,3 +118,8 @@ class Recorder:
         while True:
             await asyncio.sleep(self._options.sync_seconds)
             await self.sync()
+
+
+def _shortened(parts: list, size: int) -> bool:
+    """Bytes counted as written lie past the end of the file: someone truncated it."""
+    return any(p.done and p.start + p.done > size for p in parts)

@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import aiohttp
 from yarl import URL
 
-from lawchatd.fetch.errors import DownloadFailed
+from lawchatd.errors import in_words
+from lawchatd.fetch.errors import DownloadFailed, Transient
 from lawchatd.fetch.fetcher import Link
 from lawchatd.fetch.ref import FileRef
 from lawchatd.hub.client import HubError, Resolved
+
+
+async def resolve_within(link: Link, ref: FileRef, deadline: float) -> Resolved:
+    """`resolve_into` within `deadline` seconds (the stall timeout): a Hub that trickles its
+    head a byte a second used to keep a download `resolving` for minutes; now that is retried
+    like a stalled part. A certificate that cannot be verified is no hiccup: no retry fixes
+    it, so the download ends at once, saying what to set (LAWCHATD_CA_BUNDLE)."""
+    try:
+        async with asyncio.timeout(deadline):
+            return await resolve_into(link, ref)
+    except aiohttp.ClientConnectorCertificateError as exc:
+        raise DownloadFailed(in_words(exc)) from None
+    except TimeoutError:
+        raise Transient(f"the Hub did not answer within {deadline:g} s") from None
 
 
 async def resolve_into(link: Link, ref: FileRef) -> Resolved:

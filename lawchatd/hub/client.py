@@ -151,6 +151,12 @@ class HubClient:
             if not location:
                 raise HubError(f"the Hub redirected {filename} without a Location", status=502)
             target = url.join(URL(location, encoded=True))
+            if target.scheme not in ("http", "https") or not target.host:
+                raise HubError(
+                    f"the Hub redirected {filename} to {target.scheme or 'a relative'}: "
+                    "address, not a web address lawchatd may follow",
+                    status=502,
+                )
             if follow_local and "X-Linked-Etag" not in headers and target.origin() == url.origin():
                 commit = headers.get("X-Repo-Commit")
                 status, headers = await self._head(target, repo, revision, filename)

@@ -20,6 +20,8 @@ from lawchatd.mirror.pull import CLIENT_WAIT, PullThrough
 from lawchatd.mirror.repo import Repo
 from lawchatd.mirror.report import repos_report
 from lawchatd.mirror.signing import Signer
+from lawchatd.process.httpserver import HardenedServer, harden
+from lawchatd.process.logs import MaskingAccessLogger
 from lawchatd.web.errors import hub_errors
 
 if TYPE_CHECKING:
@@ -142,8 +144,12 @@ async def run_mirror(
         client_wait=client_wait,
     )
     # A short shutdown: a multi-GB response in flight must not hold up Ctrl-C for a minute.
-    runner = web.AppRunner(app, shutdown_timeout=2.0)
+    # Presigned URLs' signatures masked in the access log; what the HTTP parser refuses is one
+    # INFO line, not an ERROR traceback (process/httpserver.py, without its connection cap).
+    runner = web.AppRunner(app, shutdown_timeout=2.0, access_log_class=MaskingAccessLogger)
     await runner.setup()
+    assert runner.server is not None
+    harden(runner.server, HardenedServer.connection_limit)
     try:
         site = web.TCPSite(runner, host, port)
         await site.start()

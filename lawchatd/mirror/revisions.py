@@ -21,6 +21,7 @@ import aiohttp
 from yarl import URL
 
 from lawchatd.errors import in_words
+from lawchatd.mirror.capped import read_capped
 from lawchatd.mirror.trees import RepoRecord, Tree, TreeFile, load_record, save_record
 from lawchatd.mirror.upstream import METADATA_TIMEOUT, Upstream, UpstreamError
 
@@ -35,7 +36,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 # this long: a black-holed upstream costs its timeout once, not on every request.
 QUIET_SECONDS = 5.0
 _MAX_TROUBLE = 1024  # repos whose last upstream error is kept for /_mirror/status
-_MAX_INFO = 64 << 20  # a model_info with blobs lists every file; a repo with 100k files fits
+_MAX_INFO = 16 << 20  # a model_info with blobs lists every file: 80,000 files fit
 
 
 @dataclass(frozen=True)
@@ -144,12 +145,12 @@ class Revisions:
                     raise UpstreamError(
                         502, None, f"the upstream {upstream.endpoint} answered {r.status}"
                     )
-                body = await r.content.read(_MAX_INFO + 1)
+                body = await read_capped(r, _MAX_INFO)  # never more than that in memory
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamError(
                 502, None, f"the upstream {upstream.endpoint} is unreachable: {in_words(exc)}"
             ) from exc
-        if len(body) > _MAX_INFO:
+        if body is None:
             raise UpstreamError(502, None, "the upstream's file list is too large")
         try:
             return _parse(json.loads(body))

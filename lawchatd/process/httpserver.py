@@ -6,7 +6,11 @@ aiohttp closes a connection that has not delivered a whole request head within
 LAWCHATD_HEADER_TIMEOUT for it). That bounds how long a slow client lives; the cap bounds how
 many there are: past it, the oldest connection that is not running a request (an idle
 keep-alive, a half-sent head) is closed to make room, so a new client such as a `/healthz`
-probe still gets in. Only when every connection is busy is the newcomer refused (503).
+probe still gets in. When none is idle, the oldest one whose request body is still arriving
+goes instead: a body trickled in a byte at a time would otherwise hold its slot for the whole
+body timeout, and a few hundred of them lock everyone out. Only when every connection is
+running a request whose body has arrived (or a WebSocket, capped on its own) is the
+newcomer refused (503).
 """
 
 from __future__ import annotations
@@ -85,18 +89,29 @@ class HardenedServer(web.Server):
                 len(open_now),
                 self.connection_limit,
             )
-        for old in open_now:  # oldest first
-            if old is not handler and not _busy(old):
-                old.force_close()
-                return
+        for evictable in (_idle, _body_unfinished):  # idle ones first, then slow bodies
+            for old in open_now:  # oldest first
+                if old is not handler and evictable(old):
+                    old.force_close()
+                    return
         transport.write(REFUSED)
         handler.force_close()
 
 
-def _busy(handler: RequestHandler) -> bool:
+def _idle(handler: RequestHandler) -> bool:
     # aiohttp's flag for "a handler is running" (WebSockets and streams included); should a
     # future aiohttp lack it, every connection counts as busy: nobody is cut off by mistake.
-    return bool(getattr(handler, "_request_in_progress", True))
+    return not getattr(handler, "_request_in_progress", True)
+
+
+def _body_unfinished(handler: RequestHandler) -> bool:
+    """A request whose body has not all arrived: no work has started on it (every route reads
+    its whole, small JSON body first), so closing it loses nothing but the client's time."""
+    request = getattr(handler, "_current_request", None)
+    if request is None:
+        return False
+    content = request.content
+    return request.body_exists and not content.is_eof() and content.exception() is None
 
 
 def harden(server: web.Server, connection_limit: int) -> None:

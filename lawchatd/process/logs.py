@@ -10,7 +10,13 @@ import sys
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
-_TOKEN_IN_QUERY = re.compile(r"((?:^|[?&])(?:token|api_key|key)=)[^&\s]*", re.IGNORECASE)
+# Keys, and the parts of a presigned URL that let anyone fetch it within the hour (the
+# mirror's and S3's/CloudFront's): masked in every access log line.
+_TOKEN_IN_QUERY = re.compile(
+    r"((?:^|[?&])(?:token|api_key|key|signature|x-amz-signature|x-amz-credential"
+    r"|x-amz-security-token|policy|key-pair-id)=)[^&\s]*",
+    re.IGNORECASE,
+)
 
 
 def mask_query(path_qs: str) -> str:
@@ -18,7 +24,8 @@ def mask_query(path_qs: str) -> str:
 
 
 class MaskingAccessLogger(AbstractAccessLogger):
-    """An access log line per request, with `?token=` masked (browsers put the key there)."""
+    """An access log line per request, with `?token=` masked (browsers put the key there), and
+    a presigned URL's signature."""
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         self.logger.info(

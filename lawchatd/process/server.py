@@ -37,6 +37,11 @@ async def serve(settings: Settings) -> None:
         # aiohttp closes a connection that has not sent a whole request head within this of
         # connecting or of its last answer: the slowloris defence (with the connection cap).
         keepalive_timeout=settings.header_timeout,
+        # No route accepts a compressed body (415), so none is ever inflated: a 1 MiB gzip of
+        # 1 GiB of zeros costs nothing. A body left unread (a refusal) is not read on either:
+        # the connection closes after the answer instead of draining it for 10 s.
+        auto_decompress=False,
+        lingering_time=0,
     )
     notifier = Notifier()
     helpers: list[asyncio.Task] = []

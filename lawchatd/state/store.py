@@ -11,6 +11,7 @@ import aiosqlite
 
 from lawchatd.fetch.plan import Part
 from lawchatd.fetch.verify import Verified
+from lawchatd.state.schema import as_int, clean_row, damaged, expected_tables, problems
 
 # Each entry migrates the schema from version N to N+1; never edit one that has shipped.
 _MIGRATIONS: tuple[str, ...] = (
@@ -92,6 +93,10 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX audit_time ON audit(time);
     """,
+    # Which .part file the parts describe (inode, size, mtime): fetch/identity.py.
+    """
+    ALTER TABLE downloads ADD COLUMN part_identity TEXT;
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -112,6 +117,7 @@ class DownloadRow:
     updated_at: float | None = None
     finished_at: float | None = None
     boot_id: str | None = None  # the kernel boot whose page cache holds the unsynced bytes
+    part_identity: str | None = None  # the .part the parts describe (fetch/identity.py)
 
 
 _ROW_COLUMNS = [f.name for f in fields(DownloadRow)]
@@ -166,6 +172,18 @@ class Store:
             await self._db.executescript(
                 f"BEGIN; {_MIGRATIONS[number]} PRAGMA user_version={number + 1}; COMMIT;"
             )
+        await self._check_schema()
+
+    async def _check_schema(self) -> None:
+        """Every table and column the migrations made is there (SchemaDamaged if not)."""
+        found: dict[str, set[str]] = {}
+        async with self._db.execute("SELECT name FROM sqlite_master WHERE type='table'") as cur:
+            names = [r[0] for r in await cur.fetchall()]
+        for name in names:
+            async with self._db.execute(f'PRAGMA table_info("{name}")') as cur:
+                found[name] = {r[1] for r in await cur.fetchall()}
+        if said := problems(expected_tables(_MIGRATIONS), found):
+            raise damaged(said)
 
     async def schema_version(self) -> int:
         async with self._db.execute("PRAGMA user_version") as cur:
@@ -192,11 +210,11 @@ class Store:
 
     async def get(self, variant: str) -> DownloadRow | None:
         rows = await self._fetch("SELECT * FROM downloads WHERE variant = ?", (variant,))
-        return DownloadRow(**dict(rows[0])) if rows else None
+        return clean_row(DownloadRow, dict(rows[0])) if rows else None
 
     async def all(self) -> list[DownloadRow]:
         rows = await self._fetch("SELECT * FROM downloads ORDER BY updated_at")
-        return [DownloadRow(**dict(r)) for r in rows]
+        return [clean_row(DownloadRow, dict(r)) for r in rows]
 
     async def save(self, row: DownloadRow, parts: list[Part] | None = None) -> None:
         """Write the row (and, when given, its parts) in one atomic transaction."""
@@ -222,7 +240,7 @@ class Store:
             "SELECT start, end, done, synced FROM parts WHERE variant = ? ORDER BY start",
             (variant,),
         )
-        return [Part(r["start"], r["end"], r["done"], r["synced"]) for r in rows]
+        return [Part(*(as_int(r[k]) for k in ("start", "end", "done", "synced"))) for r in rows]
 
     async def get_meta(self, key: str) -> str | None:
         rows = await self._fetch("SELECT value FROM meta WHERE key = ?", (key,))
@@ -238,7 +256,7 @@ class Store:
 
     async def verified(self) -> dict[str, Verified]:
         rows = await self._fetch("SELECT * FROM verified")
-        return {r["filename"]: Verified(**dict(r)) for r in rows}
+        return {r["filename"]: clean_row(Verified, dict(r)) for r in rows}
 
     async def set_verified(self, filename: str, record: Verified | None) -> None:
         statements: list[tuple[str, list | tuple]] = [

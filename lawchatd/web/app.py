@@ -41,15 +41,17 @@ from lawchatd.web.keys import (
     PROGRESS,
     SETTINGS,
     STORE,
+    WEBSOCKET_CAP,
     WEBSOCKETS,
 )
 from lawchatd.web.people import people_ctx
-from lawchatd.web.routes import bandwidth, downloads, keys, legacy, metrics, models, ws
+from lawchatd.web.routes import bandwidth, downloads, keys, legacy, metrics, models, verify, ws
 from lawchatd.web.routes.completions import add_completion_routes, add_not_served
 from lawchatd.web.routes.downloads import progress_message
 from lawchatd.web.routes.openai import add_chat_routes
 from lawchatd.web.routes.queue import queue_message, queue_routes
 from lawchatd.web.routes.responses import add_responses_routes
+from lawchatd.web.wscap import SocketCap
 
 log = logging.getLogger(__name__)
 # Package data (lawchatd/static links to the top-level static/), so a wheel serves it too.
@@ -70,6 +72,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> web.Applic
     app[CATALOG] = catalog or load_catalog(settings.catalog)
     app[PROGRESS] = ProgressHub()
     app[WEBSOCKETS] = set()
+    app[WEBSOCKET_CAP] = SocketCap(settings.max_connections)
     bandwidth.setup(app)  # the download cap (app[BANDWIDTH].limiter) and its routes
     # Registered in this order, cleaned up in reverse: the download stops before the store closes.
     app.cleanup_ctx.append(_store)
@@ -87,6 +90,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> web.Applic
     app.add_routes(queue_routes)
     app.add_routes(models.routes)
     app.add_routes(legacy.routes)
+    app.add_routes(verify.routes)
     app.add_routes(ws.routes)
     metrics.setup(app)  # /metrics and the registry it renders
     app.add_routes(session.routes)

@@ -13,6 +13,7 @@ from lawchatd.modelhost import ModelHost
 from lawchatd.state.histograms import ChatTimings
 from lawchatd.state.progress import ProgressHub
 from lawchatd.state.store import Store
+from lawchatd.web.wscap import SocketCap
 
 SETTINGS = web.AppKey("settings", Settings)
 CATALOG = web.AppKey("catalog", Catalog)
@@ -20,6 +21,7 @@ STORE = web.AppKey("store", Store)
 PROGRESS = web.AppKey("progress", ProgressHub)
 MANAGER = web.AppKey("manager", DownloadManager)
 WEBSOCKETS = web.AppKey("websockets", set)
+WEBSOCKET_CAP = web.AppKey("websocket_cap", SocketCap)
 ACTIVATOR = web.AppKey("activator", Activator)
 MODEL_HOST = web.AppKey("model_host", ModelHost)
 BANDWIDTH = web.AppKey("bandwidth", Bandwidth)

@@ -8,7 +8,14 @@ import logging
 
 from aiohttp import WSCloseCode, web
 
-from lawchatd.web.keys import BANDWIDTH, MANAGER, MODEL_HOST, PROGRESS, WEBSOCKETS
+from lawchatd.web.keys import (
+    BANDWIDTH,
+    MANAGER,
+    MODEL_HOST,
+    PROGRESS,
+    WEBSOCKET_CAP,
+    WEBSOCKETS,
+)
 from lawchatd.web.routes.downloads import available_models, progress_fields
 from lawchatd.web.routes.queue import downloads
 from lawchatd.web.views import model_status
@@ -20,6 +27,13 @@ SEND_TIMEOUT = 10.0  # a client that takes longer to accept one message is dropp
 
 @routes.get("/ws/progress")
 async def ws_progress(request: web.Request) -> web.WebSocketResponse:
+    # Refused before the upgrade when the sockets are all taken: the slots short requests need
+    # stay free (web/wscap.py).
+    with request.app[WEBSOCKET_CAP].hold(request.remote):
+        return await _serve(request)
+
+
+async def _serve(request: web.Request) -> web.WebSocketResponse:
     app = request.app
     ws = web.WebSocketResponse(heartbeat=20)
     await ws.prepare(request)
