@@ -33,6 +33,7 @@ ROUTES: list[tuple[str, str, object, str]] = [
     ("GET", "/models/loaded", None, "R"),  # the old app's
     ("GET", "/health", None, "R"),  # the old app's
     ("GET", "/downloads", None, "R"),
+    ("GET", "/downloads/history", None, "R"),
     ("GET", "/downloads/bandwidth", None, "R"),
     ("GET", "/session", None, "R"),
     ("GET", "/v1/models", None, "R"),
@@ -331,3 +332,16 @@ async def test_the_websocket_takes_a_persons_key_and_cookie(daemon: Daemon) -> N
         ):
             async with session.ws_connect(url, headers=headers) as ws:
                 assert (await ws.receive_json())["type"] == "snapshot"
+
+
+def test_names_lawchatd_acts_under_and_limits_that_refuse_everything_are_refused(
+    tmp_path: Path,
+) -> None:
+    # "admin" is the bootstrap key's name and "lawchatd" the daemon's own actions: a person's
+    # key under either would merge two actors in the audit trail, usage and /metrics.
+    for name in ("admin", "lawchatd"):
+        done = cli(tmp_path, "keys", "add", name, "--role", "user")
+        assert done.returncode != 0 and "lawchatd's own" in done.stderr, done.stderr
+    done = cli(tmp_path, "keys", "add", "anna", "--role", "user", "--max-concurrent", "0")
+    assert done.returncode != 0 and "at least 1" in done.stderr, done.stderr
+    assert "anna" not in cli(tmp_path, "keys", "list").stdout

@@ -179,7 +179,12 @@ def classify(exc: BaseException, settings: Settings) -> StartupError | None:
 
 
 # LAWCHATD_* variables read outside Settings (the mirror's CLI, the env file's own name).
-OTHER_VARIABLES = ("LAWCHATD_ENV_FILE", "LAWCHATD_MIRROR_TOKEN", "LAWCHATD_MIRROR_UPSTREAM_TOKEN")
+OTHER_VARIABLES = (  # read by the CLI or the mirror, not by Settings
+    "LAWCHATD_ENV_FILE",
+    "LAWCHATD_MIRROR_TOKEN",
+    "LAWCHATD_MIRROR_UPSTREAM_TOKEN",
+    "LAWCHATD_MIRROR_CLIENT_WAIT",
+)
 
 
 def known_variables() -> set[str]:

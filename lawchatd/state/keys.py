@@ -23,6 +23,9 @@ from lawchatd.errors import Conflict, NotFound, Unprocessable, UserError
 
 ROLES = ("admin", "user", "viewer")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+# Names lawchatd acts under itself: the bootstrap key (web/caller.py) and the daemon's own
+# actions (a resume at start, the audit trail's pruning). A person's key must not share them.
+RESERVED_NAMES = frozenset({"admin", "lawchatd"})
 TOUCH_EVERY = 60.0  # write a key's last use to disk at most this often
 BUSY_TIMEOUT = 10.0  # seconds to wait for the other process's write (daemon and CLI share it)
 
@@ -187,8 +190,19 @@ class KeyStore:
                 f"The name {name!r} cannot be used: use up to 64 letters, digits, '.', '_', "
                 "'@' or '-', starting with a letter or digit"
             )
+        if name.lower() in RESERVED_NAMES:
+            raise KeyProblem(
+                f"The name {name!r} is lawchatd's own (the bootstrap key and the daemon's own "
+                "actions go by it in the audit trail): choose a person's name"
+            )
         if role not in ROLES:
             raise KeyProblem(f"The role {role!r} does not exist: use one of {', '.join(ROLES)}")
+        for what, limit in (("max_concurrent", max_concurrent), ("tokens_per_minute", tokens_per_minute)):
+            if limit is not None and limit < 1:
+                raise KeyProblem(
+                    f"{what} must be at least 1 (leave it out for the role's default); "
+                    f"{limit} would refuse every chat request of this key"
+                )
         key = new_key()
         now = time.time()
         try:

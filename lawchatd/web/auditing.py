@@ -45,6 +45,7 @@ ACTIONS = {
     ("PUT", "/downloads/bandwidth"): "bandwidth",
     ("DELETE", "/downloads/{variant}"): "queue.remove",
     ("DELETE", "/models/{variant}"): "delete",
+    ("POST", "/models/verify"): "verify",
     ("POST", "/keys"): "key.add",
     ("DELETE", "/keys/{name}"): "key.revoke",
 }

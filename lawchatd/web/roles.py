@@ -41,6 +41,7 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("GET", "/health"): Permission.READ,
     ("GET", "/ws/progress"): Permission.READ,
     ("GET", "/downloads"): Permission.READ,
+    ("GET", "/downloads/history"): Permission.READ,  # the dashboard reads it on every refresh
     ("GET", "/downloads/bandwidth"): Permission.READ,
     ("GET", "/keys/usage"): Permission.READ,  # a user's own usage (the route filters)
     # Everything else, /metrics, /keys and every state-changing route included: ADMIN.

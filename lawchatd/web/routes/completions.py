@@ -79,7 +79,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         body.max_tokens = DEFAULT_MAX_TOKENS
     sampling = sampling_of(body, neutrals=_NEUTRAL)
     conversation = Conversation((_prompt(body),))  # one turn: BOS, then the text as it is
-    chunks = usage.answer_for(request, conversation, sampling)
+    chunks = usage.answer_for(request, conversation, sampling, prompt=body.prompt)
     if body.stream:
         with_usage = include_usage(body)
         return await stream_events(

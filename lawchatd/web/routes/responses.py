@@ -126,11 +126,12 @@ async def responses(request: web.Request) -> web.Response:
         top_p=default.top_p if body.top_p is None else body.top_p,
         grammar=structure.grammar,
     )
+    messages = _messages(body)
     try:
-        conversation = Conversation.parse(_messages(body))
+        conversation = Conversation.parse(messages)
     except ValueError as exc:
         raise Unprocessable(str(exc), param="input") from None
-    done = await gathered(usage.answer_for(request, conversation, sampling))
+    done = await gathered(usage.answer_for(request, conversation, sampling, prompt=messages))
     return web.json_response(_response_object(done, structure))
 
 
