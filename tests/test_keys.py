@@ -332,6 +332,16 @@ async def test_the_websocket_takes_a_persons_key_and_cookie(daemon: Daemon) -> N
         ):
             async with session.ws_connect(url, headers=headers) as ws:
                 assert (await ws.receive_json())["type"] == "snapshot"
+        # A socket outlives the request that opened it: revoking the key ends it too.
+        async with session.ws_connect(f"{daemon.url}/ws/progress?token={viewer}") as ws:
+            assert (await ws.receive_json())["type"] == "snapshot"
+            assert cli(daemon.data_dir, "keys", "revoke", "wendy").returncode == 0
+            started = time.monotonic()
+            while (await ws.receive(timeout=10)).type not in (
+                aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING
+            ):
+                pass
+            assert time.monotonic() - started < 8
 
 
 def test_names_lawchatd_acts_under_and_limits_that_refuse_everything_are_refused(

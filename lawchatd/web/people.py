@@ -96,6 +96,14 @@ class People:
         self._touch(keys, stored)
         return Person(stored.id, caller_of_key(stored))
 
+    async def still_live(self, caller: Caller) -> bool:
+        """Whether `caller`'s key still opens the daemon (a long-lived WebSocket asks again,
+        so a revoked or expired person stops receiving)."""
+        if caller is BOOTSTRAP:
+            return True
+        stored = (await self._fresh()).by_name(caller.name)
+        return stored is not None and stored.state(time.time()) == "live"
+
     def _touch(self, keys: KeyStore, stored: StoredKey) -> None:
         task = asyncio.create_task(keys.touch(stored))
         self._touches.add(task)

@@ -8,6 +8,7 @@ import logging
 
 from aiohttp import WSCloseCode, web
 
+from lawchatd.web.caller import caller_of
 from lawchatd.web.keys import (
     BANDWIDTH,
     MANAGER,
@@ -16,6 +17,7 @@ from lawchatd.web.keys import (
     WEBSOCKET_CAP,
     WEBSOCKETS,
 )
+from lawchatd.web.people import PEOPLE
 from lawchatd.web.routes.downloads import available_models, progress_fields
 from lawchatd.web.routes.queue import downloads
 from lawchatd.web.views import model_status
@@ -23,6 +25,7 @@ from lawchatd.web.views import model_status
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 SEND_TIMEOUT = 10.0  # a client that takes longer to accept one message is dropped
+KEY_CHECK_SECONDS = 2.0  # how soon a revoked key's open socket is closed
 
 
 @routes.get("/ws/progress")
@@ -41,6 +44,7 @@ async def _serve(request: web.Request) -> web.WebSocketResponse:
     # Subscribe before the snapshot is built, so no change can fall between the two.
     subscriber = app[PROGRESS].subscribe()
     sender: asyncio.Task | None = None
+    watcher: asyncio.Task | None = None
     try:
         await ws.send_json(
             {
@@ -53,16 +57,33 @@ async def _serve(request: web.Request) -> web.WebSocketResponse:
             }
         )
         sender = asyncio.create_task(_pump(ws, subscriber))
+        watcher = asyncio.create_task(_close_when_key_ends(request, ws))
         async for _ in ws:  # the client has nothing to say; reading notices when it leaves
             pass
     finally:
-        if sender:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
+        for task in (sender, watcher):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         app[PROGRESS].unsubscribe(subscriber)
         app[WEBSOCKETS].discard(ws)
     return ws
+
+
+async def _close_when_key_ends(request: web.Request, ws: web.WebSocketResponse) -> None:
+    """A socket outlives the request that opened it: a key revoked (the API or `lawchatd keys
+    revoke`) or expired since then ends it within a few seconds."""
+    people = request.app.get(PEOPLE)
+    caller = caller_of(request)
+    if people is None:
+        return
+    while not ws.closed:
+        await asyncio.sleep(KEY_CHECK_SECONDS)
+        if not await people.still_live(caller):
+            log.info("closing %s's progress socket: the key no longer opens the daemon", caller.name)
+            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"key revoked or expired")
+            return
 
 
 async def _pump(ws: web.WebSocketResponse, subscriber) -> None:
