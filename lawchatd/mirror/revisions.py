@@ -153,7 +153,7 @@ class Revisions:
         if body is None:
             raise UpstreamError(502, None, "the upstream's file list is too large")
         try:
-            return _parse(json.loads(body))
+            return await asyncio.to_thread(lambda: _parse(json.loads(body)))  # up to 16 MiB
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise UpstreamError(
                 502, None, f"the upstream did not list the repo like the Hub: {exc}"
