@@ -21,8 +21,9 @@ from lawchatd.config import Settings
 from lawchatd.downloads.catalog import Catalog, ModelSpec
 from lawchatd.downloads.journal import RowJournal, forget_partial, transition
 from lawchatd.downloads.manager import DownloadManager
+from lawchatd.errors import in_words
 from lawchatd.fetch import Entry
-from lawchatd.fetch.errors import DownloadFailed, unexpected
+from lawchatd.fetch.errors import DownloadFailed
 from lawchatd.fetch.fetcher import Counters, Fetcher, Link
 from lawchatd.fetch.partial import PartialFile
 from lawchatd.fetch.plan import PartPlan
@@ -164,14 +165,14 @@ def test_unexpected_errors_are_sentences_not_taskgroup_texts():
     group = ExceptionGroup(
         "unhandled errors in a TaskGroup", [PermissionError(13, "Permission denied", "/m/f.part")]
     )
-    text = unexpected(group)
+    text = in_words(group, unexpected=True)
     assert "TaskGroup" not in text and "Permission denied (/m/f.part)" in text
-    db = unexpected(sqlite3.OperationalError("attempt to write a readonly database"))
+    db = in_words(sqlite3.OperationalError("attempt to write a readonly database"), unexpected=True)
     assert "state database cannot be written" in db and "writable" in db
     nested = ExceptionGroup(
         "x", [ValueError("v"), ExceptionGroup("y", [DownloadFailed("disk full")])]
     )
-    assert "disk full" in unexpected(nested)
+    assert "disk full" in in_words(nested, unexpected=True)
 
 
 # ---- a store that cannot be written --------------------------------------------------------
