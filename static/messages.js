@@ -4,8 +4,18 @@ import { sentence, splitDetail } from "./format.js";
 
 export const $ = (id) => document.getElementById(id);
 
+let noticesShown = 0;
+
 export function showNotice(text) {
+  noticesShown += 1;
   $("notice").textContent = text;
+}
+
+// How many notices were shown so far: a reply that arrives after the events it started (a
+// small file downloads, verifies and fails to load before its POST returns) must not cover
+// what they said.
+export function noticeCount() {
+  return noticesShown;
 }
 
 export function showError(text) {

@@ -6,7 +6,15 @@ import { api } from "./api.js";
 import { formatBytes, formatPercent, sentence } from "./format.js";
 import { refreshHistory } from "./history.js";
 import { renderQueueChoices } from "./network.js";
-import { $, button, reportFailure, setErrorText, showError, showNotice } from "./messages.js";
+import {
+  $,
+  button,
+  noticeCount,
+  reportFailure,
+  setErrorText,
+  showError,
+  showNotice,
+} from "./messages.js";
 import { state } from "./state.js";
 
 const cards = new Map(); // variant -> the DOM nodes of its card, kept so focus survives updates
@@ -163,9 +171,10 @@ async function startDownload(variant) {
   showError("");
   // While another model downloads, the button queues this one behind it.
   const queue = state.progress.status === "downloading";
+  const shown = noticeCount();
   try {
     const body = await api("POST", "/models/download", { model_variant: variant, queue });
-    showNotice(sentence(body.message));
+    if (noticeCount() === shown) showNotice(sentence(body.message));
   } catch (error) {
     reportFailure(error, `Could not download ${variant}`);
   }

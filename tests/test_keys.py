@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -19,8 +18,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from lawchatd.testing.daemon import API_KEY, Daemon, clean_env, daemon_env
-from lawchatd.testing.models import REPO, ModelFile, write_catalog
+from lawchatd.testing.daemon import API_KEY, Daemon, clean_env, loaded_daemon
+from lawchatd.testing.models import ModelFile
 
 VARIANT = "tiny-small"
 CHAT = {"model": VARIANT, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
@@ -79,29 +78,8 @@ def daemon(
     tmp_path_factory: pytest.TempPathFactory, hub_root: Path, models: dict[str, ModelFile]
 ) -> Iterator[Daemon]:
     data = tmp_path_factory.mktemp("data")
-    (data / "models").mkdir()
-    shutil.copy(hub_root / REPO / models[VARIANT].filename, data / "models")
-    catalog = write_catalog(data / "catalog.toml", models)
-    env = daemon_env(data, "http://127.0.0.1:9", catalog, LAWCHATD_AUDIT_CONTENT="false")
-    served = Daemon(data, env, data / "daemon.log")
-    try:
-        asyncio.run(served.start())
-        asyncio.run(_load(served))
+    with loaded_daemon(data, hub_root, models, VARIANT, LAWCHATD_AUDIT_CONTENT="false") as served:
         yield served
-    finally:
-        asyncio.run(served.close())
-
-
-async def _load(daemon: Daemon) -> None:
-    # The copied file is checked once at start (in the background): until then it is 404.
-    for _ in range(100):
-        status, body = await call(
-            daemon, API_KEY, "POST", "/models/load", {"model_variant": VARIANT}
-        )
-        if status != 404:
-            break
-        await asyncio.sleep(0.1)
-    assert status == 200 and body["loaded"], body
 
 
 async def call(

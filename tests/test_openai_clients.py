@@ -8,9 +8,7 @@ character: `len(content)` checks the token count from outside, beside `usage`.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +18,8 @@ import pytest
 from langchain_openai import ChatOpenAI
 from openai import OpenAI
 
-from lawchatd.testing.daemon import API_KEY, Daemon, daemon_env
-from lawchatd.testing.models import REPO, ModelFile, write_catalog
+from lawchatd.testing.daemon import API_KEY, Daemon, loaded_daemon
+from lawchatd.testing.models import ModelFile
 
 VARIANT = "tiny-small"
 ASK = [{"role": "user", "content": "What is a tort?"}]
@@ -32,18 +30,8 @@ E4 = 3 + 0xE4  # token id of the byte 0xE4: the start of a 3-byte UTF-8 characte
 def daemon(
     tmp_path_factory: pytest.TempPathFactory, hub_root: Path, models: dict[str, ModelFile]
 ) -> Iterator[Daemon]:
-    data = tmp_path_factory.mktemp("data")
-    (data / "models").mkdir()
-    shutil.copy(hub_root / REPO / models[VARIANT].filename, data / "models")
-    catalog = write_catalog(data / "catalog.toml", models)
-    env = daemon_env(data, "http://127.0.0.1:9", catalog)  # no Hub needed: nothing to fetch
-    served = Daemon(data, env, data / "daemon.log")
-    try:
-        asyncio.run(served.start())
-        load(served)
+    with loaded_daemon(tmp_path_factory.mktemp("data"), hub_root, models, VARIANT) as served:
         yield served
-    finally:
-        asyncio.run(served.close())
 
 
 def load(daemon: Daemon) -> None:

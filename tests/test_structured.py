@@ -8,14 +8,11 @@ Strings in the schemas have a maxLength, so every answer ends well within max_to
 
 from __future__ import annotations
 
-import asyncio
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-import httpx
 import jsonschema
 import openai
 import pytest
@@ -24,8 +21,8 @@ from langchain_openai import ChatOpenAI
 from openai import OpenAI
 from pydantic import BaseModel, Field
 
-from lawchatd.testing.daemon import API_KEY, Daemon, daemon_env
-from lawchatd.testing.models import REPO, ModelFile, write_catalog
+from lawchatd.testing.daemon import API_KEY, Daemon, loaded_daemon
+from lawchatd.testing.models import ModelFile
 
 VARIANT = "tiny-small"
 N_CTX = 2048  # the tool list is in the prompt, and the tiny model's tokens are bytes
@@ -76,23 +73,8 @@ def daemon(
     tmp_path_factory: pytest.TempPathFactory, hub_root: Path, models: dict[str, ModelFile]
 ) -> Iterator[Daemon]:
     data = tmp_path_factory.mktemp("data")
-    (data / "models").mkdir()
-    shutil.copy(hub_root / REPO / models[VARIANT].filename, data / "models")
-    catalog = write_catalog(data / "catalog.toml", models)
-    env = daemon_env(data, "http://127.0.0.1:9", catalog, LAWCHATD_N_CTX=str(N_CTX))
-    served = Daemon(data, env, data / "daemon.log")
-    try:
-        asyncio.run(served.start())
-        reply = httpx.post(
-            f"{served.url}/models/load",
-            json={"model_variant": VARIANT},
-            headers=served.headers(),
-            timeout=30,
-        )
-        assert reply.status_code == 200, reply.text
+    with loaded_daemon(data, hub_root, models, VARIANT, LAWCHATD_N_CTX=str(N_CTX)) as served:
         yield served
-    finally:
-        asyncio.run(served.close())
 
 
 @pytest.fixture(scope="module")

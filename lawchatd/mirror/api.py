@@ -16,7 +16,7 @@ from aiohttp import web
 
 from lawchatd.mirror.answers import Refusal
 from lawchatd.mirror.core import MAIN, Core, error, refused
-from lawchatd.mirror.paths import BadPath, segments
+from lawchatd.mirror.paths import BadPath, folders_of, segments
 from lawchatd.mirror.repo import Entry, git_blob_oid, lfs_pointer
 from lawchatd.mirror.trees import Tree
 
@@ -36,11 +36,7 @@ class Listing:
     modified_s: float
 
     def folders(self) -> set[str]:
-        found: set[str] = set()
-        for rel in self.files:
-            parts = rel.split("/")[:-1]
-            found.update("/".join(parts[: i + 1]) for i in range(len(parts)))
-        return found
+        return folders_of(self.files)
 
 
 class Api:

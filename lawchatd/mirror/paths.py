@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from lawchatd.errors import UserError
@@ -50,3 +51,12 @@ def may_create(root: Path, path: Path) -> bool:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     return inside(root, existing) and (not path.exists() or inside(root, path))
+
+
+def folders_of(files: Iterable[str]) -> set[str]:
+    """Every folder above the given relative paths (`a/b/c.txt` -> `a`, `a/b`)."""
+    found: set[str] = set()
+    for rel in files:
+        parts = rel.split("/")[:-1]
+        found.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+    return found

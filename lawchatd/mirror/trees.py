@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lawchatd.mirror.paths import folders_of
+
 
 @dataclass(frozen=True)
 class TreeFile:
@@ -30,11 +32,7 @@ class Tree:
     recorded_at: float = field(default_factory=time.time)
 
     def folders(self) -> set[str]:
-        found: set[str] = set()
-        for rel in self.files:
-            parts = rel.split("/")[:-1]
-            found.update("/".join(parts[: i + 1]) for i in range(len(parts)))
-        return found
+        return folders_of(self.files)
 
 
 @dataclass

@@ -10,16 +10,19 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+
+from lawchatd.testing.models import REPO, ModelFile, write_catalog
 
 API_KEY = "test-key-0123456789"
 LISTENING = re.compile(r"listening on (http://[\d.]+:\d+)")
@@ -188,3 +191,34 @@ async def bytes_received(daemon: Daemon) -> int:
         text = await resp.text()
     line = next(x for x in text.splitlines() if x.startswith("lawchatd_download_bytes_total"))
     return int(float(line.split()[-1]))
+
+
+@contextlib.contextmanager
+def loaded_daemon(
+    data: Path, hub_root: Path, models: dict[str, ModelFile], variant: str, **settings: str
+) -> Iterator[Daemon]:
+    """A daemon with `variant` already downloaded (copied from the fault hub's folder) and
+    loaded; it needs no Hub. For a test module's chat clients (sync fixtures: it runs its own
+    event loops)."""
+    (data / "models").mkdir(exist_ok=True)
+    shutil.copy(hub_root / REPO / models[variant].filename, data / "models")
+    catalog = write_catalog(data / "catalog.toml", models)
+    served = Daemon(data, daemon_env(data, "http://127.0.0.1:9", catalog, **settings),
+                    data / "daemon.log")  # fmt: skip
+    try:
+        asyncio.run(served.start())
+        asyncio.run(_load(served, variant))
+        yield served
+    finally:
+        asyncio.run(served.close())
+
+
+async def _load(daemon: Daemon, variant: str) -> None:
+    # The copied file is checked once at start, in the background: until then a load is a 404.
+    for _ in range(100):
+        status, body = await daemon.post("/models/load", {"model_variant": variant})
+        if status == 200:
+            assert body.get("loaded") is True, body
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{variant} did not load: {status} {body}")
