@@ -179,6 +179,22 @@ async def test_load_lock_forgets_a_waiter_that_gives_up() -> None:
 # --- host ----------------------------------------------------------------------------------
 
 
+async def test_no_load_starts_while_a_file_is_deleted(
+    host: ModelHost, models: dict[str, Path]
+) -> None:
+    # DELETE /models/{variant} checks and unlinks under no_loads(): a load asked meanwhile is
+    # refused in words, one waiting (an autoload) runs after; and none may begin mid-load.
+    async with host.no_loads():
+        assert host.snapshot().loading is None
+        with pytest.raises(LoadInProgress):
+            await host.load("a", models["a"])
+        queued = asyncio.create_task(host.load("a", models["a"], wait=True))
+        await asyncio.sleep(0.05)
+        assert not queued.done()
+    await queued
+    assert host.snapshot().variant == "a"
+
+
 async def test_nothing_loaded(host: ModelHost) -> None:
     assert status_of(host) == {
         "model_variant": None,

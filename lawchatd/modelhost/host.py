@@ -169,6 +169,11 @@ class ModelHost:
         async with self._lock.hold(variant, wait=wait):
             await self._load_held(variant, Path(path))
 
+    def no_loads(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """While held no model loads (LoadInProgress at once if one runs or waits): a model's
+        file is deleted under it, so no load opens a file half removed."""
+        return self._lock.hold(None, wait=False)
+
     async def _wake(self, asleep: Asleep) -> None:
         """A chat request found the model asleep: load it again, unless a load that came
         first already replaced it."""

@@ -31,15 +31,18 @@ class LoadLock:
         """A load runs or waits: from the first step of `hold` to the last one's end."""
         return self._lock.locked() or self._queued > 0
 
-    def hold(self, variant: str, *, wait: bool) -> contextlib.AbstractAsyncContextManager[None]:
-        """Hold the lock while loading ``variant``. ``wait=False`` raises LoadInProgress at
+    def hold(
+        self, variant: str | None, *, wait: bool
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold the lock while loading ``variant`` (None: no load, only none may start).
+        ``wait=False`` raises LoadInProgress at
         once when the lock is busy; ``wait=True`` queues behind the loads before it."""
         if not wait and self.busy:
             raise LoadInProgress(BUSY)
         return self._held(variant)
 
     @contextlib.asynccontextmanager
-    async def _held(self, variant: str) -> AsyncIterator[None]:
+    async def _held(self, variant: str | None) -> AsyncIterator[None]:
         # Counted before the first await: whoever looks next sees the lock busy.
         self._queued += 1
         try:

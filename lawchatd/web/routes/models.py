@@ -67,14 +67,16 @@ async def delete_model(request: web.Request) -> web.Response:
     if caller_of(request).role != Role.ADMIN:
         raise Forbidden("Only an administrator's key can delete a model")
     spec = known_spec(request, request.match_info["variant"])
-    snap = request.app[MODEL_HOST].snapshot()
-    if snap.loading == spec.variant:
-        raise Conflict(f"{spec.variant} is being loaded: wait until it is loaded, unload it, "
-                       "then delete it")  # fmt: skip
-    if snap.variant == spec.variant:
-        raise Conflict(f"{spec.variant} is loaded and answers questions: unload it first, "
-                       "then delete it")  # fmt: skip
-    freed = await request.app[MANAGER].delete(spec)  # 409 while it downloads
+    host = request.app[MODEL_HOST]
+    async with host.no_loads():  # checked and deleted with no load starting in between
+        snap = host.snapshot()
+        if snap.loading == spec.variant:
+            raise Conflict(f"{spec.variant} is being loaded: wait until it is loaded, unload "
+                           "it, then delete it")  # fmt: skip
+        if snap.variant == spec.variant:
+            raise Conflict(f"{spec.variant} is loaded and answers questions: unload it first, "
+                           "then delete it")  # fmt: skip
+        freed = await request.app[MANAGER].delete(spec)  # 409 while it downloads
     return web.json_response(
         {
             "message": f"{spec.variant} was deleted; {freed / 1e9:.2f} GB freed",
