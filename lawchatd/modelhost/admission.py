@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from lawchatd.modelhost.chat_types import Chunk, Completion, Sampling, gathered
+from lawchatd.modelhost.chat_types import Chunk, Sampling
 from lawchatd.modelhost.counters import Counters
 from lawchatd.modelhost.engine import Finish, Seq
 from lawchatd.modelhost.errors import (
@@ -57,15 +57,6 @@ class Admission:
         self.load_wait = load_wait
         self.waiting_for_model = 0
         self.fair = FairShare()
-
-    async def chat(
-        self,
-        conversation: Conversation,
-        sampling: Sampling,
-        caller: str = "",
-        limits: Limits = NO_LIMITS,
-    ) -> Completion:
-        return await gathered(self.chat_stream(conversation, sampling, caller, limits))
 
     async def chat_stream(
         self,

@@ -18,7 +18,7 @@ from typing import Any
 
 from lawchatd.modelhost import memory
 from lawchatd.modelhost.admission import Admission
-from lawchatd.modelhost.chat_types import Chunk, Completion, Conversation, Sampling
+from lawchatd.modelhost.chat_types import Chunk, Completion, Conversation, Sampling, gathered
 from lawchatd.modelhost.counters import Counters
 from lawchatd.modelhost.errors import ModelHostError, ModelLoadError, NoModelLoaded
 from lawchatd.modelhost.fairshare import NO_LIMITS, KeyUsage, Limits
@@ -141,7 +141,7 @@ class ModelHost:
         caller: str = "",
         limits: Limits = NO_LIMITS,
     ) -> Completion:
-        return await self.admission.chat(conversation, sampling, caller, limits)
+        return await gathered(self.chat_stream(conversation, sampling, caller, limits))
 
     def chat_stream(
         self,

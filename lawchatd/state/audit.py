@@ -17,7 +17,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -230,8 +230,7 @@ def _meta(db: sqlite3.Connection, key: str) -> tuple[int, str] | None:
 
 def _append_rows(db: sqlite3.Connection, events: list[Event]) -> int:
     """Chain and insert `events` in one transaction; the last row's id."""
-    db.execute("BEGIN IMMEDIATE")  # the write lock first: no other process appends meanwhile
-    try:
+    with _writing(db):  # the write lock first: no other process appends meanwhile
         last = db.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
         seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit'").fetchone()
         next_id = max(seq[0] if seq else 0, last[0] if last else 0) + 1
@@ -261,10 +260,6 @@ def _append_rows(db: sqlite3.Connection, events: list[Event]) -> int:
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('audit_head', ?)",
             (f"{next_id - 1}:{prev}",),
         )
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
     return next_id - 1
 
 
@@ -282,13 +277,11 @@ def _read_batch(db: sqlite3.Connection, after: int, since: str | None) -> list[d
 
 
 def _delete_before(db: sqlite3.Connection, cutoff: str) -> int:
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with _writing(db):
         last_old = db.execute(
             "SELECT id, hash FROM audit WHERE time < ? ORDER BY id DESC LIMIT 1", (cutoff,)
         ).fetchone()
         if last_old is None:
-            db.execute("ROLLBACK")
             return 0
         deleted = db.execute("DELETE FROM audit WHERE id <= ?", (last_old[0],)).rowcount
         # The first surviving row (or the next append) links to the last deleted one.
@@ -296,8 +289,17 @@ def _delete_before(db: sqlite3.Connection, cutoff: str) -> int:
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('audit_anchor', ?)",
             (f"{last_old[0] + 1}:{last_old[1]}",),
         )
-        db.execute("COMMIT")
+    return deleted
+
+
+@contextlib.contextmanager
+def _writing(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction, taking the write lock at once (BEGIN IMMEDIATE): committed when
+    the block ends, rolled back when it raises."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
     except BaseException:
         db.execute("ROLLBACK")
         raise
-    return deleted
+    db.execute("COMMIT")

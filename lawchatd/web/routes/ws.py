@@ -8,7 +8,7 @@ import logging
 
 from aiohttp import WSCloseCode, web
 
-from lawchatd.web.caller import caller_of
+from lawchatd.web.caller import BOOTSTRAP, caller_of
 from lawchatd.web.keys import (
     BANDWIDTH,
     MANAGER,
@@ -76,7 +76,7 @@ async def _close_when_key_ends(request: web.Request, ws: web.WebSocketResponse) 
     revoke`) or expired since then ends it within a few seconds."""
     people = request.app.get(PEOPLE)
     caller = caller_of(request)
-    if people is None:
+    if people is None or caller is BOOTSTRAP:  # the bootstrap key (or none) never ends
         return
     while not ws.closed:
         await asyncio.sleep(KEY_CHECK_SECONDS)
