@@ -15,7 +15,7 @@ import ssl
 import subprocess
 import sys
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -34,7 +34,14 @@ from lawchatd.testing.models import sha256_of
 from lawchatd.testing.ports import free_port
 from lawchatd.testing.servers import serve, served
 from tests.harness import final_file, part_file, start_download
-from tests.test_fetch_library import DATA, OPTIONS, SHA, SIZE, hub_of
+from tests.test_fetch_library import (
+    DATA,
+    OPTIONS,
+    SHA,
+    SIZE,
+    hub_of,
+    server,  # noqa: F401 - the fixture
+)
 from tests.test_fetch_library import Server as BlobServer
 
 LIMIT = 64  # LAWCHATD_MAX_CONNECTIONS: the WebSocket cap is a quarter of it (16, 4 per address)
@@ -239,18 +246,10 @@ async def test_a_part_changed_between_runs_starts_over(
 # ---- 7: after a failed fdatasync the range it covered is not trusted --------------------------
 
 
-@pytest.fixture
-async def blob_server() -> AsyncIterator[BlobServer]:
-    server = BlobServer()
-    await server.runner.setup()
-    await web.TCPSite(server.runner, "127.0.0.1", 0).start()
-    server.url = f"http://127.0.0.1:{server.runner.addresses[0][1]}"
-    yield server
-    await server.runner.cleanup()
-
-
 async def test_an_eio_on_fdatasync_never_publishes_unsynced_bytes(
-    blob_server: BlobServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: BlobServer,  # noqa: F811 - the fixture from test_fetch_library
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The fault at the syscall's wrapper: the first fdatasync fails with EIO and, as a disk
     that lost the pages would, the file reads back as zeros. The retry must fetch those bytes
@@ -269,18 +268,18 @@ async def test_an_eio_on_fdatasync_never_publishes_unsynced_bytes(
     monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
     dest = tmp_path / "model.gguf"
     journal = MemoryJournal()
-    ref = FileRef(SIZE, SHA, url=f"{blob_server.url}/blob")
-    blob_server.delay = 0.01  # the first fdatasync (after 0.1 s) lands mid-way
-    async with hub_of(blob_server) as hub:
+    ref = FileRef(SIZE, SHA, url=f"{server.url}/blob")
+    server.delay = 0.01  # the first fdatasync (after 0.1 s) lands mid-way
+    async with hub_of(server) as hub:
         with pytest.raises(DownloadFailed, match="disk reported an error"):
             await FileFetch(ref, dest, hub=hub, journal=journal, options=OPTIONS).run()
         assert failures and failures[0] > 0
         assert journal.entry is not None and journal.entry.done == 0  # nothing was synced
 
-        blob_server.delay, blob_server.served = 0.0, 0
+        server.delay, server.served = 0.0, 0
         fetched = await FileFetch(ref, dest, hub=hub, journal=journal, options=OPTIONS).run()
     assert fetched.sha256 == SHA and dest.read_bytes() == DATA
-    assert blob_server.served == SIZE  # every unsynced byte fetched again
+    assert server.served == SIZE  # every unsynced byte fetched again
 
 
 # ---- 6: a damaged schema is noticed at start; hostile row values are read safely --------------

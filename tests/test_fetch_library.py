@@ -30,6 +30,7 @@ from lawchatd.fetch import (
     Phase,
 )
 from lawchatd.hub.client import HubClient
+from lawchatd.testing.servers import served
 
 SIZE = 24 << 20  # three parts of more than MIN_PART
 DATA = os.urandom(SIZE)
@@ -53,7 +54,7 @@ class Server:
         app = web.Application()
         app.router.add_get("/blob", self.blob)
         app.router.add_route("HEAD", "/{org}/{repo}/resolve/{rev}/{path:.+}", self.resolve)
-        self.runner = web.AppRunner(app, shutdown_timeout=0.2)
+        self.app = app
 
     async def resolve(self, request: web.Request) -> web.Response:
         if request.match_info["path"] != "model.gguf":
@@ -87,11 +88,8 @@ class Server:
 @pytest.fixture
 async def server() -> AsyncIterator[Server]:
     server = Server()
-    await server.runner.setup()
-    await web.TCPSite(server.runner, "127.0.0.1", 0).start()
-    server.url = f"http://127.0.0.1:{server.runner.addresses[0][1]}"
-    yield server
-    await server.runner.cleanup()
+    async with served(server.app, shutdown_timeout=0.2) as server.url:
+        yield server
 
 
 @contextlib.asynccontextmanager
