@@ -1,11 +1,14 @@
 """LAN speed (issue 18): the engine against curl on one big file over loopback, alternated.
 
 A file server in its own process (`lawchatd.testing.link_server`, threads, no pacing) serves a
-file of random bytes; each round runs `curl -o` (unverified bytes) and then the engine as a
-library in a child process (`FileFetch`, 4 connections, sha256 verified, fsync + rename), and
-the engine's child writes where its wall time went: per connection, the time spent waiting for
-bytes, waiting for its writes and the rest, and after the last byte, the hash's tail, the
-verify and the publish.
+file of random bytes; each round runs `curl -o` (unverified bytes), `curl | tee FILE | openssl
+dgst -sha256` (curl made to verify as it goes), the sha256 of the file alone (in a child, from
+the page cache: no verified download can beat it), and then the engine as a library in a child
+process (`FileFetch`, 4 connections, sha256 verified, fsync + rename). The engine's child
+writes where its wall time went: per connection, the time spent waiting for bytes and for its
+writes; the seconds inside pwritev and sha256 (all threads); the time to the last byte, from
+there to `verifying` (the hash's tail) and from there to the end (fdatasync, checks, rename);
+its CPU seconds.
 
     .venv/bin/python bench/lan.py [--size-mb 1024] [--rounds 5] [--connections 4]
 
@@ -19,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -82,11 +86,11 @@ async def engine(
         return call
 
     partial_module.pwrite_all = in_thread("disk", partial_module.pwrite_all)
-    hash_range = hasher_module.FollowingHasher._hash_range
-    hasher_module.FollowingHasher._hash_range = lambda self, *a: in_thread(  # type: ignore[method-assign]
-        "hash", hash_range
-    )(self, *a)
+    for name in ("_hash_range", "_hash_held"):  # read back, and from memory (not in 71e9ed8)
+        if method := getattr(hasher_module.FollowingHasher, name, None):
+            setattr(hasher_module.FollowingHasher, name, timed_method(in_thread, method))
     phases: list[tuple[float, str | None]] = []
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
     began = time.monotonic()
     async with aiohttp.ClientSession(auto_decompress=False, read_bufsize=2 << 20) as session:
         hub = HubClient(session, "http://127.0.0.1:9", None)
@@ -98,6 +102,7 @@ async def engine(
         )  # fmt: skip
         await fetch.run()
     end = time.monotonic()
+    cpu_end = resource.getrusage(resource.RUSAGE_SELF)
     verifying = next((t for t, phase in phases if phase == "verifying"), end)
     return {
         "wall": end - began,
@@ -106,13 +111,45 @@ async def engine(
         "to_last_byte": round(marks.get("last_byte", end) - began, 3),
         "last_byte_to_verifying": round(verifying - marks.get("last_byte", end), 3),
         "verifying_to_end": round(end - verifying, 3),
+        "cpu": round(cpu_end.ru_utime + cpu_end.ru_stime - cpu.ru_utime - cpu.ru_stime, 2),
     }
+
+
+def timed_method(in_thread, method):  # type: ignore[no-untyped-def]
+    return lambda self, *args: in_thread("hash", method)(self, *args)
 
 
 def run_curl(url: str, dest: Path) -> float:
     began = time.monotonic()
     subprocess.run(["curl", "-sSf", "-o", str(dest), url], check=True)
     return time.monotonic() - began
+
+
+def run_verified_curl(url: str, dest: Path) -> float:
+    """curl made to verify: the bytes go to the file and through openssl's sha256 as they come."""
+    began = time.monotonic()
+    subprocess.run(
+        f"set -o pipefail; curl -sSf '{url}' | tee '{dest}' | openssl dgst -sha256 >/dev/null",
+        shell=True, check=True, executable="/bin/bash",
+    )  # fmt: skip
+    return time.monotonic() - began
+
+
+HASH_ALONE = """
+import hashlib, sys, time
+began = time.monotonic()
+with open(sys.argv[1], 'rb', buffering=0) as f:
+    sha, buffer = hashlib.sha256(), bytearray(16 << 20)
+    while n := f.readinto(buffer):
+        sha.update(memoryview(buffer)[:n])
+print(time.monotonic() - began)
+"""
+
+
+def hash_alone(path: Path) -> float:
+    """The sha256 of the (page-cached) file in one thread: the floor of any verified download."""
+    out = subprocess.run([PYTHON, "-c", HASH_ALONE, str(path)], capture_output=True, text=True)
+    return float(out.stdout)
 
 
 def run_engine(
@@ -164,13 +201,16 @@ def main() -> None:
         assert server.stdout is not None
         url = server.stdout.readline().strip()
         run_curl(url, tmp / "warm.bin")  # warm-up
-        curls, engines, baselines = [], [], []
+        curls, verified, hashes, engines, baselines = [], [], [], [], []
         for index in range(args.rounds):
             for dest in tmp.glob("out-*"):
                 dest.unlink()
             load = os.getloadavg()[0]
             curls.append(run_curl(url, tmp / f"out-curl-{index}"))
             os.sync()
+            verified.append(run_verified_curl(url, tmp / f"out-verified-{index}"))
+            os.sync()
+            hashes.append(hash_alone(source))
             for code, runs in ((None, engines), (args.baseline, baselines)):
                 if code is None and runs is baselines:
                     continue
@@ -180,11 +220,17 @@ def main() -> None:
                 dest.unlink()
                 os.sync()
             base = f"  baseline {baselines[-1]['wall']:.2f} s" if baselines else ""
-            print(f"round {index + 1}: curl {curls[-1]:.2f} s  engine {engines[-1]['wall']:.2f} s"
-                  f"{base}  load {load:.2f}  {json.dumps(engines[-1])}", flush=True)  # fmt: skip
+            print(f"round {index + 1}: curl {curls[-1]:.2f} s  curl|tee|openssl "
+                  f"{verified[-1]:.2f} s  sha256 alone {hashes[-1]:.2f} s  engine "
+                  f"{engines[-1]['wall']:.2f} s{base}  load {load:.2f}  "
+                  f"{json.dumps(engines[-1])}", flush=True)  # fmt: skip
         curl, wall = statistics.median(curls), statistics.median(e["wall"] for e in engines)
-        print(f"medians: curl {curl:.2f} s, engine {wall:.2f} s, ratio {wall / curl:.2f} "
-              f"(target <= 1.0); load average now {os.getloadavg()[0]:.2f}")  # fmt: skip
+        checked, alone = statistics.median(verified), statistics.median(hashes)
+        print(f"medians: curl {curl:.2f} s, curl|tee|openssl {checked:.2f} s, sha256 alone "
+              f"{alone:.2f} s, engine {wall:.2f} s")  # fmt: skip
+        print(f"engine / curl {wall / curl:.2f} (target <= 1.0); engine / curl|tee|openssl "
+              f"{wall / checked:.2f}; sha256 alone / curl {alone / curl:.2f} (the floor of a "
+              f"verified download); load average now {os.getloadavg()[0]:.2f}")  # fmt: skip
         if baselines:
             old = statistics.median(e["wall"] for e in baselines)
             print(f"baseline {old:.2f} s, ratio to curl {old / curl:.2f}")

@@ -50,6 +50,7 @@ class Server:
     def __init__(self) -> None:
         self.delay = 0.0
         self.served = 0
+        self.chunked = False  # the whole file, ranges ignored, in chunked transfer encoding
         self.url = ""
         app = web.Application()
         app.router.add_get("/blob", self.blob)
@@ -68,6 +69,13 @@ class Server:
         etag = '"blob-1"'
         start, end, status = 0, SIZE, 200
         match = _RANGE.fullmatch(request.headers.get("Range", ""))
+        if self.chunked:
+            resp = web.StreamResponse(headers={"ETag": etag})
+            resp.enable_chunked_encoding()
+            await resp.prepare(request)
+            for offset in range(0, SIZE, CHUNK):  # one HTTP chunk per write
+                await resp.write(DATA[offset : offset + CHUNK])
+            return resp
         if match and request.headers.get("If-Range", etag) == etag:
             start, status = int(match[1]), 206
             end = int(match[2]) + 1 if match[2] else SIZE
@@ -110,6 +118,17 @@ async def test_a_url_is_fetched_verified_and_published(server: Server, tmp_path:
     assert dest.read_bytes() == DATA
     assert not (tmp_path / "out" / "model.gguf.part").exists()
     assert {Phase.RESOLVING, Phase.DOWNLOADING, Phase.VERIFYING} <= {p.phase for p in seen}
+
+
+async def test_a_chunked_body_is_read_across_its_chunk_boundaries(
+    server: Server, tmp_path: Path
+) -> None:
+    server.chunked = True
+    ref = FileRef(SIZE, SHA, url=f"{server.url}/blob")
+    options = dataclasses.replace(OPTIONS, connections=1)
+    async with hub_of(server) as hub:
+        fetched = await FileFetch(ref, tmp_path / "model.gguf", hub=hub, options=options).run()
+    assert fetched.path.read_bytes() == DATA
 
 
 async def test_a_hub_file_is_resolved_once_and_pinned_to_its_commit(

@@ -264,7 +264,7 @@ class FileFetch:
             self.link, self.partial, plan,
             counters=self.counters, max_retries=self.options.max_retries,
             backoff_base=self.options.retry_backoff, backoff=self.waits.wait,
-            resolve=self._resolve_again, on_written=hasher.poke, limiter=self._limiter,
+            resolve=self._resolve_again, follower=hasher, limiter=self._limiter,
             timeout=self._timeout, slots=self._slots,
         )  # fmt: skip
         paces, own_pace, slots = self._paces, 0.0, self._slots

@@ -7,8 +7,10 @@ descriptor is closed only after every thread started on it has returned (`aclose
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -51,7 +53,8 @@ class PartialFile:
         return await asyncio.shield(future)
 
     async def write(self, chunks: list, offset: int) -> int:
-        return await self.run(pwrite_all, chunks, offset)
+        """Write `chunks` at `offset` and start them towards the disk."""
+        return await self.run(_write, chunks, offset)
 
     async def sync(self) -> None:
         await self.run(os.fdatasync)
@@ -111,6 +114,37 @@ def pwrite_all(fd: int, chunks: list, offset: int) -> int:
         if views and written:
             views[0] = views[0][written:]
     return total
+
+
+def _write(fd: int, chunks: list, offset: int) -> int:
+    written = pwrite_all(fd, chunks, offset)
+    start_writeback(fd, offset, written)
+    return written
+
+
+def _sync_file_range() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    return call
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing these bytes to the disk now, without waiting for it.
+    Otherwise a 1 GiB download leaves up to 1 GiB dirty in the page cache and the fsync
+    before the rename waits for all of it (0.4-0.5 s on a fast disk, seconds on a slow one).
+    Only a hint: errors show up at the fdatasync that follows, where they always did."""
+    if _SYNC_FILE_RANGE is not None and length > 0:
+        _SYNC_FILE_RANGE(fd, offset, length, SYNC_FILE_RANGE_WRITE)
 
 
 def read_into(fd: int, view: memoryview, offset: int) -> int:
