@@ -10,7 +10,7 @@ writes; the seconds inside pwritev and sha256 (all threads); the time to the las
 there to `verifying` (the hash's tail) and from there to the end (fdatasync, checks, rename);
 its CPU seconds.
 
-    .venv/bin/python bench/lan.py [--size-mb 1024] [--rounds 5] [--connections 4]
+    .venv/bin/python bench/lan.py [--size-mb 1024] [--rounds 5] [--connections 4] [--line-mbit 0]
 
 Figures on a shared machine are noisy: compare the medians of alternated rounds, and read the
 load average printed beside them.
@@ -35,7 +35,8 @@ PYTHON = sys.executable
 SERVER = """
 import sys, time
 from lawchatd.testing.link_server import LinkServer
-server = LinkServer(open(sys.argv[1], 'rb').read())
+line = int(sys.argv[2]) or None
+server = LinkServer(open(sys.argv[1], 'rb').read(), line=line)
 print(server.url, flush=True)
 time.sleep(1e9)
 """
@@ -175,6 +176,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--tmp-dir", default=None)
+    parser.add_argument(
+        "--line-mbit", type=float, default=0,
+        help="the server paces all its responses together to this many Mbit/s, as a LAN's "
+        "line (1000, 10000); 0: as fast as loopback goes",
+    )  # fmt: skip
     parser.add_argument("--sync-seconds", type=float, default=2.0, help="FetchOptions'")
     parser.add_argument(
         "--baseline", default=None,
@@ -196,7 +202,9 @@ def main() -> None:
                 out.write(block)
         size = args.size_mb << 20
         server = subprocess.Popen(
-            [PYTHON, "-c", SERVER, str(source)], stdout=subprocess.PIPE, text=True
+            [PYTHON, "-c", SERVER, str(source), str(int(args.line_mbit * 1e6 / 8))],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert server.stdout is not None
         url = server.stdout.readline().strip()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lawchatd.fetch.plan import MIN_PART, PartPlan, tiles
+from lawchatd.fetch.plan import MIN_PART, PARTS_PER_CONNECTION, PartPlan, tiles
 from lawchatd.state.store import Part
 
 MiB = 1 << 20
@@ -14,6 +14,16 @@ def test_split_tiles_the_file_and_keeps_parts_worth_a_connection():
     assert len(parts) == 4 and tiles(parts, size)
     assert len(PartPlan.split(MIN_PART * 2, 16).parts) == 2
     assert PartPlan.split(1000, 4).parts == [Part(0, 1000)]
+
+
+def test_the_last_round_of_parts_is_cut_finer_so_the_hash_has_little_left_at_the_end():
+    size = 1 << 30
+    parts = PartPlan.split(size, 4, PARTS_PER_CONNECTION).parts
+    assert tiles(parts, size)
+    sizes = [p.end - p.start for p in parts]
+    assert sizes[:28] == [32 * MiB] * 28  # 8 per connection, the last round of 4 ...
+    assert sizes[28:] == [8 * MiB] * 16  # ... in parts four times smaller
+    assert len(PartPlan.split(5 * MiB, 4, PARTS_PER_CONNECTION).parts) == 1
 
 
 def test_an_idle_connection_takes_half_of_the_largest_running_part():

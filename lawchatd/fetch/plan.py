@@ -11,6 +11,7 @@ MIN_PART = 4 << 20
 # (what the sha256 can follow) trails the fastest bytes by a few parts, not by 3/4 of the file
 # (with one part per connection, all end together and most of the hash waited for the end).
 PARTS_PER_CONNECTION = 8
+TAPER = 4  # the last round's parts are this much smaller (see split)
 
 
 @dataclass
@@ -46,10 +47,18 @@ class PartPlan:
 
     @classmethod
     def split(cls, size: int, connections: int, per_connection: int = 1) -> PartPlan:
-        """Parts in file order, `per_connection` for each connection (none under MIN_PART)."""
+        """Parts in file order, `per_connection` for each connection (none under MIN_PART).
+        With several per connection, the last round's parts are cut TAPER times finer: the
+        connections end together, and what they wrote ahead of the hash is hashed after the
+        last byte (3 parts of 32 MiB for 1 GiB over 4 connections: 70 ms at 1 Gbit/s)."""
         count = max(1, min(connections * per_connection, size // MIN_PART or 1))
         step = -(-size // count) or 1
-        return cls(size, [Part(start, min(start + step, size)) for start in range(0, size, step)])
+        starts = list(range(0, size, step))
+        if per_connection > 1 and len(starts) > connections > 1:
+            last_round = starts[-connections]
+            fine = max(MIN_PART, step // TAPER)
+            starts = starts[:-connections] + list(range(last_round, size, fine))
+        return cls(size, [Part(a, b) for a, b in zip(starts, [*starts[1:], size], strict=True)])
 
     @classmethod
     def resume(cls, size: int, stored: list[Part], on_disk: int | None) -> PartPlan | None:

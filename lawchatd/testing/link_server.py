@@ -6,6 +6,7 @@ does. It serves one file with Range, a strong ETag and keep-alive, and can:
 
 - `drop_after`: close every response cleanly (FIN) after that many body bytes;
 - `rate`: pace each response to that many bytes/s;
+- `line`: pace all responses together to that many bytes/s (a LAN's line: 1 Gbit/s is 125e6);
 - `max_concurrent` + `refuse`: answer `403`, `429`, `503` or `reset` (RST) to a GET while that
   many responses are already being sent, as CDNs and proxies that allow a client one
   connection per file do.
@@ -41,6 +42,7 @@ class LinkServer:
     data: bytes
     drop_after: int | None = None
     rate: int | None = None  # bytes/s per response
+    line: int | None = None  # bytes/s of all responses together
     max_concurrent: int | None = None
     refuse: str = "403"  # what a GET beyond max_concurrent gets: 403, 429, 503 or reset
     requests: list[Sent] = field(default_factory=list)
@@ -50,6 +52,7 @@ class LinkServer:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._active = 0
+        self._line_free = 0.0  # when the line is free for the next bytes (monotonic)
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/file.bin"
         self._closed = False
@@ -133,6 +136,16 @@ class LinkServer:
         )
         return True
 
+    def _wait_for_line(self, size: int) -> None:
+        """Book `size` bytes on the shared line and wait for their turn."""
+        assert self.line is not None
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._line_free)
+            self._line_free = start + size / self.line
+        if start > now:
+            time.sleep(start - now)
+
     def _send(self, conn: socket.socket, record: Sent, start: int, end: int) -> bool:
         size = len(self.data)
         status = "206 Partial Content" if record.status == 206 else "200 OK"
@@ -149,6 +162,8 @@ class LinkServer:
         offset = start
         while offset < cut:
             step = min(cut - offset, STEP if self.rate else 1 << 20)
+            if self.line:
+                self._wait_for_line(step)
             conn.sendall(view[offset : offset + step])
             offset += step
             record.sent += step
