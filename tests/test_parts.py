@@ -24,6 +24,7 @@ def test_the_last_round_of_parts_is_cut_finer_so_the_hash_has_little_left_at_the
     assert sizes[:28] == [32 * MiB] * 28  # 8 per connection, the last round of 4 ...
     assert sizes[28:] == [8 * MiB] * 16  # ... in parts four times smaller
     assert len(PartPlan.split(5 * MiB, 4, PARTS_PER_CONNECTION).parts) == 1
+    assert PartPlan.split(0, 4, PARTS_PER_CONNECTION).parts == []  # an empty file: no part
 
 
 def test_an_idle_connection_takes_half_of_the_largest_running_part():

@@ -9,6 +9,7 @@ checkout's own files cannot be what answers.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -60,6 +61,8 @@ def fresh_venv(folder: Path, wheel: Path) -> Path:
          "--no-deps", "--no-index", str(wheel)],
         check=True,
         timeout=120,
+        # A PYTHONPATH with this checkout on it makes pip see lawchatd installed already.
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
     )  # fmt: skip
     site = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],

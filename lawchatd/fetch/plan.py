@@ -58,7 +58,7 @@ class PartPlan:
             last_round = starts[-connections]
             fine = max(MIN_PART, step // TAPER)
             starts = starts[:-connections] + list(range(last_round, size, fine))
-        return cls(size, [Part(a, b) for a, b in zip(starts, [*starts[1:], size], strict=True)])
+        return cls(size, [Part(a, b) for a, b in zip(starts, [*starts[1:], size], strict=False)])
 
     @classmethod
     def resume(cls, size: int, stored: list[Part], on_disk: int | None) -> PartPlan | None:
