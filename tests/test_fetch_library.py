@@ -50,7 +50,6 @@ class Server:
     def __init__(self) -> None:
         self.delay = 0.0
         self.served = 0
-        self.chunked = False  # the whole file, ranges ignored, in chunked transfer encoding
         self.url = ""
         app = web.Application()
         app.router.add_get("/blob", self.blob)
@@ -69,13 +68,6 @@ class Server:
         etag = '"blob-1"'
         start, end, status = 0, SIZE, 200
         match = _RANGE.fullmatch(request.headers.get("Range", ""))
-        if self.chunked:
-            resp = web.StreamResponse(headers={"ETag": etag})
-            resp.enable_chunked_encoding()
-            await resp.prepare(request)
-            for offset in range(0, SIZE, CHUNK):  # one HTTP chunk per write
-                await resp.write(DATA[offset : offset + CHUNK])
-            return resp
         if match and request.headers.get("If-Range", etag) == etag:
             start, status = int(match[1]), 206
             end = int(match[2]) + 1 if match[2] else SIZE
@@ -120,15 +112,39 @@ async def test_a_url_is_fetched_verified_and_published(server: Server, tmp_path:
     assert {Phase.RESOLVING, Phase.DOWNLOADING, Phase.VERIFYING} <= {p.phase for p in seen}
 
 
-async def test_a_chunked_body_is_read_across_its_chunk_boundaries(
-    server: Server, tmp_path: Path
+async def serve_chunked(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes
 ) -> None:
-    server.chunked = True
-    ref = FileRef(SIZE, SHA, url=f"{server.url}/blob")
+    """The whole file in chunked transfer encoding, each chunk's closing CRLF sent a moment
+    after its data: the reader has taken the data by then, so the chunk's end comes alone."""
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+    for offset in range(0, len(data), 1 << 20):
+        chunk = data[offset : offset + (1 << 20)]
+        writer.write(b"%x\r\n" % len(chunk) + chunk)
+        await writer.drain()
+        await asyncio.sleep(0.01)
+        writer.write(b"\r\n")
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
+    writer.close()
+
+
+async def test_a_chunked_body_is_read_across_its_chunk_boundaries(tmp_path: Path) -> None:
+    server = await asyncio.start_server(
+        lambda r, w: serve_chunked(r, w, DATA[: 8 << 20]), "127.0.0.1", 0
+    )
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/blob"
+    ref = FileRef(8 << 20, hashlib.sha256(DATA[: 8 << 20]).hexdigest(), url=url)
     options = dataclasses.replace(OPTIONS, connections=1)
-    async with hub_of(server) as hub:
-        fetched = await FileFetch(ref, tmp_path / "model.gguf", hub=hub, options=options).run()
-    assert fetched.path.read_bytes() == DATA
+    try:
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
+            hub = HubClient(session, url, None)
+            fetched = await FileFetch(ref, tmp_path / "model.gguf", hub=hub, options=options).run()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert fetched.path.read_bytes() == DATA[: 8 << 20]
 
 
 async def test_a_hub_file_is_resolved_once_and_pinned_to_its_commit(

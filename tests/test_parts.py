@@ -25,6 +25,12 @@ def test_the_last_round_of_parts_is_cut_finer_so_the_hash_has_little_left_at_the
     assert sizes[28:] == [8 * MiB] * 16  # ... in parts four times smaller
     assert len(PartPlan.split(5 * MiB, 4, PARTS_PER_CONNECTION).parts) == 1
     assert PartPlan.split(0, 4, PARTS_PER_CONNECTION).parts == []  # an empty file: no part
+    for odd in (size + 1, size + 12345, 3825812864, 7161089056, 64 * MiB + 3):
+        for connections in (1, 2, 4, 8, 16):
+            parts = PartPlan.split(odd, connections, PARTS_PER_CONNECTION).parts
+            assert tiles(parts, odd), (odd, connections)
+            # none shorter than MIN_PART, but for the rounding of equal steps (a few bytes)
+            assert min(p.end - p.start for p in parts) >= MIN_PART - 64, (odd, connections)
 
 
 def test_an_idle_connection_takes_half_of_the_largest_running_part():

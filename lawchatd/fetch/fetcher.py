@@ -210,8 +210,8 @@ class Fetcher:
         # that waited for each write spent half its time not reading.
         chunks: list = []
         buffered = 0
-        writing: asyncio.Task[None] | None = None  # the batch before, `in_flight` bytes
-        in_flight = 0
+        at = part.offset  # where the next batch goes in the file: this response's position
+        writing: asyncio.Task[None] | None = None  # the batch before
         flush_at = time.monotonic() + FLUSH_SECONDS
         try:
             while chunk := await self._read(resp.content):
@@ -223,30 +223,28 @@ class Fetcher:
                     chunk, skip = memoryview(chunk)[skip:], 0
                 chunks.append(chunk)
                 buffered += len(chunk)
-                room = part.remaining - (in_flight if writing and not writing.done() else 0)
-                if buffered >= room:  # another connection may own the rest now
-                    chunks = clip(chunks, max(0, room))
+                if at + buffered >= part.end:  # another connection may own the rest now
                     break
                 if buffered >= WRITE_SIZE or time.monotonic() >= flush_at:
                     if writing is not None:
                         await writing  # in order: the next batch goes where this one ended
-                    writing = asyncio.create_task(self._write(part, chunks))
-                    chunks, in_flight, buffered = [], buffered, 0
+                    writing = asyncio.create_task(self._write(part, chunks, at))
+                    chunks, at, buffered = [], at + buffered, 0
                     flush_at = time.monotonic() + FLUSH_SECONDS
         finally:
             # Whatever ends the loop (a drop, a stall, a cancel), what arrived is kept.
             if writing is not None:
                 await writing
             if chunks:
-                await self._write(part, chunks)
+                await self._write(part, chunks, at)
 
     async def _read(self, content: aiohttp.StreamReader) -> bytes:
         """The next bytes (b"" at the end). Under a cap, at most QUANTUM: paid for as they
         come, not in the multi-MB lumps a full socket buffer hands over (checked per read, so
         a cap set mid-response applies at once); uncapped, the next piece as the socket gave
-        it (`readany` joins all it holds into one bytes: a copy of every byte, 6 % of the CPU
-        of a LAN download). At a drop, what the reader still holds comes first; the error
-        follows at the next read."""
+        it (`readany` joins the pieces it holds into one bytes: at LAN speed it holds several,
+        and the join copied nearly every byte). At a drop, what the reader still holds comes
+        first; the error follows at the next read."""
         try:
             if self._limiter is not None and self._limiter.rate:
                 return await content.read(QUANTUM)
@@ -266,15 +264,23 @@ class Fetcher:
         # Owned by this connection (one Fetcher per worker): a per-task owner loses its credit.
         await self._limiter.acquire(len(chunk), owner=self)
 
-    async def _write(self, part: Part, chunks: list) -> None:
+    async def _write(self, part: Part, chunks: list, at: int) -> None:
+        """Write the batch that belongs at file offset `at`, as far as it is still this part's.
+        Checked here, on the loop just before the write, not when the batch was gathered: while
+        the batch before was being written, another connection may have taken the rest of the
+        part over (its end moved down), and a batch written at the part's old offset would put
+        these bytes where others belong (and the digest, hashed from memory, would not see it)."""
+        room = part.end - at
+        if at != part.offset or room <= 0:
+            return  # the part ended before this batch: the new owner fetches these bytes
+        chunks = clip(chunks, room)
         try:
-            offset = part.offset
-            written = await self._partial.write(chunks, offset)
+            written = await self._partial.write(chunks, at)
         except OSError as exc:
             raise disk_error(exc, self._partial.path, self._plan.done, self._plan.size) from exc
-        counted = self._plan.record(part, written)  # a steal may own the batch's tail
-        if self._follower is not None:
-            self._follower.offer(chunks, offset, counted)
+        counted = self._plan.record(part, written)  # a steal during the write may own its tail
+        if self._follower is not None and counted:
+            self._follower.offer(chunks, at, counted)
 
 
 async def with_retries(

@@ -1,8 +1,8 @@
 """A sha256 that follows the contiguous prefix of finished bytes, in a thread of its own.
 
-The batches a connection has just written where the digest stands are hashed from the same
-memory (`offer` keeps them, a few MB at most); the bytes other connections wrote ahead are read
-back from the page cache once the prefix reaches them. The digest is ready moments after the
+The batches connections have just written near where the digest stands are hashed from the
+same memory (`offer` keeps up to HOLD bytes, besides the batches being hashed); the bytes
+written further ahead are read back from the page cache once the prefix reaches them. The digest is ready moments after the
 last byte arrives, and neither the event loop nor a connection's writes wait for the hash.
 """
 
@@ -40,7 +40,8 @@ class FollowingHasher:
         """`written` bytes of `chunks` are on disk at `offset`: keep them for the hash if it
         will soon reach them (no read back), within HOLD bytes in all."""
         near = self.hashed <= offset < self.hashed + HOLD
-        if near and self._held_bytes + written <= HOLD:
+        fits = 0 < written <= HOLD - self._held_bytes
+        if near and fits and offset not in self._held:
             self._held[offset] = (chunks, written)
             self._held_bytes += written
         self._moved.set()

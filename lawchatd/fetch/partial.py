@@ -136,15 +136,19 @@ def _sync_file_range() -> Callable[..., int] | None:
 
 _SYNC_FILE_RANGE = _sync_file_range()
 SYNC_FILE_RANGE_WRITE = 2
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:
     """Ask the kernel to start writing these bytes to the disk now, without waiting for it.
     Otherwise a 1 GiB download leaves up to 1 GiB dirty in the page cache and the fsync
     before the rename waits for all of it (0.4-0.5 s on a fast disk, seconds on a slow one).
-    Only a hint: errors show up at the fdatasync that follows, where they always did."""
-    if _SYNC_FILE_RANGE is not None and length > 0:
-        _SYNC_FILE_RANGE(fd, offset, length, SYNC_FILE_RANGE_WRITE)
+    Whole pages only: a page the next write still fills would wait for the disk where the
+    device needs stable pages. Only a hint: errors show up at the fdatasync that follows."""
+    start = -(-offset // PAGE) * PAGE
+    end = (offset + length) // PAGE * PAGE
+    if _SYNC_FILE_RANGE is not None and end > start:
+        _SYNC_FILE_RANGE(fd, start, end - start, SYNC_FILE_RANGE_WRITE)
 
 
 def read_into(fd: int, view: memoryview, offset: int) -> int:

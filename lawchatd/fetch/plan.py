@@ -57,7 +57,10 @@ class PartPlan:
         if per_connection > 1 and len(starts) > connections > 1:
             last_round = starts[-connections]
             fine = max(MIN_PART, step // TAPER)
-            starts = starts[:-connections] + list(range(last_round, size, fine))
+            finer = list(range(last_round, size, fine))
+            if len(finer) > 1 and size - finer[-1] < MIN_PART:
+                finer.pop()  # a short remainder goes with the part before it
+            starts = starts[:-connections] + finer
         return cls(size, [Part(a, b) for a, b in zip(starts, [*starts[1:], size], strict=False)])
 
     @classmethod
