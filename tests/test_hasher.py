@@ -6,6 +6,7 @@ over while its connection's write is in flight gets no byte in the wrong place."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import random
@@ -212,3 +213,85 @@ async def test_a_part_taken_over_while_its_write_is_in_flight_gets_no_byte_in_th
     on_disk = (tmp_path / "f.part").read_bytes()
     assert on_disk == data
     assert hasher.hexdigest() == hashlib.sha256(on_disk).hexdigest()
+
+
+class Stream:
+    """A response body served in random pieces, with random pauses and random drops: the
+    schedules under which steals and take-overs meet writes in flight."""
+
+    def __init__(self, data: bytes, start: int, end: int, rng: random.Random) -> None:
+        self.data, self.at, self.end, self.rng = data, start, end, rng
+        self.content = self  # the response and its body in one
+
+
+class RandomFetcher(Fetcher):
+    async def _read(self, content: Stream) -> bytes:  # type: ignore[override]
+        await asyncio.sleep(content.rng.choice([0, 0, 0, 0.0005, 0.002]))
+        if content.rng.random() < 0.01:
+            raise ConnectionResetError("dropped")
+        size = min(content.rng.choice([1, 100, 4096, 8 << 10, 40 << 10]), content.end - content.at)
+        piece = content.data[content.at : content.at + size]
+        content.at += size
+        return piece
+
+
+async def random_schedule(path: Path, seed: int) -> None:
+    """Up to four workers fill a random plan from randomly cut streams; half of the time a
+    worker without a part takes the rest of a running one over."""
+    rng = random.Random(seed)
+    data = os.urandom(rng.randrange(1, 1 << 20))
+    partial = PartialFile(path)
+    await partial.open(truncate=True)
+    plan = PartPlan.split(len(data), rng.randrange(1, 6), rng.choice([1, 2, 8]))
+    hasher = FollowingHasher(partial, plan)
+    hashing = asyncio.create_task(hasher.run())
+    fetcher = RandomFetcher(
+        None, partial, plan, counters=Counters(), max_retries=0,  # type: ignore[arg-type]
+        backoff_base=0.0, backoff=None, follower=hasher,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+    async def worker() -> None:
+        while True:
+            part = plan.claim()
+            if part is None and plan.busy and rng.random() < 0.5:
+                running = [p for p in plan.parts if p.start in plan.busy and p.done > 0]
+                part = plan.take_over(rng.choice(running)) if running else None
+            if part is None:
+                if not plan.busy:
+                    return
+                await asyncio.sleep(0.001)
+                continue
+            try:
+                while part.remaining > 0:
+                    with contextlib.suppress(ConnectionResetError):
+                        body = Stream(data, part.offset, part.end, rng)
+                        await fetcher._stream(body, part, 0)  # type: ignore[arg-type]
+            finally:
+                plan.release(part)
+
+    try:
+        await asyncio.gather(*[worker() for _ in range(4)])
+        await asyncio.wait_for(hashing, 20)
+    finally:
+        hashing.cancel()
+        await partial.aclose()
+    assert await asyncio.to_thread(path.read_bytes) == data, seed
+    assert hasher.hexdigest() == hashlib.sha256(data).hexdigest(), seed
+    assert hasher._held_bytes == sum(n for _, n in hasher._held.values()), seed
+    await asyncio.to_thread(path.unlink)
+
+
+async def test_random_schedules_of_steals_take_overs_and_drops_keep_the_file_and_its_digest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Everything small, so that a few hundred KB make many parts, batches and held batches.
+    from lawchatd.fetch import fetcher as fetcher_module
+    from lawchatd.fetch import hasher as hasher_module
+    from lawchatd.fetch import plan as plan_module
+
+    monkeypatch.setattr(plan_module, "MIN_PART", 64 << 10)
+    monkeypatch.setattr(hasher_module, "HOLD", 256 << 10)
+    monkeypatch.setattr(hasher_module, "HASH_SIZE", 128 << 10)
+    monkeypatch.setattr(fetcher_module, "WRITE_SIZE", 32 << 10)
+    for seed in range(150):
+        await random_schedule(tmp_path / f"{seed}.part", seed)
