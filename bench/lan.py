@@ -68,8 +68,8 @@ async def engine(
     async def read(self, content):  # type: ignore[no-untyped-def]
         return await timed("read", self, original_read(self, content))
 
-    async def write(self, part, chunks):  # type: ignore[no-untyped-def]
-        return await timed("write", self, original_write(self, part, chunks))
+    async def write(self, part, chunks, *at):  # type: ignore[no-untyped-def]
+        return await timed("write", self, original_write(self, part, chunks, *at))
 
     fetcher_module.Fetcher._read, fetcher_module.Fetcher._write = read, write
     threads = {"disk": 0.0, "hash": 0.0}  # seconds inside pwritev and sha256, all threads
