@@ -2,8 +2,9 @@
 
 The batches connections have just written near where the digest stands are hashed from the
 same memory (`offer` keeps up to HOLD bytes, besides the batches being hashed); the bytes
-written further ahead are read back from the page cache once the prefix reaches them. The digest is ready moments after the
-last byte arrives, and neither the event loop nor a connection's writes wait for the hash.
+written further ahead are read back from the page cache once the prefix reaches them. The
+digest is ready moments after the last byte arrives, and neither the event loop nor a
+connection's writes wait for the hash.
 """
 
 from __future__ import annotations
@@ -31,10 +32,6 @@ class FollowingHasher:
         # This hasher's own buffer: a cancelled call may still fill it in its thread, and
         # the hasher is then discarded with it.
         self._buffer = bytearray(HASH_READ)
-
-    def poke(self) -> None:
-        """The frontier may have moved."""
-        self._moved.set()
 
     def offer(self, chunks: list, offset: int, written: int) -> None:
         """`written` bytes of `chunks` are on disk at `offset`: keep them for the hash if it
