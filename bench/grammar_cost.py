@@ -148,21 +148,20 @@ async def main() -> None:
                 print(f"   {name:12s} {ms:7.2f} ms/token  ({runs[0][1]} tokens)")
             print("2. a plain request's decode ms/token")
             alone = [await decode_ms(host, samplings["plain"]) for _ in range(args.rounds)]
-            beside = []
-            for _ in range(args.rounds):
-                plain, _ = await asyncio.gather(
-                    decode_ms(host, samplings["plain"]), decode_ms(host, samplings["json_schema"])
-                )
-                beside.append(plain)
+
+            async def beside(other: str) -> float:
+                """A plain request's median ms/token while an `other` one decodes beside it."""
+                runs = []
+                for _ in range(args.rounds):
+                    plain, _ = await asyncio.gather(
+                        decode_ms(host, samplings["plain"]), decode_ms(host, samplings[other])
+                    )
+                    runs.append(plain[0])
+                return statistics.median(runs)
+
             print(f"   alone                     {statistics.median(r[0] for r in alone):7.2f}")
-            print(f"   beside a json_schema one  {statistics.median(r[0] for r in beside):7.2f}")
-            twin = []
-            for _ in range(args.rounds):
-                plain, _ = await asyncio.gather(
-                    decode_ms(host, samplings["plain"]), decode_ms(host, samplings["plain"])
-                )
-                twin.append(plain)
-            print(f"   beside a plain one        {statistics.median(r[0] for r in twin):7.2f}")
+            print(f"   beside a json_schema one  {await beside('json_schema'):7.2f}")
+            print(f"   beside a plain one        {await beside('plain'):7.2f}")
         finally:
             await host.close()
 

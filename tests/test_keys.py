@@ -333,3 +333,23 @@ def test_names_lawchatd_acts_under_and_limits_that_refuse_everything_are_refused
     done = cli(tmp_path, "keys", "add", "anna", "--role", "user", "--max-concurrent", "0")
     assert done.returncode != 0 and "at least 1" in done.stderr, done.stderr
     assert "anna" not in cli(tmp_path, "keys", "list").stdout
+
+
+def last_used(data: Path, name: str) -> float | None:
+    with contextlib.closing(sqlite3.connect(data / "lawchatd.sqlite3")) as db:
+        (used,) = db.execute("SELECT last_used FROM api_keys WHERE name = ?", (name,)).fetchone()
+    return used
+
+
+async def test_a_keys_use_is_written_once_a_minute_not_per_request(daemon: Daemon) -> None:
+    key = add_key(daemon.data_dir, "frequent-user", "viewer")
+    for _ in range(5):
+        status, _ = await call(daemon, key, "GET", "/models/available")
+        assert status == 200
+    status, body = await call(daemon, API_KEY, "GET", "/keys")
+    (listed,) = [k for k in body["keys"] if k["name"] == "frequent-user"]
+    assert listed["last_used"] is not None
+    used = await asyncio.to_thread(last_used, daemon.data_dir, "frequent-user")
+    await call(daemon, key, "GET", "/models/available")
+    # Within the minute, another use is not written again.
+    assert await asyncio.to_thread(last_used, daemon.data_dir, "frequent-user") == used

@@ -235,12 +235,18 @@ class KeyStore:
         revoked = [k for _, k in self._by_digest.values() if k.name == name and k.revoked == now]
         return revoked[0]
 
-    async def touch(self, key: StoredKey) -> None:
-        """Record the key's last use, at most once a minute per key."""
+    def touch_due(self, key: StoredKey) -> bool:
+        """Whether the key's use is to be written now: at most once a minute per key, so
+        that a busy key costs one write a minute, not a task per request."""
         now = time.time()
         if now - self._touched.get(key.id, 0.0) < TOUCH_EVERY:
-            return
+            return False
         self._touched[key.id] = now
+        return True
+
+    async def touch(self, key: StoredKey) -> None:
+        """Record the key's last use (when `touch_due` says so)."""
+        now = self._touched.get(key.id) or time.time()
         async with self._lock:
             await self._db.execute("UPDATE api_keys SET last_used = ? WHERE id = ?", (now, key.id))
             await self._db.commit()

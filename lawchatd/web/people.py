@@ -105,6 +105,8 @@ class People:
         return stored is not None and stored.state(time.time()) == "live"
 
     def _touch(self, keys: KeyStore, stored: StoredKey) -> None:
+        if not keys.touch_due(stored):
+            return
         task = asyncio.create_task(keys.touch(stored))
         self._touches.add(task)
         task.add_done_callback(self._touches.discard)
